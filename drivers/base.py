@@ -1,0 +1,200 @@
+"""What every driver shares: listening sockets, the worker pool, the timer heap, stopping.
+
+These are mechanisms, not policy: how many workers, the backlog, every timeout come from the
+server's ``Limits``; when to read, write, close or time out comes from the connections.
+"""
+
+from __future__ import annotations
+
+import abc
+import heapq
+import itertools
+import logging
+import queue
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from spcore.connection import Connection
+from spcore.jobs import Job
+from spcore.server import Listener, Server
+
+__all__ = ["Bound", "Driver", "JobPool", "TimerHeap", "bind_listener"]
+
+log = logging.getLogger("spcore.driver")
+
+#: Bytes asked for per receive.
+READ_SIZE = 256 * 1024
+
+
+class Bound:
+    """A listening socket and the listener it serves."""
+
+    __slots__ = ("listener", "sock")
+
+    def __init__(self, listener: Listener, sock: socket.socket) -> None:
+        self.listener = listener
+        self.sock = sock
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return tuple(self.sock.getsockname())
+
+
+def bind_listener(listener: Listener, backlog: int) -> socket.socket:
+    """A non-blocking listening socket for ``listener`` (IPv6 sockets are IPv6-only, so a v4
+    and a v6 listener can share a port number)."""
+    infos = socket.getaddrinfo(
+        listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if sys.platform == "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined]
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def prepare_accepted(sock: socket.socket) -> None:
+    """Options every accepted socket gets: non-blocking, no Nagle delay."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class TimerHeap:
+    """One lazily re-armed timer per connection.
+
+    ``arm`` pushes only when a deadline moves earlier; a timer that fires before the
+    connection's current deadline costs one harmless early ``on_deadline`` call and is
+    re-armed by the sync that follows.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._armed: dict[Connection, float] = {}
+        self._seq = itertools.count()
+
+    def arm(self, conn: Connection) -> None:
+        deadline = conn.deadline
+        if deadline is None:
+            return
+        current = self._armed.get(conn)
+        if current is None or deadline < current:
+            self._armed[conn] = deadline
+            heapq.heappush(self._heap, (deadline, next(self._seq), conn))
+
+    def forget(self, conn: Connection) -> None:
+        self._armed.pop(conn, None)
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and self._armed.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale entry
+        return heap[0][0] if heap else None
+
+    def expired(self, now: float) -> list[Connection]:
+        """Connections whose timer is due (each removed; sync re-arms them)."""
+        due = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, conn = heapq.heappop(heap)
+            if self._armed.get(conn) == deadline:
+                del self._armed[conn]
+                due.append(conn)
+        return due
+
+
+class JobPool:
+    """A bounded thread pool whose finished jobs queue up for the loop thread."""
+
+    def __init__(self, workers: int, wake: Callable[[], None]) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._workers = workers
+        self._wake = wake
+        self._done: queue.SimpleQueue[tuple[Connection, Job]] = queue.SimpleQueue()
+
+    def submit(self, conn: Connection, job: Job) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="spcore-job")
+        self._executor.submit(self._run, conn, job)
+
+    def _run(self, conn: Connection, job: Job) -> None:
+        job.run()
+        self._done.put((conn, job))
+        self._wake()
+
+    def finished(self) -> list[tuple[Connection, Job]]:
+        """Jobs that finished since the last call (loop thread)."""
+        done = []
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                return done
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=False)
+            self._executor = None
+
+
+class Driver(abc.ABC):
+    """A driver: construct with a server, ``bind()``, then ``run()`` until shutdown ends.
+
+    ``stop()`` may be called from any thread (or a signal handler) to begin the graceful
+    shutdown the server decides.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.bound: list[Bound] = []
+        self._stop_requested = threading.Event()
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> tuple[bool, str]:
+        """Whether this driver can run here, and a sentence saying why (not)."""
+
+    def bind(self) -> list[Bound]:
+        """Create the listening sockets (raises OSError for a bad or busy address)."""
+        backlog = self.server.limits.listen_backlog
+        try:
+            for listener in self.server.listeners:
+                self.bound.append(Bound(listener, bind_listener(listener, backlog)))
+        except BaseException:
+            self.close_listeners()
+            raise
+        return self.bound
+
+    def close_listeners(self) -> None:
+        for bound in self.bound:
+            bound.sock.close()
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Serve until the server's graceful shutdown has finished."""
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown; safe from any thread and from signal handlers."""
+        self._stop_requested.set()
+        self.wake()
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Interrupt the loop's wait (thread-safe)."""

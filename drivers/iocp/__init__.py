@@ -1,0 +1,1 @@
+"""The Windows I/O completion port driver (bindings in ``win32``)."""

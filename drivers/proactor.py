@@ -1,0 +1,563 @@
+"""The completion ("proactor") base shared by the ``uring`` and ``iocp`` drivers.
+
+A readiness driver asks "can I read?" and then reads; a completion driver hands the kernel a
+buffer and learns later that the read happened. Everything about that second model that does
+not depend on io_uring or IOCP lives here, once: the operation registry, accept/receive/send
+and their completions, closing, timers, jobs, pausing the accept and the graceful stop. A
+subclass only posts operations, cancels them and waits for their completions (see
+``docs/proactor.md`` for porters).
+
+The rules this base keeps:
+
+* **Every posted operation is an** :class:`Operation` **in** ``_ops`` **until its last
+  completion is reaped**, and it references every buffer, address, iovec/msghdr or
+  OVERLAPPED it uses (``op.keep``). A cancel does not end that: the kernel may still be
+  writing into the buffer until it reports the cancelled (or, racing, successful) completion.
+  A connection's socket is closed and its receive buffer reused only once none of its
+  operations is registered.
+* **One receive and at most one send in flight per connection.** The send takes the core's
+  buffers as they are (``conn.outgoing()``, valid until ``conn.sent(n)``); a partial send is
+  reported and the rest re-posted from ``outgoing()``.
+* **A receive may complete after** ``conn.reading`` **went False**: it was posted while
+  reading was wanted, and the data is delivered anyway (the core accepts it). Back-pressure
+  therefore takes effect one receive late, and nothing is lost or reordered.
+* **A failed operation ends its connection**: the completion's error becomes an ``OSError``
+  (ECONNRESET → ``ConnectionResetError``; on Windows ERROR_NETNAME_DELETED and friends, as the
+  subclass maps them) passed to ``conn.connection_lost``, called once for every connection.
+* Connections accepted while the core is not accepting (a multishot accept or several pending
+  AcceptEx racing with ``max_connections``) are parked and handed over when it accepts again,
+  as the listen backlog would have held them; during shutdown they are refused.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import ctypes
+import errno
+import itertools
+import logging
+import mmap
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from spcore.connection import Connection
+from spcore.server import Server
+
+from .base import READ_SIZE, Bound, Driver, JobPool, TimerHeap
+
+__all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
+
+log = logging.getLogger("spcore.driver")
+
+Completion = tuple[int, int, int]
+"""``(key, result, flags)``: ``result`` is a count (bytes, or the accepted handle) when >= 0,
+else a negative error code in the subclass's error space (see ``ProactorBase._error``)."""
+
+Buffer = bytes | memoryview
+
+_T = TypeVar("_T")
+
+#: After an accept failed for lack of resources (EMFILE...), wait this long before re-posting.
+ACCEPT_RETRY = 0.1
+#: Accept errors that concern one connection only: the accept is re-posted at once.
+_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN})
+#: How long closing the driver waits for the completions of its cancelled operations.
+DRAIN_TIMEOUT = 5.0
+#: Receive buffers kept for reuse when their connection ends.
+_FREE_BUFFERS = 64
+#: Operations still registered when the drain gave up: their memory must never be freed.
+_abandoned: list[object] = []
+
+
+class RecvBuffer:
+    """Memory the kernel receives into: ``size`` bytes at ``address``.
+
+    Anonymous ``mmap`` memory, so pages are committed only when data lands in them: an idle
+    connection costs no more than what it ever received at once, not ``READ_SIZE``.
+    """
+
+    __slots__ = ("_anchor", "address", "memory", "size")
+
+    def __init__(self, size: int = READ_SIZE) -> None:
+        self.memory = mmap.mmap(-1, size)
+        self._anchor = ctypes.c_char.from_buffer(self.memory)  # pins the mapping while we live
+        self.address = ctypes.addressof(self._anchor)
+        self.size = size
+
+    def take(self, n: int) -> bytes:
+        """A copy of the first ``n`` bytes (the core keeps what it is given)."""
+        return self.memory[:n]
+
+
+class Operation(Generic[_T]):
+    """One posted operation, registered under ``key`` until its last completion is reaped.
+
+    ``keep`` holds every object the kernel reads or writes through (buffers, msghdr/iovec,
+    OVERLAPPED, address blocks); ``owner`` is the :class:`Link`, the :class:`Acceptor`, or
+    None for the driver's own operations (a wake-up read), which do not keep ``run()`` alive.
+    """
+
+    __slots__ = ("cancelled", "keep", "key", "kind", "on_complete", "owner", "reaped")
+
+    def __init__(
+        self,
+        kind: str,
+        owner: _T,
+        on_complete: Callable[[Operation[_T], int, float], None],
+        key: int,
+    ) -> None:
+        self.kind = kind
+        self.owner = owner
+        self.on_complete = on_complete
+        #: The base numbers operations; a subclass may use another identity (an OVERLAPPED
+        #: address) by setting ``key`` in its post hook.
+        self.key = key
+        self.keep: object = None
+        self.cancelled = False
+        #: True once its final completion was taken from the kernel (it left the registry).
+        self.reaped = False
+
+    def __repr__(self) -> str:
+        state = "reaped" if self.reaped else "cancelled" if self.cancelled else "pending"
+        return f"<Operation {self.kind} key={self.key:#x} {state}>"
+
+
+class Link:
+    """The driver's side of one connection: its socket, buffer and operations in flight."""
+
+    __slots__ = ("buffer", "closed", "conn", "eof", "fd", "recv_op", "send_op", "sock")
+
+    def __init__(self, conn: Connection, sock: socket.socket, buffer: RecvBuffer) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buffer = buffer
+        self.recv_op: Operation[Link] | None = None
+        self.send_op: Operation[Link] | None = None
+        self.eof = False  # the peer shut its side: no more receives
+        self.closed = False  # connection_lost was called; waiting for the last completions
+
+    @property
+    def idle(self) -> bool:
+        """No operation in flight: the socket and buffer may be released."""
+        return self.recv_op is None and self.send_op is None
+
+
+class Acceptor:
+    """A listening socket and the accept operations pending on it."""
+
+    __slots__ = ("bound", "fd", "ops")
+
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+        self.fd = bound.sock.fileno()
+        self.ops: set[Operation[Acceptor]] = set()
+
+    @property
+    def live(self) -> int:
+        """Accepts pending and not cancelled."""
+        return sum(1 for op in self.ops if not op.cancelled)
+
+
+class ProactorBase(Driver):
+    """A completion driver: post operations, reap completions in batches, dispatch them.
+
+    Subclasses implement the hooks below (``_open``, ``_close_resources``, ``_post_accept``,
+    ``_accepted_socket``, ``_post_recv``, ``_post_send``, ``_cancel``, ``_wait``, ``_error``,
+    ``wake``) and ``probe``. Every ``_post_*`` hook gets a fresh :class:`Operation`, posts it
+    and fills ``op.keep`` (and ``op.key`` if the completion names it differently); the base
+    registers it afterwards. A hook raises ``OSError`` when the post failed at once and no
+    completion will come (the base then registers nothing).
+    """
+
+    #: The completion flag meaning "this operation stays posted; more completions follow"
+    #: (io_uring's IORING_CQE_F_MORE for a multishot accept; 0 where nothing is multishot).
+    more_flag: ClassVar[int] = 0
+    #: Accept operations kept pending per listening socket.
+    accepts_per_listener: ClassVar[int] = 1
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self._ops: dict[int, Operation[Any]] = {}
+        self._keys = itertools.count(1)
+        self._links: dict[Connection, Link] = {}
+        self._acceptors: list[Acceptor] = []
+        self._parked: collections.deque[tuple[Acceptor, socket.socket]] = collections.deque()
+        self._free_buffers: list[RecvBuffer] = []
+        self._timers = TimerHeap()
+        self._jobs = JobPool(server.limits.worker_threads, self.wake)
+        self._accept_retry: float | None = None
+        self._closing = False
+
+    # -- the hooks a completion driver implements ------------------------------------------------
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Create the ring/port (and post any resident operation, such as a wake-up read)."""
+
+    @abc.abstractmethod
+    def _close_resources(self) -> None:
+        """Release the ring/port; called once no operation is registered (or never was)."""
+
+    @abc.abstractmethod
+    def _post_accept(self, op: Operation[Acceptor]) -> None:
+        """Post an accept on ``op.owner.bound.sock``."""
+
+    @abc.abstractmethod
+    def _accepted_socket(self, op: Operation[Acceptor], result: int) -> socket.socket:
+        """The connected socket an accept completion with ``result`` >= 0 delivered."""
+
+    @abc.abstractmethod
+    def _post_recv(self, op: Operation[Link]) -> None:
+        """Post a receive into ``op.owner.buffer`` (all ``size`` bytes of it)."""
+
+    @abc.abstractmethod
+    def _post_send(self, op: Operation[Link], buffers: Sequence[Buffer]) -> None:
+        """Post one (gathered) send of the first buffers of ``buffers``, referenced as they
+        are. ``buffers`` is the core's live queue: keep what the kernel needs, not it."""
+
+    @abc.abstractmethod
+    def _cancel(self, op: Operation[Any]) -> None:
+        """Ask the kernel to cancel ``op``; it still completes (cancelled or not) later."""
+
+    @abc.abstractmethod
+    def _wait(self, timeout: float | None) -> Iterable[Completion]:
+        """Submit what was posted, wait up to ``timeout`` seconds (None: until something
+        completes or ``wake()`` is called), and return the completions available."""
+
+    @abc.abstractmethod
+    def _error(self, result: int) -> OSError:
+        """The exception for a failed completion (``result`` < 0)."""
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        server = self.server
+        server.info["driver"] = self.name
+        if not self.bound:
+            self.bind()
+        try:
+            self._open()
+            self._acceptors = [Acceptor(bound) for bound in self.bound]
+            now = time.monotonic()
+            server.start(now, time.time())
+            while True:
+                self._settle(now)
+                if server.finished and self._quiet():
+                    break
+                completions = self._wait(self._timeout(now))
+                now = time.monotonic()
+                self._dispatch(completions, now)
+                self._fire_timers(now)
+        finally:
+            self._close_all()
+
+    def _settle(self, now: float) -> None:
+        """Before waiting: finished jobs, a stop request, woken connections, the accept."""
+        for conn, job in self._jobs.finished():
+            conn.job_done(job, now)  # even when the connection has gone: every job comes back
+            link = self._links.get(conn)
+            if link is not None:
+                self._sync(link, now)
+        if self._stop_requested.is_set() and not self.server.shutting_down:
+            self._begin_stop(now)
+        self._sync_woken(now)
+        if self._follow_accepting(now):
+            self._sync_woken(now)  # the connections just admitted may have woken others
+
+    def _quiet(self) -> bool:
+        """Only the driver's own resident operations are pending."""
+        return all(op.owner is None for op in self._ops.values())
+
+    def _timeout(self, now: float) -> float | None:
+        if self._parked and self.server.accepting:
+            return 0.0
+        deadlines = [
+            d
+            for d in (self._timers.next_deadline(), self.server.deadline, self._accept_retry)
+            if d is not None
+        ]
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _dispatch(self, completions: Iterable[Completion], now: float) -> None:
+        ops = self._ops
+        more = self.more_flag
+        for key, result, flags in completions:
+            op = ops.get(key)
+            if op is None:
+                continue  # a completion that carries nothing (a cancel request's own)
+            if not flags & more:
+                del ops[key]
+                op.reaped = True
+            op.on_complete(op, result, now)
+
+    def _fire_timers(self, now: float) -> None:
+        for conn in self._timers.expired(now):
+            link = self._links.get(conn)
+            if link is not None:
+                conn.on_deadline(now)
+                self._sync(link, now)
+        deadline = self.server.deadline
+        if deadline is not None and now >= deadline:
+            self.server.on_deadline(now)
+
+    def _sync_woken(self, now: float) -> None:
+        for conn in self.server.take_woken():
+            link = self._links.get(conn)
+            if link is not None:
+                self._sync(link, now)
+
+    # -- posting ----------------------------------------------------------------------------------
+
+    def _register(self, op: Operation[Any]) -> None:
+        """Enter ``op`` in the registry (after its post hook succeeded)."""
+        if op.key in self._ops:
+            raise RuntimeError(f"operation key {op.key:#x} is already in flight")
+        self._ops[op.key] = op
+
+    def _new_op(
+        self, kind: str, owner: _T, on_complete: Callable[[Operation[_T], int, float], None]
+    ) -> Operation[_T]:
+        return Operation(kind, owner, on_complete, next(self._keys))
+
+    def _cancel_op(self, op: Operation[Any]) -> None:
+        if not op.cancelled and not op.reaped:
+            op.cancelled = True
+            self._cancel(op)
+
+    def _start_recv(self, link: Link) -> None:
+        op = self._new_op("recv", link, self._received)
+        self._post_recv(op)
+        self._register(op)
+        link.recv_op = op
+
+    def _start_send(self, link: Link, buffers: Sequence[Buffer]) -> None:
+        op = self._new_op("send", link, self._sent)
+        self._post_send(op, buffers)
+        self._register(op)
+        link.send_op = op
+
+    # -- syncing a connection ---------------------------------------------------------------------
+
+    def _sync(self, link: Link, now: float) -> None:
+        """Apply the connection's wishes: close, send, shut down, receive, time, jobs."""
+        conn = link.conn
+        try:
+            while link.send_op is None:
+                if conn.should_close:
+                    break
+                out = conn.outgoing()
+                if out:
+                    self._start_send(link, out)
+                elif conn.write_eof:
+                    link.sock.shutdown(socket.SHUT_WR)
+                    conn.write_eof_done(now)
+                    continue
+                break
+            if conn.should_close:
+                self._close(link, None, now)
+                return
+            if conn.reading and link.recv_op is None and not link.eof:
+                self._start_recv(link)
+        except OSError as exc:
+            self._close(link, exc, now)
+            return
+        for job in conn.take_jobs():
+            self._jobs.submit(conn, job)
+        self._timers.arm(conn)
+
+    # -- completions ------------------------------------------------------------------------------
+
+    def _received(self, op: Operation[Link], result: int, now: float) -> None:
+        link = op.owner
+        link.recv_op = None
+        if link.closed:
+            self._release_if_idle(link)  # cancelled, or raced the cancel: dropped either way
+            return
+        conn = link.conn
+        if result > 0:
+            conn.receive_data(link.buffer.take(result), now)
+        elif result == 0:
+            link.eof = True
+            conn.receive_data(b"", now)
+        else:
+            self._close(link, self._error(result), now)
+            return
+        self._sync(link, now)
+
+    def _sent(self, op: Operation[Link], result: int, now: float) -> None:
+        link = op.owner
+        link.send_op = None
+        if link.closed:
+            self._release_if_idle(link)
+            return
+        if result <= 0:
+            error = self._error(result) if result else ConnectionError("send made no progress")
+            self._close(link, error, now)
+            return
+        link.conn.sent(result, now)
+        self._sync(link, now)
+
+    def _accepted(self, op: Operation[Acceptor], result: int, now: float) -> None:
+        acceptor = op.owner
+        if op.reaped:
+            acceptor.ops.discard(op)
+        if result >= 0:
+            try:
+                sock = self._accepted_socket(op, result)
+            except OSError as exc:  # the hook closed what it had
+                log.debug("accepted connection unusable: %s", exc)
+                self.server.refused()
+            else:
+                self._admit_or_park(acceptor, sock, now)
+        elif not op.cancelled:
+            self._accept_failed(self._error(result), now)
+        if not acceptor.ops and (self.server.shutting_down or self._closing):
+            acceptor.bound.sock.close()  # its cancelled accepts are all back
+
+    def _accept_failed(self, error: OSError, now: float) -> None:
+        self.server.refused()
+        if error.errno in _ACCEPT_TRANSIENT:
+            log.debug("accept failed: %s", error)
+        else:  # out of descriptors or memory, or a broken listener: do not spin on it
+            log.warning("accept failed: %s; retrying in %.1f s", error, ACCEPT_RETRY)
+            self._accept_retry = now + ACCEPT_RETRY
+
+    # -- accepting --------------------------------------------------------------------------------
+
+    def _follow_accepting(self, now: float) -> bool:
+        """Hand parked connections over, then keep accepts posted exactly while the core
+        accepts. True if connections were admitted."""
+        server = self.server
+        if server.shutting_down or self._closing:
+            return False
+        admitted = False
+        while self._parked and server.accepting:
+            acceptor, sock = self._parked.popleft()
+            self._admit(acceptor, sock, now)
+            admitted = True
+        if self._accept_retry is not None:
+            if now < self._accept_retry:
+                return admitted
+            self._accept_retry = None
+        accepting = server.accepting
+        for acceptor in self._acceptors:
+            if accepting:
+                for _ in range(self.accepts_per_listener - acceptor.live):
+                    if not self._start_accept(acceptor, now):
+                        break
+            else:
+                for op in list(acceptor.ops):
+                    self._cancel_op(op)
+        return admitted
+
+    def _start_accept(self, acceptor: Acceptor, now: float) -> bool:
+        op = self._new_op("accept", acceptor, self._accepted)
+        try:
+            self._post_accept(op)
+        except OSError as exc:
+            self._accept_failed(exc, now)
+            return False
+        self._register(op)
+        acceptor.ops.add(op)
+        return True
+
+    def _admit_or_park(self, acceptor: Acceptor, sock: socket.socket, now: float) -> None:
+        server = self.server
+        if server.shutting_down or self._closing:
+            sock.close()
+            server.refused()
+        elif server.accepting and not self._parked:
+            self._admit(acceptor, sock, now)
+        else:
+            self._parked.append((acceptor, sock))
+
+    def _admit(self, acceptor: Acceptor, sock: socket.socket, now: float) -> None:
+        server = self.server
+        try:
+            peer = sock.getpeername()
+            local = sock.getsockname()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer is already gone
+            sock.close()
+            server.refused()
+            return
+        conn = server.accept(acceptor.bound.listener, peer, local, now)
+        link = Link(conn, sock, self._free_buffers.pop() if self._free_buffers else RecvBuffer())
+        self._links[conn] = link
+        self._sync(link, now)
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def _close(self, link: Link, error: BaseException | None, now: float) -> None:
+        """End a connection: tell the core once, cancel what is in flight, release when idle."""
+        if link.closed:
+            return
+        link.closed = True
+        conn = link.conn
+        del self._links[conn]
+        self._timers.forget(conn)
+        for op in (link.recv_op, link.send_op):
+            if op is not None:
+                self._cancel_op(op)
+        conn.connection_lost(error, now)
+        self._release_if_idle(link)
+
+    def _release_if_idle(self, link: Link) -> None:
+        """Close the socket and recycle the buffer once no completion can touch them."""
+        if not link.idle:
+            return
+        link.sock.close()
+        if len(self._free_buffers) < _FREE_BUFFERS:
+            self._free_buffers.append(link.buffer)
+
+    def _begin_stop(self, now: float) -> None:
+        self.server.begin_shutdown(now)
+        self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        """Cancel every accept; close each listening socket once its accepts are back."""
+        for acceptor in self._acceptors:
+            for op in list(acceptor.ops):
+                self._cancel_op(op)
+            if not acceptor.ops:
+                acceptor.bound.sock.close()
+        while self._parked:
+            _, sock = self._parked.popleft()
+            sock.close()
+            self.server.refused()
+
+    def _close_all(self) -> None:
+        """Leave nothing behind: end the connections, cancel and reap every operation, then
+        release the ring/port (never while the kernel may still use registered memory)."""
+        self._closing = True
+        now = time.monotonic()
+        for link in list(self._links.values()):
+            self._close(link, ConnectionAbortedError("driver stopped"), now)
+        self._stop_accepting()
+        try:
+            self._drain()
+        finally:
+            if self._ops:
+                log.error("%d operation(s) never completed; their memory is kept", len(self._ops))
+                _abandoned.append(self._ops)
+            else:
+                self._close_resources()
+            self.close_listeners()
+            self._jobs.shutdown()
+            for conn, job in self._jobs.finished():
+                conn.job_done(job, time.monotonic())
+
+    def _drain(self) -> None:
+        for op in list(self._ops.values()):
+            self._cancel_op(op)
+        give_up = time.monotonic() + DRAIN_TIMEOUT
+        while self._ops:
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                return
+            self._dispatch(self._wait(remaining), time.monotonic())

@@ -1,0 +1,47 @@
+"""spcore: a sans-IO TLS and HTTP/1.1 server core driven by interchangeable I/O drivers.
+
+The core (this package) turns bytes into protocol events and back without ever touching a
+socket, a thread or a clock; drivers (``spcore.drivers``) move the bytes.
+"""
+
+from .config import Limits
+from .connection import Connection
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .framing import DotFraming, Framing, LengthPrefixFraming, LineFraming, RawFraming
+from .http.messages import BodyReader, Pipe, Request, Response, blocking, buffered
+from .http.protocol import HTTPProtocol
+from .jobs import Job
+from .listeners import http_listener, stream_listener
+from .server import Listener, Server, Stats
+from .stream import Session, StreamHandler, StreamProtocol
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BodyReader",
+    "Connection",
+    "DotFraming",
+    "Framing",
+    "HTTPProtocol",
+    "Job",
+    "LengthPrefixFraming",
+    "Limits",
+    "LineFraming",
+    "Listener",
+    "LocalProtocolError",
+    "Pipe",
+    "ProtocolError",
+    "RawFraming",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
+    "Server",
+    "Session",
+    "Stats",
+    "StreamHandler",
+    "StreamProtocol",
+    "blocking",
+    "buffered",
+    "http_listener",
+    "stream_listener",
+]

@@ -1,0 +1,310 @@
+"""Running a driver under test: a throwaway PKI, and ``serve()`` with its checks.
+
+``serve()`` builds a ``Server``, lets the driver bind on loopback port 0, runs ``driver.run()``
+on a background thread and, on exit, stops it gracefully. A driver that does not stop, a
+``run()`` that raises and an error logged by spcore while serving all fail the scenario: a
+hang or an unhandled exception is a conformance failure like a wrong byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import pathlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, Protocol
+
+from spcore.certs import CertificateAuthority, CertPair
+from spcore.config import Limits
+from spcore.http.messages import App
+from spcore.listeners import http_listener, stream_listener
+from spcore.server import Listener, Server
+from spcore.stream import StreamHandler
+from spcore.tls.context import server_context
+
+from .clients import Client, TLSVersion
+
+__all__ = [
+    "PKI",
+    "SUITE_LIMITS",
+    "DriverLike",
+    "Serve",
+    "Served",
+    "Transport",
+    "make_pki",
+    "suite_limits",
+    "wait_until",
+]
+
+Transport = Literal["plain", "tls1.2", "tls1.3"]
+
+#: The suite's defaults: short grace periods, so a scenario that leaves a connection behind
+#: ends quickly (a driver that hangs still fails, after ``STOP_MARGIN``).
+SUITE_LIMITS = Limits(shutdown_grace=3.0, close_timeout=1.0)
+#: How long past the shutdown grace (and the close timeout) ``run()`` may take to return.
+STOP_MARGIN = 5.0
+
+
+def suite_limits(**overrides: Any) -> Limits:
+    """``SUITE_LIMITS`` with some fields changed."""
+    return dataclasses.replace(SUITE_LIMITS, **overrides)
+
+
+class DriverLike(Protocol):
+    """What the suite needs of a driver (``spcore.drivers.base.Driver`` has it)."""
+
+    def bind(self) -> Sequence[Any]: ...  # objects with an ``address`` attribute
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+DriverFactory = Callable[[Server], DriverLike]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+# --- the PKI ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PKI:
+    """A CA and the certificates the scenarios need."""
+
+    ca_file: pathlib.Path
+    server: CertPair  # localhost, 127.0.0.1, ::1
+    other: CertPair  # other.test
+    client: CertPair  # clientAuth, issued by the CA
+    rogue_client: CertPair  # clientAuth, issued by a CA the server does not trust
+
+    def server_context(self, **options: Any) -> ssl.SSLContext:
+        """``spcore.tls.server_context`` for the server certificate, plus ``options``."""
+        return server_context(self.server.certfile, self.server.keyfile, **options)
+
+    def client_context(
+        self,
+        version: TLSVersion | None = None,
+        *,
+        cert: CertPair | None = None,
+        alpn: Sequence[str] = ("http/1.1",),
+    ) -> ssl.SSLContext:
+        """A stdlib client context trusting the CA, pinned to ``version`` when given."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if version is not None:
+            pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+            ctx.minimum_version = ctx.maximum_version = pinned
+        if cert is not None:
+            ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
+        if alpn:
+            ctx.set_alpn_protocols(list(alpn))
+        return ctx
+
+
+def make_pki(directory: pathlib.Path) -> PKI:
+    """Issue the suite's certificates into ``directory``."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca = CertificateAuthority.create(now, name="spcore conformance CA")
+    rogue = CertificateAuthority.create(now, name="untrusted CA")
+    rogue_dir = directory / "rogue"
+    rogue_dir.mkdir(parents=True, exist_ok=True)
+    return PKI(
+        ca_file=ca.write_ca(directory),
+        server=ca.issue(directory, "server", ["localhost", "127.0.0.1", "::1"], now),
+        other=ca.issue(directory, "other", ["other.test"], now),
+        client=ca.issue(directory, "client", ["client.test"], now, client=True),
+        rogue_client=rogue.issue(rogue_dir, "rogue", ["rogue.test"], now, client=True),
+    )
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+class _ErrorLog(logging.Handler):
+    """Collects the ERROR records spcore logs while a scenario serves."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class Served:
+    """A running driver: its server, its bound addresses, and clients for them."""
+
+    def __init__(
+        self,
+        server: Server,
+        driver: DriverLike,
+        addresses: list[tuple[Any, ...]],
+        transport: Transport,
+        pki: PKI,
+    ) -> None:
+        self.server = server
+        self.driver = driver
+        self.addresses = addresses
+        self.transport = transport
+        self.pki = pki
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return self.addresses[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    @property
+    def connections(self) -> int:
+        """Connections the server holds now (read from the test thread: a snapshot)."""
+        return len(self.server.connections)
+
+    def connect(
+        self,
+        transport: Transport | None = None,
+        *,
+        index: int = 0,
+        context: ssl.SSLContext | None = None,
+        server_hostname: str = "localhost",
+        handshake: bool = True,
+        timeout: float = 10.0,
+    ) -> Client:
+        """A client connected to listener ``index``; TLS unless ``transport`` is plain.
+
+        ``transport`` defaults to the one the server was started with; ``context`` replaces
+        the suite's client context (which trusts the CA and pins the version).
+        """
+        transport = transport or self.transport
+        sock = socket.create_connection(self.addresses[index][:2], timeout=timeout)
+        if transport == "plain":
+            return Client(sock)
+        if context is None:
+            context = self.pki.client_context("1.2" if transport == "tls1.2" else "1.3")
+        try:
+            wrapped = context.wrap_socket(
+                sock,
+                server_hostname=server_hostname,
+                do_handshake_on_connect=handshake,
+                suppress_ragged_eofs=False,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return Client(wrapped)
+
+    def wait_drained(self, timeout: float = 5.0) -> None:
+        """Wait until the server holds no connection at all."""
+        wait_until(lambda: not self.server.connections, timeout, "the connections to drain")
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown and wait for ``run()`` to return; fail if it hangs."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.driver.stop()
+        limits = self.server.limits
+        budget = limits.shutdown_grace + limits.close_timeout + STOP_MARGIN
+        if self._thread is not None:
+            self._thread.join(budget)
+            if self._thread.is_alive():
+                raise AssertionError(
+                    f"the driver did not stop: run() still running {budget:.1f} s after stop()"
+                )
+        if self._error is not None:
+            raise AssertionError(f"driver.run() raised {self._error!r}") from self._error
+
+    def _start(self) -> None:
+        def run() -> None:
+            try:
+                self.driver.run()
+            except BaseException as exc:  # reported by stop()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="spcore-conformance-driver", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
+class Serve:
+    """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``."""
+
+    def __init__(self, factory: DriverFactory, pki: PKI) -> None:
+        self.factory = factory
+        self.pki = pki
+
+    @contextlib.contextmanager
+    def __call__(
+        self,
+        app: App | None = None,
+        *,
+        handler: Callable[[], StreamHandler] | None = None,
+        transport: Transport = "plain",
+        tls: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
+        listeners: Sequence[Listener] | None = None,
+        hosts: Sequence[str] = ("127.0.0.1",),
+        allow_errors: bool = False,
+    ) -> Iterator[Served]:
+        """Serve ``app`` (HTTP) or ``handler`` (stream) with the driver under test.
+
+        One listener per host in ``hosts``, on port 0; TLS with ``tls`` (default: the PKI's
+        server certificate) unless ``transport`` is plain. ``listeners`` replaces all of
+        that. On exit the driver is stopped and must return within the shutdown grace period
+        plus a margin; ``run()`` must not raise, and spcore must not have logged an error
+        (unless ``allow_errors``).
+        """
+        pki = self.pki
+        if listeners is None:
+            context = None
+            if transport != "plain":
+                context = tls or pki.server_context()
+            if (app is None) == (handler is None):
+                raise ValueError("serve() needs exactly one of app= and handler=")
+            if app is not None:
+                listeners = [http_listener(app, host=host, tls=context) for host in hosts]
+            else:
+                assert handler is not None
+                listeners = [stream_listener(handler, host=host, tls=context) for host in hosts]
+        server = Server(listeners, limits or SUITE_LIMITS)
+        driver = self.factory(server)
+        bound = driver.bind()
+        addresses = [tuple(b.address) for b in bound]
+        if len(addresses) != len(listeners):
+            raise AssertionError(f"bind() returned {len(addresses)} sockets for {len(listeners)}")
+        errors = _ErrorLog()
+        spcore_log = logging.getLogger("spcore")
+        spcore_log.addHandler(errors)
+        served = Served(server, driver, addresses, transport, pki)
+        try:
+            served._start()
+            yield served
+            served.stop()
+        finally:
+            if not served._stopped:  # the scenario failed: still stop, but keep its error
+                with contextlib.suppress(AssertionError):
+                    served.stop()
+            spcore_log.removeHandler(errors)
+        if errors.records and not allow_errors:
+            lines = "\n".join(f"  {r.name}: {r.getMessage()}" for r in errors.records)
+            raise AssertionError(f"spcore logged errors while serving:\n{lines}")

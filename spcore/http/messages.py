@@ -1,0 +1,216 @@
+"""What an HTTP application sees and returns: ``Request``, ``Response``, ``Pipe``.
+
+An application is a callable ``app(request) -> Response | None``. The request body is never
+buffered behind the application's back: to receive it, the application hands a
+``BodyReader`` to ``request.read_body()`` and either returns a response at once (it may stream
+from a ``Pipe`` the reader fills) or returns ``None`` and lets ``reader.end()`` produce it.
+``buffered(fn)`` wraps a ``fn(request, body)`` for applications that do want the whole body.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+from ..errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from ..tls.engine import TLSInfo
+
+__all__ = [
+    "App",
+    "BodyReader",
+    "HeaderInput",
+    "Pipe",
+    "Request",
+    "Response",
+    "blocking",
+    "buffered",
+]
+
+HeaderInput: TypeAlias = "Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]"
+
+
+class BodyReader(Protocol):
+    """Receives a request body piece by piece."""
+
+    def data(self, chunk: bytes) -> None: ...
+
+    def end(self) -> Response | None:
+        """The body is complete; return the response unless one was already returned."""
+        ...
+
+
+class Request:
+    """One HTTP request head, plus the hook to receive its body."""
+
+    __slots__ = (
+        "_reader",
+        "client",
+        "headers",
+        "http_version",
+        "method",
+        "path",
+        "query",
+        "scheme",
+        "server",
+        "target",
+        "tls",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        http_version: str,
+        *,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        tls: TLSInfo | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        path, _, query = target.partition("?")
+        self.path = path
+        self.query = query
+        #: (lower-case name, value) pairs as received, in order.
+        self.headers = headers
+        self.http_version = http_version
+        self.client = client
+        self.server = server
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
+        self._reader: BodyReader | None = None
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive), decoded as latin-1."""
+        key = name.lower().encode("ascii")
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def read_body(self, reader: BodyReader) -> None:
+        """Ask for the request body: ``reader.data()`` per piece, then ``reader.end()``."""
+        if self._reader is not None:
+            raise LocalProtocolError("read_body() called twice for one request")
+        self._reader = reader
+
+    @property
+    def body_reader(self) -> BodyReader | None:
+        return self._reader
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.http_version}>"
+
+
+@dataclass
+class Response:
+    """A response: status, headers and a body of bytes, text, an iterable of bytes or a Pipe.
+
+    A bytes or text body gets a ``Content-Length``; an iterable or a ``Pipe`` is streamed,
+    chunked unless the headers give a length, and is pulled only as fast as the client reads.
+    An iterable with a ``close()`` method is closed when the response ends, whatever the cause.
+    """
+
+    status: int = 200
+    headers: HeaderInput = field(default_factory=list)
+    body: bytes | str | Iterable[bytes] | Pipe = b""
+
+
+App = Callable[[Request], Response | None]
+
+
+class Pipe:
+    """A response body fed by someone else: a ``BodyReader`` (echo), another connection.
+
+    ``write()`` returns False once ``high_water`` bytes wait unsent: the producer should
+    stop until the connection drains it. A Pipe is also a ``BodyReader``, so
+    ``request.read_body(pipe)`` streams the request body straight back.
+    """
+
+    def __init__(self, high_water: int = 256 * 1024) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._high_water = high_water
+        self._closed = False
+        self._waiter: Callable[[], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> bool:
+        if self._closed:
+            raise LocalProtocolError("write() on a closed Pipe")
+        if data:
+            self._chunks.append(bytes(data))
+            self._size += len(data)
+            self._wake()
+        return self._size < self._high_water
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wake()
+
+    # BodyReader, so a request body can flow straight into a response.
+    def data(self, chunk: bytes) -> None:
+        self.write(chunk)
+
+    def end(self) -> Response | None:
+        self.close()
+        return None
+
+    # The consuming side, used by the connection.
+    def set_waiter(self, waiter: Callable[[], None] | None) -> None:
+        self._waiter = waiter
+
+    def take(self) -> bytes:
+        """Everything written so far, as one buffer."""
+        chunks, self._chunks, self._size = self._chunks, deque(), 0
+        return b"".join(chunks)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter()
+
+
+class _BufferedBody:
+    def __init__(self, request: Request, fn: Callable[[Request, bytes], Response]) -> None:
+        self._request = request
+        self._fn = fn
+        self._chunks: list[bytes] = []
+
+    def data(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def end(self) -> Response:
+        return self._fn(self._request, b"".join(self._chunks))
+
+
+def buffered(fn: Callable[[Request, bytes], Response]) -> App:
+    """An app calling ``fn(request, body)`` once the whole body (within the limits) is in."""
+
+    def app(request: Request) -> None:
+        request.read_body(_BufferedBody(request, fn))
+        return None
+
+    app.__name__ = getattr(fn, "__name__", "buffered_app")
+    app.__doc__ = fn.__doc__
+    if getattr(fn, "blocking", False):
+        app.blocking = True  # type: ignore[attr-defined]
+    return app
+
+
+def blocking(app: App) -> App:
+    """Mark an app as blocking: the server runs its calls as jobs on the driver's workers."""
+    app.blocking = True  # type: ignore[attr-defined]
+    return app

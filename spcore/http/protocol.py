@@ -1,0 +1,652 @@
+"""HTTP/1.1 over a connection, through h11.
+
+h11 owns the wire format and the per-request state machine; this layer adds what a server
+needs around it: limits (431, 414, 413), timeouts (408 and idle close), ``Date``/``Server``
+headers, ``Expect: 100-continue``, request bodies streamed to the application, response
+bodies pulled from an iterable or a ``Pipe`` only as fast as the client reads, pipelined
+requests answered in order, blocking applications run as jobs, and every h11 error turned
+into the right 4xx response.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from ..jobs import Job
+from ..layer import ProtocolLayer
+from .messages import App, BodyReader, Pipe, Request, Response
+
+if TYPE_CHECKING:
+    from ..config import Limits
+    from ..connection import Connection
+
+__all__ = ["HTTPProtocol"]
+
+log = logging.getLogger("spcore.http")
+
+#: A request body the application did not read is drained (and the connection kept) when
+#: at most this much of it remains; beyond that the response closes the connection.
+DRAIN_LIMIT = 64 * 1024
+#: How much of a blocking application's response iterable one job pulls.
+JOB_PULL_BYTES = 256 * 1024
+#: Slack for the method and version around the target when measuring a request line.
+REQUEST_LINE_SLACK = 64
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_URL_TOO_LONG = "the request target is longer than this server accepts"
+_HEAD_TOO_LARGE = "the request head is larger than this server accepts"
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+#: Where h11 starts quoting the peer's bytes in an error message (to the end of it).
+_QUOTED_BYTES = re.compile(r"""(: )?(bytearray\(|b'|b").*""", re.DOTALL)
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
+
+
+def _header_list(
+    headers: Mapping[str, str] | Iterable[tuple[Any, Any]],
+) -> list[tuple[bytes, bytes]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(_as_bytes(name).lower(), _as_bytes(value)) for name, value in items]
+
+
+def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(key == name for key, _ in headers)
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has validated it
+    return None
+
+
+class HTTPProtocol(ProtocolLayer):
+    """One HTTP/1.1 server connection running ``app`` (see ``spcore.http.messages``)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._blocking = bool(getattr(app, "blocking", False))
+        self._conn: Connection | None = None
+        self._h11: h11.Connection | None = None
+        self._processing = False
+        self._close_when_done = False  # shutdown requested or the body cannot be drained
+        self._job: Job | None = None
+        # per-request state, reset by _reset_request
+        self._request: Request | None = None
+        self._reader: BodyReader | None = None
+        self._body_size = 0
+        self._response_started = False
+        self._source: Any = None  # the response body object, closed at the end
+        self._chunks: Iterator[bytes] | None = None
+        self._pipe: Pipe | None = None
+        self._head_started = False
+        self._line_bytes = 0  # request-line bytes seen without a newline
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not parsed yet (what h11 holds): bounded by the limits."""
+        return len(self._h11.trailing_data[0]) if self._h11 is not None else 0
+
+    # -- ProtocolLayer ------------------------------------------------------------------------
+
+    @property
+    def reading(self) -> bool:
+        h = self._h11
+        if h is None or self._job is not None:
+            return False
+        # A complete request waits for its response: leave pipelined bytes in the kernel.
+        # After a request that ends the connection (MUST_CLOSE) nothing more is wanted.
+        return h.their_state is h11.IDLE or h.their_state is h11.SEND_BODY
+
+    def connection_made(self, conn: Connection, now: float) -> None:
+        self._conn = conn
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=conn.limits.max_header_size
+        )
+        self.deadline = now + conn.limits.idle_timeout
+
+    def data_received(self, data: bytes, now: float) -> None:
+        h = self._h11
+        assert h is not None and self._conn is not None
+        if h.their_state is h11.IDLE:
+            self._start_head(now)
+            if not self._request_line_ok(data, now):
+                return
+        h.receive_data(data)
+        self._process(now)
+
+    def eof_received(self, clean: bool, now: float) -> None:
+        assert self._h11 is not None
+        self._h11.receive_data(b"")
+        self._process(now)
+
+    def resume_writing(self, now: float) -> None:
+        self._pump(now)
+        self._process(now)
+
+    def timer_expired(self, now: float) -> None:
+        h = self._h11
+        assert h is not None and self._conn is not None
+        self.deadline = None
+        if h.their_state is h11.IDLE and not self._head_started:
+            self._conn.close()  # idle keep-alive connection: close quietly
+        elif h.their_state is h11.IDLE:
+            self._conn.server.stats.timeouts += 1
+            self._error(408, "the request head did not arrive in time", now)
+        else:
+            self._conn.server.stats.timeouts += 1
+            self._error(408, "the request body stopped arriving", now)
+
+    def shutdown(self, now: float) -> None:
+        assert self._h11 is not None and self._conn is not None
+        self._close_when_done = True
+        if self._idle:
+            self._conn.close()
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        if self._job is None:
+            self._close_source()
+        # else a worker may be inside the response body: the job's return closes it
+
+    # -- the event loop over h11 ----------------------------------------------------------------
+
+    @property
+    def _idle(self) -> bool:
+        h = self._h11
+        assert h is not None
+        return (
+            h.our_state is h11.IDLE
+            and h.their_state is h11.IDLE
+            and not self._head_started
+            and self._job is None
+        )
+
+    def _start_head(self, now: float) -> None:
+        """The first byte of a request head: the header deadline runs from here (slowloris)."""
+        if not self._head_started:
+            self._head_started = True
+            self.deadline = now + self._limits.header_timeout
+
+    def _request_line_ok(self, data: bytes, now: float) -> bool:
+        """Answer 414 as soon as a request line grows past the URL limit.
+
+        h11 would only see an over-long line once the whole head outgrows its buffer limit
+        (and answer 431), or parse it if it came in one piece.
+        """
+        if self._line_bytes < 0:
+            return True
+        newline = data.find(b"\n")
+        self._line_bytes += len(data) if newline < 0 else newline
+        if self._line_bytes > self._limits.max_url_length + REQUEST_LINE_SLACK:
+            self._error(414, _URL_TOO_LONG, now)
+            return False
+        if newline >= 0:
+            self._line_bytes = -1
+        return True
+
+    def _process(self, now: float) -> None:
+        """Pull events from h11 until it needs data, pauses, or we must wait."""
+        if self._processing:
+            return
+        self._processing = True
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        try:
+            while self._job is None and not conn.closing:
+                both_done = h.our_state is h11.DONE and h.their_state is h11.DONE
+                if both_done and not self._next_cycle(now):
+                    return
+                if h.their_state is h11.MUST_CLOSE or h.their_state is h11.CLOSED:
+                    return  # whatever follows a request that ends the connection is ignored
+                try:
+                    event = h.next_event()
+                except h11.RemoteProtocolError as exc:
+                    head = self._request is None and exc.error_status_hint == 431
+                    why = _HEAD_TOO_LARGE if head else _without_echo(str(exc))
+                    self._error(exc.error_status_hint, why, now)
+                    return
+                kind = type(event)
+                if kind is h11.Data:
+                    self._on_body(event.data, now)  # type: ignore[union-attr]
+                elif kind is h11.Request:
+                    self._on_request(event, now)  # type: ignore[arg-type]
+                elif kind is h11.EndOfMessage:
+                    self._on_body_end(now)
+                elif kind is h11.ConnectionClosed:
+                    if not self._response_started and self._job is None:
+                        conn.close()  # else the response ends in MUST_CLOSE and closes
+                    return
+                else:  # NEED_DATA or PAUSED
+                    return
+        finally:
+            self._processing = False
+
+    def _next_cycle(self, now: float) -> bool:
+        """Both sides finished a request/response: reset for the next one (or close)."""
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        if self._close_when_done:
+            conn.close()
+            return False
+        h.start_next_cycle()
+        self._reset_request()
+        pending, _closed = h.trailing_data
+        if not pending:
+            self.deadline = now + conn.limits.idle_timeout
+            return True
+        self._start_head(now)  # a pipelined request is already here
+        return self._request_line_ok(pending, now)
+
+    def _reset_request(self) -> None:
+        self._close_source()
+        self._request = None
+        self._reader = None
+        self._body_size = 0
+        self._response_started = False
+        self._head_started = False
+        self._line_bytes = 0
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _on_request(self, event: h11.Request, now: float) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.server.stats.requests += 1
+        self.deadline = None
+        limits = conn.limits
+        if len(event.target) > limits.max_url_length:
+            self._error(414, _URL_TOO_LONG, now)
+            return
+        if _head_size(event) > limits.max_header_size:  # it came in one piece, or h11 had 431'd
+            self._error(431, _HEAD_TOO_LARGE, now)
+            return
+        if event.method == b"CONNECT":  # h11 would switch protocols on any 2xx answer
+            self._error(501, "CONNECT tunnels are not supported by this server", now)
+            return
+        length = _content_length(event)
+        if length is not None and length > limits.max_body_size:
+            self._error(413, f"the request body exceeds {limits.max_body_size} bytes", now)
+            return
+        request = Request(
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            event.headers,
+            event.http_version.decode("ascii"),
+            client=conn.peer[:2] if conn.peer else None,
+            server=conn.local[:2] if conn.local else None,
+            tls=conn.tls_info,
+        )
+        self._request = request
+        self._call_app(lambda: self.app(request), self._app_returned, now)
+
+    def _app_returned(self, result: Response | None, now: float) -> None:
+        request = self._request
+        h = self._h11
+        assert request is not None and h is not None
+        self._reader = request.body_reader
+        if self._reader is not None and h.their_state is h11.SEND_BODY:
+            self.deadline = now + self._limits.body_timeout
+            if h.they_are_waiting_for_100_continue:
+                self._write(h.send(_CONTINUE))
+        if result is not None:
+            self._start_response(result, now)
+        elif self._reader is None:
+            self._fail("the application returned no response and read no body", now)
+
+    def _on_body(self, data: bytes, now: float) -> None:
+        limits = self._limits
+        self._body_size += len(data)
+        if self._body_size > limits.max_body_size:
+            self._error(413, f"the request body exceeds {limits.max_body_size} bytes", now)
+            return
+        self.deadline = now + limits.body_timeout
+        reader = self._reader
+        if reader is not None:
+            self._call_app(lambda: reader.data(data), self._ignore_result, now)
+
+    def _on_body_end(self, now: float) -> None:
+        self.deadline = None
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            self._call_app(reader.end, self._body_ended, now)
+
+    def _body_ended(self, result: Response | None, now: float) -> None:
+        if result is not None:
+            self._start_response(result, now)
+        elif not self._response_started:
+            self._fail("the body reader's end() returned no response", now)
+
+    def _ignore_result(self, _result: object, _now: float) -> None:
+        pass
+
+    # -- calling the application ----------------------------------------------------------------
+
+    def _call_app(
+        self, call: Callable[[], Any], then: Callable[[Any, float], None], now: float
+    ) -> None:
+        """Run application code here, or as a job when the app is blocking."""
+        if not self._blocking:
+            try:
+                result = call()
+            except Exception:
+                log.exception("application error")
+                self._fail("the application raised an exception", now)
+                return
+            then(result, now)
+            return
+
+        def done(job: Job, now: float) -> None:
+            if job.error is not None:
+                log.error("application error", exc_info=job.error)
+                self._fail("the application raised an exception", now)
+            else:
+                then(job.result, now)
+
+        self._submit(call, done)
+
+    def _submit(self, call: Callable[[], Any], then: Callable[[Job, float], None]) -> None:
+        """Hand ``call`` to the driver's workers; ``then(job, now)`` applies its outcome.
+
+        No client deadline runs while a job is out: reading is paused, so a body that stops
+        arriving meanwhile is the server's doing, not the client's.
+        """
+        conn = self._conn
+        h = self._h11
+        assert conn is not None and h is not None
+        self.deadline = None
+
+        def done(job: Job, now: float) -> None:
+            self._job = None
+            if conn.closing:
+                self._close_source()  # connection_lost left it to us
+                return
+            then(job, now)
+            if self.deadline is None and h.their_state is h11.SEND_BODY:
+                self.deadline = now + self._limits.body_timeout
+            self._process(now)
+
+        self._job = conn.submit_job(call, done)
+
+    def _fail(self, why: str, now: float) -> None:
+        self._error(500, why, now, log_level=logging.ERROR)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    @property
+    def _limits(self) -> Limits:
+        assert self._conn is not None
+        return self._conn.limits
+
+    def _write(self, data: bytes) -> None:
+        assert self._conn is not None
+        self._conn.write(data)
+
+    def _base_headers(self, headers: list[tuple[bytes, bytes]], now: float) -> None:
+        conn = self._conn
+        assert conn is not None
+        if not _has(headers, b"date"):
+            headers.append((b"date", conn.server.http_date(now)))
+        if not _has(headers, b"server"):
+            headers.append((b"server", conn.server.server_header))
+
+    def _must_close(self) -> bool:
+        """Whether this response has to end the connection."""
+        h = self._h11
+        assert h is not None
+        if self._close_when_done:
+            return True
+        if h.their_state is not h11.SEND_BODY or self._reader is not None:
+            return False
+        # The app answered without reading the body: drain a small rest, else close.
+        if h.they_are_waiting_for_100_continue:
+            return True
+        request = self._request
+        assert request is not None
+        if request.header("transfer-encoding") is not None:
+            return True  # chunked: the rest's size is unknown
+        length = int(request.header("content-length") or 0)
+        return length - self._body_size > DRAIN_LIMIT
+
+    def _start_response(self, response: Response, now: float) -> None:
+        h = self._h11
+        request = self._request
+        assert h is not None and request is not None
+        if self._response_started:
+            log.error("application produced a second response for %r; ignored", request)
+            return
+        # Everything the application handed over is checked before the first byte goes out:
+        # up to here a mistake is a clean 500, afterwards only an abort is left.
+        payload: bytes | None = None
+        chunks: Iterator[bytes] | None = None
+        try:
+            if not isinstance(response, Response):
+                raise TypeError(f"expected a Response, got {type(response).__name__}")
+            headers = _header_list(response.headers)
+            body = response.body
+            no_body = request.method == "HEAD" or response.status in _NO_BODY_STATUSES
+            if isinstance(body, str):
+                payload = body.encode("utf-8")
+                if not _has(headers, b"content-type"):
+                    headers.append((b"content-type", b"text/plain; charset=utf-8"))
+            elif isinstance(body, (bytes, bytearray, memoryview)):
+                payload = bytes(body)
+            elif not isinstance(body, Pipe):
+                chunks = iter(body)
+            if payload is not None:
+                _fixed_length(headers, len(payload), response.status, no_body)
+            self._base_headers(headers, now)
+            if self._must_close():
+                self._close_when_done = True
+                headers.append((b"connection", b"close"))
+            head = h11.Response(
+                status_code=response.status,
+                headers=headers,
+                reason=_REASONS.get(response.status, b""),
+            )
+        except (h11.LocalProtocolError, TypeError, ValueError, UnicodeError) as exc:
+            log.error("application returned an invalid response for %r: %s", request, exc)
+            self._fail("the application returned an invalid response", now)
+            return
+        self._response_started = True
+        if payload is None:
+            self._source = body
+        try:
+            out = h.send(head)
+            if payload is not None or no_body:
+                if payload and not no_body:
+                    out += h.send(h11.Data(data=payload))
+                out += h.send(h11.EndOfMessage())
+                self._write(out)
+                self._response_finished(now)
+                return
+            self._write(out)
+        except h11.LocalProtocolError as exc:
+            self._broken_response(exc)
+            return
+        if isinstance(body, Pipe):
+            self._pipe = body
+            body.set_waiter(self._pipe_ready)
+        else:
+            self._chunks = chunks
+        self._pump(now)
+
+    def _pipe_ready(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closing:
+            return
+        try:
+            self._pump(conn.now)
+            self._process(conn.now)
+        except Exception:
+            log.exception("response pipe failed")
+            conn.abort("internal error while streaming a response")
+
+    def _pump(self, now: float) -> None:
+        """Move response body chunks to the connection while it is writable."""
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        pipe = self._pipe
+        if pipe is not None:
+            if not conn.writable:
+                return  # resume_writing comes back here; the pipe holds the rest
+            chunk = pipe.take()
+            try:
+                if chunk:
+                    self._write(h.send(h11.Data(data=chunk)))
+                if pipe.closed:
+                    self._write(h.send(h11.EndOfMessage()))
+                    self._response_finished(now)
+            except h11.LocalProtocolError as exc:
+                self._broken_response(exc)
+            return
+        chunks = self._chunks
+        if chunks is None or self._job is not None:
+            return
+        if self._blocking:
+            if conn.writable:
+                self._submit(lambda: _pull(chunks), self._pulled)
+            return
+        try:
+            while conn.writable and not conn.closing:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    self._write(h.send(h11.EndOfMessage()))
+                    self._response_finished(now)
+                    return
+                if chunk:
+                    self._write(h.send(h11.Data(data=chunk)))
+        except h11.LocalProtocolError as exc:
+            self._broken_response(exc)
+        except Exception:
+            log.exception("response body iterator failed")
+            conn.abort("response body iterator failed")
+
+    def _pulled(self, job: Job, now: float) -> None:
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        if job.error is not None:
+            log.error("response body iterator failed", exc_info=job.error)
+            conn.abort("response body iterator failed")
+            return
+        chunks, finished = job.result
+        try:
+            out = b"".join(h.send(h11.Data(data=chunk)) for chunk in chunks if chunk)
+            if finished:
+                out += h.send(h11.EndOfMessage())
+            self._write(out)
+        except h11.LocalProtocolError as exc:
+            self._broken_response(exc)
+            return
+        if finished:
+            self._response_finished(now)
+        else:
+            self._pump(now)
+
+    def _broken_response(self, exc: h11.LocalProtocolError) -> None:
+        assert self._conn is not None
+        log.error("response for %r broke HTTP framing: %s", self._request, exc)
+        self._conn.server.stats.errors += 1
+        self._conn.abort("the application's response broke HTTP framing")
+
+    def _response_finished(self, now: float) -> None:
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        self._close_source()
+        if h.our_state is h11.MUST_CLOSE or (self._close_when_done and h.their_state is h11.DONE):
+            conn.close()
+        elif h.their_state is h11.SEND_BODY and self._reader is None:
+            self.deadline = now + self._limits.body_timeout  # draining the unread body
+
+    def _close_source(self) -> None:
+        source, self._source = self._source, None
+        self._chunks = None
+        if self._pipe is not None:
+            self._pipe.set_waiter(None)
+            self._pipe = None
+        close = getattr(source, "close", None)
+        if close is not None and not isinstance(source, Pipe):
+            try:
+                close()
+            except Exception:
+                log.exception("closing the response body failed")
+
+    def _error(self, status: int, why: str, now: float, *, log_level: int = logging.INFO) -> None:
+        """Answer an error with ``status`` and a one-line reason, then close."""
+        h = self._h11
+        conn = self._conn
+        assert h is not None and conn is not None
+        log.log(log_level, "%r: HTTP %d: %s", conn, status, why)
+        conn.server.stats.errors += 1
+        if self._response_started or h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            conn.abort(f"HTTP {status} after the response began: {why}")
+            return
+        phrase = _REASONS.get(status, b"")
+        body = b"%d %s: %s\n" % (status, phrase, why.encode("utf-8", "replace"))
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+        ]
+        self._base_headers(headers, now)
+        self._response_started = True
+        try:
+            out = h.send(h11.Response(status_code=status, headers=headers, reason=phrase))
+            out += h.send(h11.Data(data=body))
+            out += h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            conn.abort(f"HTTP {status}: {why}")
+            return
+        self._write(out)
+        self._close_source()
+        conn.close()
+
+
+def _without_echo(message: str) -> str:
+    """h11's message minus the peer's bytes it quotes (never reflect input into a response)."""
+    return _QUOTED_BYTES.sub("", message) or "malformed request"
+
+
+def _head_size(event: h11.Request) -> int:
+    """The size of the request head on the wire (give or take whitespace h11 dropped)."""
+    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+    return size + sum(len(name) + len(value) + 4 for name, value in event.headers)
+
+
+def _fixed_length(
+    headers: list[tuple[bytes, bytes]], size: int, status: int, no_body: bool
+) -> None:
+    """Give a bytes body its Content-Length, or check the one the application set."""
+    declared = [value for name, value in headers if name == b"content-length"]
+    if not declared:
+        if status not in _NO_BODY_STATUSES:
+            headers.append((b"content-length", b"%d" % size))
+    elif not no_body and declared != [b"%d" % size]:
+        raise ValueError(f"Content-Length {declared!r} does not match a {size}-byte body")
+
+
+def _pull(chunks: Iterator[bytes]) -> tuple[list[bytes], bool]:
+    """Worker side of a blocking response body: take up to JOB_PULL_BYTES of chunks."""
+    taken: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        taken.append(chunk)
+        size += len(chunk)
+        if size >= JOB_PULL_BYTES:
+            return taken, False
+    return taken, True

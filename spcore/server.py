@@ -1,0 +1,208 @@
+"""The server object: listeners, limits, the live connections and graceful shutdown.
+
+A driver binds one socket per ``Listener``, asks ``accepting`` before each accept, creates
+the core side of every accepted socket with ``accept()``, and after each call into the core
+also syncs the connections ``take_woken()`` returns (those changed by another connection's
+handler or by the server itself). Shutdown is decided here: ``begin_shutdown(now)`` stops
+accepting and lets in-flight work finish until ``deadline``; ``finished`` says when the
+driver may exit.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import Limits
+from .connection import Address, Connection
+from .layer import ProtocolLayer
+from .tls.engine import TLSEngine
+from .tls.openssl import OpenSSLEngine
+
+__all__ = ["Listener", "Server", "Stats"]
+
+log = logging.getLogger("spcore.server")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening address and what runs on it.
+
+    ``protocol`` makes the protocol layer of each new connection; ``tls`` makes it a TLS
+    listener (``spcore.tls.server_context`` builds a context with safe defaults);
+    ``engine`` replaces the OpenSSL engine with another ``TLSEngine`` built from ``tls``.
+    """
+
+    protocol: Callable[[], ProtocolLayer]
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: ssl.SSLContext | None = None
+    proxy_protocol: bool = False
+    engine: Callable[[ssl.SSLContext], TLSEngine] | None = None
+
+    def new_engine(self) -> TLSEngine | None:
+        if self.tls is None:
+            return None
+        if self.engine is not None:
+            return self.engine(self.tls)
+        return OpenSSLEngine(self.tls, server_side=True)
+
+    def new_protocol(self) -> ProtocolLayer:
+        return self.protocol()
+
+
+@dataclass
+class Stats:
+    """Live counters, shown by the built-in app's /stats."""
+
+    connections_total: int = 0
+    connections_open: int = 0
+    connections_refused: int = 0
+    requests: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    handshakes: int = 0
+    tls_errors: int = 0
+    errors: int = 0
+    timeouts: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _DateCache:
+    second: int = -1
+    value: bytes = b""
+
+
+class Server:
+    """Configuration, limits, the connection and session registries, shutdown state."""
+
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        limits: Limits | None = None,
+        *,
+        server_header: str = "spcore",
+    ) -> None:
+        if not listeners:
+            raise ValueError("a server needs at least one listener")
+        self.listeners = tuple(listeners)
+        self.limits = limits or Limits()
+        self.server_header = server_header.encode("ascii")
+        self.stats = Stats()
+        #: Live connections by id.
+        self.connections: dict[int, Connection] = {}
+        #: Stream sessions by id, for handlers that send to other sessions (broadcast).
+        self.sessions: dict[int, Any] = {}
+        #: The connection whose driver call is under way (so changes elsewhere are woken).
+        self.current: Connection | None = None
+        #: Free for the driver and applications (e.g. the driver's name for /stats).
+        self.info: dict[str, Any] = {}
+        self._next_id = 1
+        self._woken: dict[Connection, None] = {}
+        self._shutdown_deadline: float | None = None
+        self._wall_offset = 0.0
+        self._date = _DateCache()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, now: float, wall_time: float) -> None:
+        """Called by the driver when it starts: ``now`` is its clock, ``wall_time`` Unix time.
+
+        The core never reads a clock; the offset between the two dates HTTP responses.
+        """
+        self._wall_offset = wall_time - now
+
+    @property
+    def accepting(self) -> bool:
+        """Accept new connections now? False at the connection limit and while shutting down."""
+        return (
+            self._shutdown_deadline is None and len(self.connections) < self.limits.max_connections
+        )
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_deadline is not None
+
+    def accept(
+        self, listener: Listener, peer: Address | None, local: Address | None, now: float
+    ) -> Connection:
+        """Create the core side of a socket the driver accepted on ``listener``."""
+        conn_id = self._next_id
+        self._next_id += 1
+        conn = Connection(self, conn_id, listener, peer, local, now)
+        self.connections[conn_id] = conn
+        self.stats.connections_total += 1
+        self.stats.connections_open = len(self.connections)
+        return conn
+
+    def refused(self) -> None:
+        """The driver dropped a connection it could not take (limit reached, accept error)."""
+        self.stats.connections_refused += 1
+
+    def connection_ended(self, conn: Connection) -> None:
+        """Called by ``Connection.connection_lost``: forget the connection."""
+        self.connections.pop(conn.id, None)
+        self.sessions.pop(conn.id, None)
+        self._woken.pop(conn, None)
+        self.stats.connections_open = len(self.connections)
+
+    def begin_shutdown(self, now: float) -> None:
+        """Stop accepting; finish in-flight requests, close idle connections, then exit."""
+        if self._shutdown_deadline is not None:
+            return
+        log.info("shutting down: %d connection(s) open", len(self.connections))
+        self._shutdown_deadline = now + self.limits.shutdown_grace
+        for conn in list(self.connections.values()):
+            conn.shutdown(now)
+            self.wake(conn)
+
+    @property
+    def deadline(self) -> float | None:
+        """When to call ``on_deadline`` (the end of the shutdown grace period)."""
+        return self._shutdown_deadline if self.connections else None
+
+    def on_deadline(self, now: float) -> None:
+        if self._shutdown_deadline is None or now < self._shutdown_deadline:
+            return
+        for conn in list(self.connections.values()):
+            conn.abort("shutdown grace period over")
+            self.wake(conn)
+
+    @property
+    def finished(self) -> bool:
+        """Shutdown was requested and every connection is gone: the driver may exit."""
+        return self._shutdown_deadline is not None and not self.connections
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def wake(self, conn: Connection) -> None:
+        """Note that ``conn`` changed outside its own driver call."""
+        if not conn.closed:
+            self._woken[conn] = None
+
+    def take_woken(self) -> list[Connection]:
+        """Connections the driver must sync (output, reading, deadline, close)."""
+        if not self._woken:
+            return []
+        woken = list(self._woken)
+        self._woken.clear()
+        return woken
+
+    # -- helpers for protocols ----------------------------------------------------------------
+
+    def http_date(self, now: float) -> bytes:
+        """The IMF-fixdate for ``now`` (driver clock), cached per second."""
+        wall = now + self._wall_offset
+        second = int(wall)
+        cache = self._date
+        if second != cache.second:
+            cache.second = second
+            cache.value = email.utils.formatdate(second, usegmt=True).encode("ascii")
+        return cache.value

@@ -1,0 +1,62 @@
+"""Shared fixtures: a throwaway PKI built once per test session."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from dataclasses import dataclass
+
+import pytest
+
+from spcore.certs import CertificateAuthority, CertPair, dev_certificate
+
+
+@dataclass(frozen=True)
+class PKI:
+    """A CA and the certificates the TLS tests need, all issued at ``now``."""
+
+    now: datetime.datetime
+    ca: CertificateAuthority
+    ca_file: pathlib.Path
+    server: CertPair  # localhost, 127.0.0.1, ::1
+    other: CertPair  # other.test
+    wild: CertPair  # *.wild.test
+    client: CertPair  # clientAuth, issued by the CA
+    expired: CertPair  # localhost, expired a day ago
+    self_signed: CertPair  # the development certificate: localhost, issued by itself
+    rogue_ca_file: pathlib.Path  # a second, untrusted CA
+    rogue_client: CertPair  # clientAuth, issued by the rogue CA
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    # Tests may read the clock; only spcore/ may not.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    directory = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority.create(now)
+    rogue = CertificateAuthority.create(now, name="rogue CA")
+    rogue_dir = directory / "rogue"
+    rogue_dir.mkdir()
+    return PKI(
+        now=now,
+        ca=ca,
+        ca_file=ca.write_ca(directory),
+        server=ca.issue(directory, "server", ["localhost", "127.0.0.1", "::1"], now),
+        other=ca.issue(directory, "other", ["other.test"], now),
+        wild=ca.issue(directory, "wild", ["*.wild.test"], now),
+        client=ca.issue(directory, "client", ["client.test"], now, client=True),
+        expired=ca.issue(
+            directory,
+            "expired",
+            ["localhost", "127.0.0.1", "::1"],
+            now,
+            not_before=now - 30 * day,
+            not_after=now - day,
+        ),
+        self_signed=dev_certificate(now, directory / "dev"),
+        rogue_ca_file=rogue.write_ca(rogue_dir),
+        rogue_client=rogue.issue(
+            rogue_dir, "rogue-client", ["rogue-client.test"], now, client=True
+        ),
+    )

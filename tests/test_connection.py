@@ -1,0 +1,843 @@
+"""The connection stack in memory: sniffing, PROXY headers, TLS, and the driver contract."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import PKI
+from memlink import LOCAL, PEER, MemLink
+
+from spcore.config import Limits
+from spcore.connection import Connection
+from spcore.layer import ProtocolLayer
+from spcore.server import Listener, Server
+from spcore.tls import client_context, server_context
+from spcore.tls.engine import (
+    ApplicationData,
+    CloseNotify,
+    HandshakeComplete,
+    TLSEvent,
+    TLSInfo,
+)
+from spcore.tls.openssl import OpenSSLEngine
+from spcore.tls.records import AlertDescription, alert_record
+
+NOW = 1000.0
+CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
+ALERT = 21
+
+
+@pytest.fixture(scope="module")
+def server_tls(pki: PKI) -> ssl.SSLContext:
+    return server_context(pki.server.certfile, pki.server.keyfile)
+
+
+@pytest.fixture(scope="module")
+def client_tls(pki: PKI) -> ssl.SSLContext:
+    return client_context(cafile=pki.ca_file)
+
+
+class Recorder(ProtocolLayer):
+    """A protocol layer that records every call; ``echo`` writes back what it reads."""
+
+    def __init__(self, *, echo: bool = False, close_on: bytes | None = None) -> None:
+        self.echo = echo
+        self.close_on = close_on
+        self.conn: Connection | None = None
+        self.made_after_handshake: bool | None = None
+        self.data = bytearray()
+        self.eofs: list[bool] = []
+        self.lost: list[BaseException | None] = []
+        self.timers = 0
+        self.resumed = 0
+        self.shutdowns = 0
+
+    def connection_made(self, conn: Connection, now: float) -> None:
+        self.conn = conn
+        self.made_after_handshake = conn.tls is None or conn.tls.handshake_complete
+
+    def data_received(self, data: bytes, now: float) -> None:
+        assert self.conn is not None
+        self.data += data
+        if self.echo:
+            self.conn.write(data)
+        if self.close_on is not None and self.close_on in self.data:
+            self.conn.close()
+
+    def eof_received(self, clean: bool, now: float) -> None:
+        self.eofs.append(clean)
+
+    def resume_writing(self, now: float) -> None:
+        self.resumed += 1
+
+    def timer_expired(self, now: float) -> None:
+        self.timers += 1
+        self.deadline = None
+
+    def shutdown(self, now: float) -> None:
+        self.shutdowns += 1
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        self.lost.append(error)
+
+
+def make_server(
+    protocol: Callable[[], ProtocolLayer],
+    *,
+    tls: ssl.SSLContext | None = None,
+    proxy: bool = False,
+    engine: Callable[[ssl.SSLContext], Any] | None = None,
+    **limits: float,
+) -> Server:
+    listener = Listener(protocol, tls=tls, proxy_protocol=proxy, engine=engine)  # type: ignore[arg-type]
+    server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
+    server.start(NOW, 1_700_000_000.0)
+    return server
+
+
+def recording_server(**kwargs: object) -> tuple[Server, list[Recorder]]:
+    """A server whose connections each get a new ``Recorder`` (kept in the returned list)."""
+    made: list[Recorder] = []
+    echo = bool(kwargs.pop("echo", False))
+    close_on = kwargs.pop("close_on", None)
+
+    def factory() -> Recorder:
+        made.append(Recorder(echo=echo, close_on=close_on))  # type: ignore[arg-type]
+        return made[-1]
+
+    return make_server(factory, **kwargs), made  # type: ignore[arg-type]
+
+
+def accept(server: Server) -> Connection:
+    return server.accept(server.listeners[0], PEER, LOCAL, NOW)
+
+
+def drain(conn: Connection, now: float = NOW) -> bytes:
+    """Play a driver whose socket takes everything: write out all output."""
+    data = b"".join(bytes(b) for b in conn.outgoing())
+    conn.sent(len(data), now)
+    return data
+
+
+def client_hello(client_tls: ssl.SSLContext) -> bytes:
+    client = OpenSSLEngine(client_tls, server_side=False, server_hostname="localhost")
+    client.start()
+    return client.data_to_send()
+
+
+def alert_records(data: bytes) -> list[tuple[int, int]]:
+    """Split plaintext alert records into (level, description); fail on anything else."""
+    alerts = []
+    while data:
+        assert data[0] == ALERT, data
+        length = int.from_bytes(data[3:5], "big")
+        assert length == 2
+        alerts.append((data[5], data[6]))
+        data = data[5 + length :]
+    return alerts
+
+
+class PrefacedLink(MemLink):
+    """A MemLink whose first bytes on the wire are ``preface`` (a PROXY header)."""
+
+    def __init__(self, server: Server, preface: bytes, **kwargs: object) -> None:
+        self._preface: bytes | None = preface
+        super().__init__(server, **kwargs)  # type: ignore[arg-type]
+
+    def pump(self, rounds: int = 10_000) -> None:
+        if self._preface is not None:
+            self.to_server[:0] = self._preface
+            self._preface = None
+        super().pump(rounds)
+
+
+# -- plaintext, garbage and bad records on a TLS listener ------------------------------------
+
+
+@CHUNKS
+def test_plain_http_on_tls_port_is_answered_in_cleartext(
+    server_tls: ssl.SSLContext, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, chunk=chunk)
+    link.send(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    reply = link.take()
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close\r\n" in reply
+    assert b"this port speaks HTTPS; you sent plain HTTP. Use https://" in reply
+    assert link.client_got_eof and not link.closed  # write side shut, waiting for the peer
+    assert made[0].conn is None  # the protocol never started
+    link.client_close()
+    assert link.closed
+    assert server.stats.errors == 1 and server.stats.handshakes == 0
+
+
+def test_plain_http_is_detected_from_the_method_alone(server_tls: ssl.SSLContext) -> None:
+    server, _ = recording_server(tls=server_tls)
+    link = MemLink(server, chunk=1)
+    link.send(b"POS")
+    assert link.raw_received == b"" and not link.client_got_eof  # undecided yet
+    link.send(b"T ")
+    assert link.take().startswith(b"HTTP/1.1 400 ")
+    assert link.client_got_eof
+
+
+@CHUNKS
+def test_client_hello_one_byte_at_a_time_still_handshakes(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls, echo=True)
+    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    assert link.client_info is not None and link.conn.tls_info is not None
+    link.send(b"ping")
+    assert link.take() == b"ping"
+    assert made[0].made_after_handshake is True
+    assert server.stats.handshakes == 1
+
+
+@CHUNKS
+@pytest.mark.parametrize(
+    "garbage",
+    [b"hello, this is not TLS\r\n", bytes(range(8)) * 4, b"\x16\x04\x00\x00\x10" + b"x" * 16],
+    ids=["text", "binary", "bad-version"],
+)
+def test_garbage_on_tls_port_gets_the_engine_answer_and_close(
+    server_tls: ssl.SSLContext, garbage: bytes, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, chunk=chunk)
+    link.send(garbage)
+    alert_records(bytes(link.raw_received))  # nothing but alerts (OpenSSL may send none)
+    assert link.client_got_eof and made[0].conn is None
+    assert server.stats.tls_errors == 1
+    link.advance(server.limits.close_timeout)
+    assert link.closed
+
+
+def test_engine_alert_is_flushed_before_closing(pki: PKI, server_tls: ssl.SSLContext) -> None:
+    # A TLS 1.2 client whose only cipher the server refuses: OpenSSL answers handshake_failure.
+    client = client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2)
+    client.set_ciphers("AES128-SHA")
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, client_context=client)
+    assert alert_records(bytes(link.raw_received)) == [(2, AlertDescription.HANDSHAKE_FAILURE)]
+    assert link.client_error is not None and made[0].conn is None
+    assert server.stats.tls_errors == 1
+    link.client_close(notify=False)
+    assert link.closed
+
+
+@CHUNKS
+def test_oversized_record_header_gets_a_plaintext_alert(
+    server_tls: ssl.SSLContext, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, chunk=chunk)
+    link.send(b"\x16\x03\x01\xff\xff" + b"\x01" * 64)
+    raw = bytes(link.raw_received)
+    assert raw[0] == ALERT
+    assert raw == alert_record(AlertDescription.RECORD_OVERFLOW)
+    assert link.client_got_eof and made[0].conn is None
+    assert server.stats.tls_errors == 1
+    link.client_close()
+    assert link.closed
+
+
+def test_client_hello_and_tls_info_expose_sni_and_alpn(
+    pki: PKI, server_tls: ssl.SSLContext
+) -> None:
+    client = client_context(cafile=pki.ca_file, alpn_protocols=("h2", "http/1.1"))
+    server, _ = recording_server(tls=server_tls)
+    link = MemLink(server, client_context=client)
+    hello = link.conn.client_hello
+    assert hello is not None
+    assert hello.server_name == "localhost"
+    assert hello.alpn_protocols == ("h2", "http/1.1")
+    info = link.conn.tls_info
+    assert info is not None and info.server_name == "localhost"
+    assert info.alpn_protocol == "http/1.1"
+
+
+# -- the PROXY protocol -----------------------------------------------------------------------
+
+SOURCE = ("203.0.113.7", 56324)
+
+
+def proxy_v1() -> bytes:
+    return b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 443\r\n"
+
+
+def proxy_v2(command: int = 1) -> bytes:
+    addresses = (
+        ipaddress.IPv4Address(SOURCE[0]).packed
+        + ipaddress.IPv4Address("192.0.2.1").packed
+        + SOURCE[1].to_bytes(2, "big")
+        + (443).to_bytes(2, "big")
+    )
+    head = b"\r\n\r\n\x00\r\nQUIT\n" + bytes((0x20 | command, 0x11))
+    return head + len(addresses).to_bytes(2, "big") + addresses
+
+
+PROXY_HEADERS = pytest.mark.parametrize("header", [proxy_v1(), proxy_v2()], ids=["v1", "v2"])
+
+
+@CHUNKS
+@PROXY_HEADERS
+def test_proxy_header_then_request_in_one_buffer_on_a_plain_listener(
+    header: bytes, chunk: int | None
+) -> None:
+    server, made = recording_server(proxy=True, echo=True)
+    link = MemLink(server, chunk=chunk)
+    assert made[0].conn is None  # waiting for the header
+    link.send(header + b"hello")
+    assert link.take() == b"hello"
+    assert link.conn.peer == SOURCE
+    assert link.conn.proxy is not None and link.conn.proxy.destination == ("192.0.2.1", 443)
+
+
+@CHUNKS
+@PROXY_HEADERS
+def test_proxy_header_then_client_hello_on_a_tls_listener(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, header: bytes, chunk: int | None
+) -> None:
+    server, _ = recording_server(tls=server_tls, proxy=True, echo=True)
+    link = PrefacedLink(server, header, client_context=client_tls, chunk=chunk)
+    assert link.client_info is not None
+    assert link.conn.peer == SOURCE
+    link.send(b"over TLS")
+    assert link.take() == b"over TLS"
+
+
+def test_proxy_local_command_keeps_the_socket_address() -> None:
+    server, made = recording_server(proxy=True, echo=True)
+    link = MemLink(server)
+    link.send(proxy_v2(command=0) + b"x")
+    assert link.take() == b"x" and link.conn.peer == PEER
+    assert made[0].conn is not None
+
+
+@CHUNKS
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_bad_proxy_header_closes_without_a_response(
+    server_tls: ssl.SSLContext, tls: bool, chunk: int | None
+) -> None:
+    server, made = recording_server(proxy=True, tls=server_tls if tls else None, echo=True)
+    link = MemLink(server, chunk=chunk)
+    link.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert link.closed and link.raw_received == b""
+    assert made[0].conn is None
+    assert server.stats.errors == 1
+    assert not server.connections
+
+
+@pytest.mark.parametrize("sent", [b"", b"PROXY TCP4 1.2", proxy_v2()[:20]], ids=str)
+def test_eof_before_the_proxy_header_closes(sent: bytes) -> None:
+    server, made = recording_server(proxy=True)
+    link = MemLink(server)
+    link.send(sent)
+    assert not link.closed
+    link.client_close()
+    assert link.closed and link.raw_received == b""
+    assert made[0].conn is None and made[0].lost == [None]
+
+
+def test_proxy_header_must_arrive_within_the_handshake_timeout() -> None:
+    server, _ = recording_server(proxy=True, handshake_timeout=5.0)
+    link = MemLink(server)
+    link.send(b"PROXY ")
+    link.advance(4.9)
+    assert not link.closed
+    link.advance(0.2)
+    assert link.closed and server.stats.timeouts == 1
+
+
+# -- the driver contract ----------------------------------------------------------------------
+
+FLOW = {"write_high_water": 4096, "write_low_water": 1024}
+
+
+def test_reading_stops_above_high_water_and_resumes_below_low_water() -> None:
+    server, made = recording_server(echo=True, **FLOW)
+    conn = accept(server)
+    conn.receive_data(b"x" * 5000, NOW)
+    assert conn.output_size == 5000
+    assert not conn.reading and not conn.writable
+    conn.sent(5000 - 1025, NOW)  # 1025 left: above low water
+    assert not conn.reading and made[0].resumed == 0
+    conn.sent(2, NOW)  # 1023 left
+    assert conn.reading and conn.writable and made[0].resumed == 1
+    assert drain(conn) == b"x" * 1023
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_peer_that_stops_reading_stops_our_reading(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool
+) -> None:
+    server, made = recording_server(echo=True, tls=server_tls if tls else None, **FLOW)
+    link = MemLink(server, client_context=client_tls if tls else None, chunk=500)
+    link.window = 0
+    payload = bytes(range(256)) * 80  # 20 KiB, sent in small TLS records
+    for start in range(0, len(payload), 256):
+        link.send(payload[start : start + 256])
+    assert not link.conn.reading
+    assert link.to_server  # the rest waits in the client's socket
+    assert 4096 <= link.conn.output_size < 4096 + 2 * 500
+    link.window = None
+    link.pump()
+    assert link.conn.reading and made[0].resumed >= 1
+    assert link.take() == payload
+
+
+def test_graceful_close_shuts_the_write_side_after_flushing() -> None:
+    server, made = recording_server(close_on=b"bye")
+    conn = accept(server)
+    conn.receive_data(b"bye", NOW)
+    assert conn.closing and not conn.should_close
+    assert made[0].conn is not None
+    made[0].conn.write(b"ignored")  # closing: writes are dropped
+    assert list(conn.outgoing()) == []
+    assert conn.write_eof
+    conn.write_eof_done(NOW + 1)
+    assert not conn.write_eof and not conn.should_close
+    assert conn.reading  # reads and discards until the peer's EOF
+    assert conn.deadline == NOW + 1 + server.limits.close_timeout
+    conn.receive_data(b"late", NOW + 1.5)
+    assert made[0].data == b"bye" and not conn.should_close
+    conn.receive_data(b"", NOW + 1.5)
+    assert conn.should_close
+
+
+def test_graceful_close_flushes_pending_output_first() -> None:
+    server, _ = recording_server(echo=True, close_on=b"!")
+    conn = accept(server)
+    conn.receive_data(b"last words!", NOW)
+    assert not conn.write_eof  # output still pending
+    assert drain(conn) == b"last words!"
+    assert conn.write_eof
+
+
+def test_close_timeout_ends_a_peer_that_never_closes() -> None:
+    server, _ = recording_server(close_on=b"bye", close_timeout=2.0)
+    conn = accept(server)
+    conn.receive_data(b"bye", NOW)
+    conn.write_eof_done(NOW)
+    conn.on_deadline(NOW + 1.9)
+    assert not conn.should_close
+    conn.on_deadline(NOW + 2.0)
+    assert conn.should_close
+
+
+def test_zero_close_timeout_closes_right_after_flushing() -> None:
+    server, _ = recording_server(echo=True, close_on=b"bye", close_timeout=0)
+    conn = accept(server)
+    conn.receive_data(b"bye", NOW)
+    assert not conn.should_close
+    drain(conn)
+    assert conn.should_close and not conn.write_eof
+
+
+def test_peer_eof_first_then_our_close_closes_after_flushing() -> None:
+    server, made = recording_server(echo=True)
+    conn = accept(server)
+    conn.receive_data(b"abc", NOW)
+    conn.receive_data(b"", NOW)
+    assert made[0].eofs == [True] and not conn.reading
+    assert made[0].conn is not None
+    made[0].conn.close()
+    assert not conn.should_close
+    assert drain(conn) == b"abc"
+    assert conn.should_close
+
+
+def test_abort_asks_to_close_at_once() -> None:
+    server, made = recording_server()
+    conn = accept(server)
+    assert made[0].conn is not None
+    made[0].conn.write(b"dropped")
+    made[0].conn.abort("test")
+    assert conn.should_close and not conn.reading
+    conn.connection_lost(None, NOW)
+    assert made[0].lost == [None]
+
+
+def test_connection_lost_is_idempotent_and_forgets_the_connection() -> None:
+    server, made = recording_server()
+    conn = accept(server)
+    other = accept(server)
+    assert server.stats.connections_open == 2
+    error = ConnectionResetError("reset by peer")
+    conn.connection_lost(error, NOW)
+    conn.connection_lost(None, NOW)
+    assert made[0].lost == [error]
+    assert conn.closed and conn.should_close
+    assert conn.id not in server.connections and other.id in server.connections
+    assert server.stats.connections_open == 1
+
+
+def test_calls_after_connection_lost_are_no_ops() -> None:
+    server, made = recording_server(echo=True)
+    conn = accept(server)
+    conn.receive_data(b"abc", NOW)
+    conn.connection_lost(None, NOW)
+    conn.receive_data(b"more", NOW)
+    conn.receive_data(b"", NOW)
+    conn.sent(3, NOW)
+    conn.on_deadline(NOW + 10_000)
+    conn.write_eof_done(NOW)
+    conn.write(b"x")
+    conn.close()
+    conn.abort("late")
+    assert made[0].data == b"abc" and made[0].eofs == [] and made[0].timers == 0
+    assert list(conn.outgoing()) == []
+    assert conn.deadline is None
+    assert not conn.reading and not conn.write_eof and conn.should_close
+    assert made[0].lost == [None]
+    assert server.take_woken() == [] and not server.connections
+
+
+def test_connection_lost_during_the_handshake_leaves_no_deadline(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, _ = recording_server(tls=server_tls)
+    conn = accept(server)
+    conn.receive_data(client_hello(client_tls), NOW)
+    assert conn.deadline == NOW + server.limits.handshake_timeout
+    conn.connection_lost(OSError("reset"), NOW)
+    assert conn.deadline is None
+    assert list(conn.outgoing()) == []  # the engine's ServerHello is not handed out any more
+
+
+def test_handshake_timeout_aborts_an_unfinished_handshake(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, made = recording_server(tls=server_tls, handshake_timeout=10.0)
+    link = MemLink(server)
+    link.send_raw(client_hello(client_tls))  # and never the client's Finished
+    assert link.raw_received  # ServerHello and friends went out
+    link.advance(9.0)
+    assert not link.closed
+    link.advance(1.0)
+    assert link.closed and made[0].conn is None
+    assert server.stats.timeouts == 1 and not server.connections
+
+
+def test_a_finished_handshake_is_not_cut_by_the_handshake_timeout(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, made = recording_server(tls=server_tls, handshake_timeout=10.0)
+    link = MemLink(server, client_context=client_tls)
+    assert link.conn.deadline is None
+    link.advance(3600)
+    assert not link.closed and made[0].timers == 0
+
+
+def test_send_timeout_aborts_a_peer_that_never_reads() -> None:
+    server, _ = recording_server(echo=True, send_timeout=30.0)
+    link = MemLink(server)
+    link.window = 0
+    link.send(b"you will never read this")
+    assert link.conn.deadline == NOW + 30.0
+    link.advance(29.0)
+    assert not link.closed
+    link.advance(1.0)
+    assert link.closed and server.stats.timeouts == 1
+
+
+def test_send_progress_pushes_the_send_timeout_back() -> None:
+    server, _ = recording_server(echo=True, send_timeout=30.0)
+    link = MemLink(server)
+    link.window = 0
+    link.send(b"0123456789")
+    link.advance(20.0)
+    link.window = 4
+    link.pump()
+    assert link.conn.deadline == NOW + 20.0 + 30.0
+    link.advance(29.0)
+    assert not link.closed
+    link.window = None
+    link.pump()
+    assert link.take() == b"0123456789" and link.conn.deadline is None
+
+
+def test_send_timeout_covers_the_cleartext_rejection(server_tls: ssl.SSLContext) -> None:
+    server, _ = recording_server(tls=server_tls, send_timeout=30.0)
+    link = MemLink(server)
+    link.window = 0
+    link.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert link.conn.deadline == NOW + 30.0
+    link.advance(30.0)
+    assert link.closed
+
+
+def test_deadline_is_the_earliest_of_all_timers() -> None:
+    server, made = recording_server(send_timeout=60.0)
+    conn = accept(server)
+    layer = made[0]
+    assert conn.deadline is None
+    layer.deadline = NOW + 5.0
+    assert conn.deadline == NOW + 5.0
+    assert layer.conn is not None
+    layer.conn.write(b"pending")
+    assert conn.deadline == NOW + 5.0
+    layer.deadline = NOW + 100.0
+    assert conn.deadline == NOW + 60.0
+    conn.on_deadline(NOW + 60.0)
+    assert conn.should_close and layer.timers == 0  # the send timeout fired, not the protocol
+
+
+def test_early_and_stale_deadline_calls_are_harmless() -> None:
+    server, made = recording_server()
+    conn = accept(server)
+    layer = made[0]
+    conn.on_deadline(NOW)  # nothing is due
+    layer.deadline = NOW + 5.0
+    conn.on_deadline(NOW + 4.0)  # early
+    assert layer.timers == 0
+    conn.on_deadline(NOW + 5.0)
+    assert layer.timers == 1 and layer.deadline is None
+    conn.on_deadline(NOW + 6.0)  # stale: the timer was already handled
+    assert layer.timers == 1 and not conn.should_close and not conn.closing
+
+
+class Broken(Recorder):
+    """Raises in the method named ``where``."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def _maybe_fail(self, method: str) -> None:
+        if method == self.where:
+            raise RuntimeError(f"broken {method}")
+
+    def connection_made(self, conn: Connection, now: float) -> None:
+        super().connection_made(conn, now)
+        conn.write(b"x" * 10)  # above the tests' high water: resume_writing follows a drain
+        self._maybe_fail("connection_made")
+
+    def data_received(self, data: bytes, now: float) -> None:
+        super().data_received(data, now)
+        self._maybe_fail("data_received")
+
+    def eof_received(self, clean: bool, now: float) -> None:
+        self._maybe_fail("eof_received")
+
+    def timer_expired(self, now: float) -> None:
+        self._maybe_fail("timer_expired")
+
+    def resume_writing(self, now: float) -> None:
+        self._maybe_fail("resume_writing")
+
+    def shutdown(self, now: float) -> None:
+        self._maybe_fail("shutdown")
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        super().connection_lost(error)
+        self._maybe_fail("connection_lost")
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "connection_made",
+        "data_received",
+        "eof_received",
+        "timer_expired",
+        "resume_writing",
+        "shutdown",
+    ],
+)
+def test_an_exception_in_the_protocol_aborts_only_that_connection(
+    caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    layers: list[Recorder] = []
+
+    def factory() -> Recorder:  # the first connection is a healthy bystander
+        layers.append(Broken(where) if layers else Recorder())
+        return layers[-1]
+
+    server = make_server(factory, write_high_water=8, write_low_water=4)
+    bystander = accept(server)
+    with caplog.at_level(logging.ERROR, logger="spcore.connection"):
+        conn = accept(server)
+        conn.receive_data(b"data", NOW)
+        layers[1].deadline = NOW + 1
+        conn.on_deadline(NOW + 1)
+        drain(conn)
+        server.begin_shutdown(NOW + 2)
+        conn.receive_data(b"", NOW + 2)
+    assert conn.should_close
+    assert any("internal error" in r.getMessage() for r in caplog.records)
+    assert server.stats.errors == 1
+    conn.connection_lost(None, NOW + 3)
+    assert layers[1].lost == [None]
+    assert bystander.id in server.connections and not bystander.should_close
+
+
+def test_an_exception_in_connection_lost_is_logged_and_the_registry_still_cleaned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = make_server(lambda: Broken("connection_lost"))
+    conn = accept(server)
+    with caplog.at_level(logging.ERROR, logger="spcore.connection"):
+        conn.connection_lost(None, NOW)
+    assert "protocol failed while closing" in caplog.text
+    assert not server.connections and conn.closed
+
+
+def test_an_exception_in_connection_made_on_tls_aborts(
+    caplog: pytest.LogCaptureFixture, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = make_server(lambda: Broken("connection_made"), tls=server_tls)
+    with caplog.at_level(logging.ERROR, logger="spcore.connection"):
+        link = MemLink(server, client_context=client_tls)
+    assert link.closed and "internal error" in caplog.text
+    assert link.received == b""  # the write before the failure is dropped
+
+
+# -- TLS through the connection ---------------------------------------------------------------
+
+
+@CHUNKS
+def test_protocol_close_sends_close_notify(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+) -> None:
+    server, _ = recording_server(tls=server_tls, echo=True, close_on=b"bye")
+    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link.send(b"bye")
+    assert link.take() == b"bye"
+    assert link.client_saw_close_notify and link.client_got_eof
+    assert not link.closed
+    link.client_close()
+    assert link.closed
+
+
+@CHUNKS
+@pytest.mark.parametrize("notify", [True, False], ids=["close_notify", "ragged"])
+def test_peer_eof_is_reported_clean_or_ragged(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, notify: bool, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link.send(b"data")
+    link.client_close(notify=notify)
+    assert made[0].data == b"data"
+    assert made[0].eofs == [notify]
+
+
+def test_eof_after_the_client_hello_aborts_the_handshake(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server)
+    link.send_raw(client_hello(client_tls))
+    link.client_close()
+    assert link.closed and made[0].conn is None and made[0].eofs == []
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03", b"\x16\x03\x01\x00\x40\x01"], ids=str)
+def test_eof_before_the_client_hello_is_complete_aborts(
+    server_tls: ssl.SSLContext, sent: bytes
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server)
+    link.send_raw(sent)
+    link.client_close()
+    assert link.closed and link.raw_received == b"" and made[0].conn is None
+
+
+def test_junk_after_close_notify_is_not_delivered(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    link = MemLink(server, client_context=client_tls)
+    assert link.client is not None
+    link.client.send(b"before")
+    link.client.close()
+    link.send_raw(link.client.data_to_send() + b"\x17\x03\x03\x00\x05hello")
+    assert made[0].data == b"before" and made[0].eofs == [True]
+
+
+class ScriptedEngine:
+    """A TLSEngine that handshakes on the first bytes, then plays scripted events."""
+
+    def __init__(self, script: list[list[TLSEvent]]) -> None:
+        self.script = script
+        self.info: TLSInfo | None = None
+        self.closed = False
+        self.pending_output = 0
+        self.sent = bytearray()
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.info is not None
+
+    def start(self) -> None:
+        pass
+
+    def receive_data(self, data: bytes) -> list[TLSEvent]:
+        if self.info is None:
+            self.info = TLSInfo("TLSv1.3", "TEST", None, None, None)
+            return [HandshakeComplete(self.info)]
+        return self.script.pop(0) if self.script else []
+
+    def send(self, data: bytes) -> None:
+        self.sent += data
+
+    def data_to_send(self) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_application_data_after_close_notify_never_reaches_the_protocol(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    script: list[list[TLSEvent]] = [
+        [ApplicationData(b"one"), CloseNotify(), ApplicationData(b"two")],
+        [ApplicationData(b"three")],
+    ]
+    server, made = recording_server(tls=server_tls, engine=lambda _ctx: ScriptedEngine(script))
+    conn = accept(server)
+    conn.receive_data(client_hello(client_tls), NOW)
+    assert made[0].conn is conn
+    conn.receive_data(b"records", NOW)
+    conn.receive_data(b"more records", NOW)
+    assert made[0].data == b"one" and made[0].eofs == [True]
+
+
+@CHUNKS
+def test_the_protocol_starts_only_after_the_handshake(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+) -> None:
+    server, made = recording_server(tls=server_tls)
+    conn = accept(server)
+    hello = client_hello(client_tls)
+    step = chunk or len(hello)
+    for start in range(0, len(hello), step):
+        conn.receive_data(hello[start : start + step], NOW)
+        assert made[0].conn is None and conn.tls_info is None
+        assert not conn.protocol_started
+    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    assert made[1].made_after_handshake is True and link.conn.protocol_started
+
+
+def test_a_protocol_factory_that_raises_closes_only_that_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> ProtocolLayer:
+        raise RuntimeError("factory bug")
+
+    server = Server([Listener(protocol=broken)])
+    with caplog.at_level(logging.ERROR, logger="spcore.connection"):
+        conn = server.accept(server.listeners[0], ("127.0.0.1", 1), ("127.0.0.1", 2), 0.0)
+    assert conn.should_close
+    assert "could not build" in caplog.text
+    conn.connection_lost(None, 0.0)
+    assert server.connections == {}

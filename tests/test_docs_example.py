@@ -1,0 +1,61 @@
+"""The blocking-loop example in docs/architecture.md is real code that serves HTTPS."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import pathlib
+import socket
+import ssl
+import threading
+import time
+
+import spcore
+from spcore.tls import client_context, server_context
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location(
+        "blocking_loop", DOCS / "examples" / "blocking_loop.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_documented_code_is_the_tested_code() -> None:
+    source = inspect.getsource(_example().serve_one)
+    assert source in (DOCS / "architecture.md").read_text()
+    assert len(source.splitlines()) <= 25
+
+
+def test_blocking_loop_serves_https(pki) -> None:
+    def app(request: spcore.Request) -> spcore.Response:
+        return spcore.Response(200, body=f"hello {request.path}\n")
+
+    listener = spcore.http_listener(
+        app, tls=server_context(pki.server.certfile, pki.server.keyfile)
+    )
+    server = spcore.Server([listener])
+    server.start(time.monotonic(), time.time())
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        listening.settimeout(10)
+        port = listening.getsockname()[1]
+        thread = threading.Thread(target=_example().serve_one, args=(listening, server))
+        thread.start()
+        ctx = client_context(cafile=pki.ca_file)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                response = b""
+                while chunk := tls.recv(65536):
+                    response += chunk
+        thread.join(10)
+    assert not thread.is_alive()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert response.endswith(b"\r\n\r\nhello /docs\n")
+    assert server.connections == {}
+    assert server.stats.handshakes == 1

@@ -1,0 +1,1181 @@
+"""The HTTP/1.1 layer, end to end in memory: the server stack driven by ``MemLink``.
+
+Responses are checked with h11 in the CLIENT role, so framing mistakes (a body on HEAD, a
+wrong Content-Length, a response glued to the next one) fail the parse rather than slip past
+a string compare. Most behaviour is checked over plaintext and TLS, with the transport moving
+whole buffers or one byte at a time.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import pytest
+from memlink import MemLink, http_server
+
+from spcore.config import KiB, MiB
+from spcore.http.messages import Pipe, Request, Response, blocking, buffered
+from spcore.http.protocol import HTTPProtocol
+from spcore.tls import client_context, server_context
+
+# --- a parsing client ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One response as h11 parsed it."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    informational: list[int] = field(default_factory=list)
+
+    def all(self, name: str) -> list[bytes]:
+        key = name.lower().encode("ascii")
+        return [value for key_, value in self.headers if key_ == key]
+
+    def header(self, name: str) -> bytes | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+
+def parse_replies(data: bytes, methods: Sequence[str], *, eof: bool = False) -> list[Reply]:
+    """Exactly one complete response per request method in ``methods``, nothing left over."""
+    replies = []
+    for method in methods:
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method=method, target="/", headers=[("Host", "test")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(data)
+        if eof:
+            client.receive_data(b"")
+        reply: Reply | None = None
+        informational: list[int] = []
+        body = bytearray()
+        while True:
+            event = client.next_event()
+            if isinstance(event, h11.InformationalResponse):
+                informational.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                reply = Reply(event.status_code, list(event.headers))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"incomplete response ({event!r}) in {data[:200]!r}")
+        assert reply is not None
+        reply.body = bytes(body)
+        reply.informational = informational
+        replies.append(reply)
+        data = client.trailing_data[0]
+    assert data == b"", f"unexpected output after the responses: {data[:200]!r}"
+    return replies
+
+
+def parse_one(data: bytes, method: str = "GET", *, eof: bool = False) -> Reply:
+    return parse_replies(data, (method,), eof=eof)[0]
+
+
+def parse_partial(data: bytes) -> Reply:
+    """The head and the body so far of a response still streaming."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "test")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(data)
+    reply: Reply | None = None
+    body = bytearray()
+    while (event := client.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Response):
+            reply = Reply(event.status_code, list(event.headers))
+        elif isinstance(event, h11.Data):
+            body += event.data
+        else:
+            raise AssertionError(f"{event!r} while the response should still stream")
+    assert reply is not None
+    reply.body = bytes(body)
+    return reply
+
+
+def request(
+    method: str = "GET",
+    target: str = "/",
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    version: str = "1.1",
+) -> bytes:
+    lines = [f"{method} {target} HTTP/{version}"]
+    if version == "1.1":
+        lines.append("Host: test")
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n\r\n"
+
+
+def run_jobs(link: MemLink) -> int:
+    """Play the driver's worker pool by hand (for links built with ``run_jobs=False``)."""
+    jobs = link.conn.take_jobs()
+    for job in jobs:
+        job.run()
+        link.conn.job_done(job, link.clock.now)
+    link.pump()
+    return len(jobs)
+
+
+def protocol(link: MemLink) -> HTTPProtocol:
+    proto = link.conn.protocol
+    assert isinstance(proto, HTTPProtocol)
+    return proto
+
+
+# --- applications -------------------------------------------------------------------------------
+
+
+def hello(req: Request) -> Response:
+    return Response(200, [], f"{req.method} {req.target}".encode())
+
+
+def echo(req: Request, body: bytes) -> Response:
+    return Response(200, [("x-length", str(len(body)))], body)
+
+
+class Probe:
+    """A response body iterable that records how far it was pulled and whether it was closed."""
+
+    def __init__(self, chunks: int, size: int = 10, *, fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.size = size
+        self.fail_at = fail_at
+        self.position = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.position == self.fail_at:
+            raise RuntimeError("body source broke")
+        if self.position >= self.chunks:
+            raise StopIteration
+        self.position += 1
+        return b"%d" % (self.position % 10) * self.size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# --- transports ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transport:
+    tls: bool
+    chunk: int | None
+
+    def __str__(self) -> str:
+        return f"{'tls' if self.tls else 'plain'}-{'whole' if self.chunk is None else 'bytewise'}"
+
+
+PLAIN = Transport(tls=False, chunk=None)
+BYTEWISE = Transport(tls=False, chunk=1)
+TLS = Transport(tls=True, chunk=None)
+TLS_BYTEWISE = Transport(tls=True, chunk=1)
+
+Connect = Callable[..., MemLink]
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(pki: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    return (
+        server_context(pki.server.certfile, pki.server.keyfile),
+        client_context(cafile=pki.ca_file),
+    )
+
+
+def _connector(transport: Transport, contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Connect:
+    def connect(
+        app: Callable[[Request], Response | None],
+        *,
+        run_jobs: bool = True,
+        chunk: int | str | None = "transport",
+        **limits: Any,
+    ) -> MemLink:
+        server = http_server(app, tls=contexts[0] if transport.tls else None, **limits)
+        return MemLink(
+            server,
+            client_context=contexts[1] if transport.tls else None,
+            chunk=transport.chunk if chunk == "transport" else chunk,  # type: ignore[arg-type]
+            run_jobs=run_jobs,
+        )
+
+    return connect
+
+
+@pytest.fixture(params=[PLAIN, BYTEWISE, TLS, TLS_BYTEWISE], ids=str)
+def connect(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
+    """Every transport: plain and TLS, whole buffers and one byte at a time."""
+    return _connector(request.param, tls_contexts)
+
+
+@pytest.fixture(params=[PLAIN, BYTEWISE], ids=str)
+def connect_plain(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
+    return _connector(request.param, tls_contexts)
+
+
+@pytest.fixture(params=[PLAIN, TLS], ids=str)
+def connect_whole(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
+    """Plain and TLS in whole buffers, for the tests that move megabytes."""
+    return _connector(request.param, tls_contexts)
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Nothing any test does may reach the connection's catch-all."""
+    caplog.set_level(logging.INFO, logger="spcore")
+    yield
+    internal = [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
+    assert internal == []
+
+
+def error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def assert_closed_with(link: MemLink, reply: Reply, status: int, reason: bytes) -> None:
+    """An error answer: the status, a reason sentence in the body, and the connection closed."""
+    assert reply.status == status
+    assert reply.body.startswith(b"%d " % status)
+    assert reason in reply.body
+    assert reply.body.endswith(b"\n")
+    assert reply.header("connection") == b"close"
+    assert link.client_got_eof
+
+
+# --- connection reuse ---------------------------------------------------------------------------
+
+
+class TestConnectionReuse:
+    def test_keep_alive_serves_several_requests_on_one_connection(self, connect: Connect) -> None:
+        link = connect(hello)
+        for path in ("/one", "/two", "/three"):
+            link.send(request(target=path))
+            reply = parse_one(link.take())
+            assert reply.status == 200
+            assert reply.body == f"GET {path}".encode()
+            assert reply.header("connection") is None
+            assert not link.client_got_eof
+        assert link.server.stats.connections_total == 1
+        assert link.server.stats.requests == 3
+
+    def test_pipelined_requests_are_answered_in_order(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(b"".join(request(target=f"/{n}") for n in range(3)))
+        replies = parse_replies(link.take(), ["GET"] * 3)
+        assert [r.body for r in replies] == [b"GET /0", b"GET /1", b"GET /2"]
+        assert not link.client_got_eof
+
+    def test_pipelined_requests_with_bodies_in_order(self, connect: Connect) -> None:
+        link = connect(buffered(echo))
+        link.send(
+            request("POST", "/", [("Content-Length", "3")], b"abc")
+            + request("POST", "/", [("Transfer-Encoding", "chunked")], chunked(b"de", b"f"))
+            + request(target="/last")
+        )
+        replies = parse_replies(link.take(), ["POST", "POST", "GET"])
+        assert [r.body for r in replies] == [b"abc", b"def", b""]
+
+    def test_http_1_0_closes_after_the_response(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request(version="1.0"))
+        reply = parse_one(link.take(), eof=link.client_got_eof)
+        assert reply.body == b"GET /"
+        assert link.client_got_eof
+
+    def test_http_1_0_streamed_body_is_delimited_by_close(self, connect: Connect) -> None:
+        probe = Probe(3)
+        link = connect(lambda req: Response(200, [], probe))
+        link.send(request(version="1.0"))
+        data = link.take()
+        assert link.client_got_eof
+        reply = parse_one(data, eof=True)
+        assert reply.header("transfer-encoding") is None
+        assert reply.body == b"1" * 10 + b"2" * 10 + b"3" * 10
+        assert probe.closed
+
+    def test_connection_close_is_honoured(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request(headers=[("Connection", "close")]))
+        reply = parse_one(link.take())
+        assert reply.header("connection") == b"close"
+        assert link.client_got_eof
+
+    def test_bytes_after_a_closing_request_do_not_break_its_streamed_response(
+        self, connect_whole: Connect
+    ) -> None:
+        probe = Probe(50, 10 * KiB)  # more than the high-water mark: it streams across calls
+        link = connect_whole(lambda req: Response(200, [], probe))
+        link.window = 0
+        link.send(request(headers=[("Connection", "close")]) + b"GET /next HTTP/1.1\r\n\r\n")
+        link.let_client_read(None)
+        reply = parse_one(link.take())
+        assert len(reply.body) == 500 * KiB
+        assert link.client_got_eof
+
+    def test_half_closed_client_still_gets_its_response(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request())
+        link.client_close(notify=False)
+        reply = parse_one(link.take())
+        assert reply.body == b"GET /"
+        assert link.closed
+
+
+# --- Expect: 100-continue -----------------------------------------------------------------------
+
+
+class TestExpectContinue:
+    HEAD = request("POST", "/", [("Content-Length", "5"), ("Expect", "100-continue")])
+
+    def test_100_is_sent_when_the_app_reads_the_body(self, connect: Connect) -> None:
+        link = connect(buffered(echo))
+        link.send(self.HEAD)
+        interim = link.take()
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        link.send(b"hello")
+        reply = parse_one(interim + link.take())
+        assert reply.informational == [100]
+        assert (reply.status, reply.body) == (200, b"hello")
+        assert not link.client_got_eof
+
+    def test_100_waits_for_a_blocking_app_to_ask_for_the_body(self, connect: Connect) -> None:
+        link = connect(blocking(buffered(echo)), run_jobs=False)
+        link.send(self.HEAD)
+        assert link.take() == b""  # the app has not run yet
+        assert run_jobs(link) == 1
+        assert link.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+        link.send(b"hello")
+        while run_jobs(link):
+            pass
+        assert parse_one(link.take()).body == b"hello"
+
+    def test_app_answering_without_reading_gets_no_100_and_closes(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(self.HEAD)
+        reply = parse_one(link.take())
+        assert reply.informational == []
+        assert reply.status == 200
+        assert reply.header("connection") == b"close"
+        assert link.client_got_eof
+
+    def test_too_large_body_gets_413_at_once_without_100(self, connect: Connect) -> None:
+        link = connect(buffered(echo), max_body_size=4)
+        link.send(self.HEAD)
+        reply = parse_one(link.take())
+        assert reply.informational == []
+        assert_closed_with(link, reply, 413, b"exceeds 4 bytes")
+
+
+# --- request bodies -----------------------------------------------------------------------------
+
+
+class Counting:
+    """A BodyReader that counts, and watches how much the stack holds while it reads."""
+
+    def __init__(self) -> None:
+        self.link: MemLink | None = None
+        self.calls = 0
+        self.size = 0
+        self.peak_output = 0
+        self.peak_buffered = 0
+
+    def data(self, chunk: bytes) -> None:
+        assert self.link is not None
+        self.calls += 1
+        self.size += len(chunk)
+        self.peak_output = max(self.peak_output, self.link.conn.output_size)
+        self.peak_buffered = max(self.peak_buffered, protocol(self.link).buffered)
+
+    def end(self) -> Response:
+        return Response(200, [], b"%d in %d" % (self.size, self.calls))
+
+
+class TestRequestBodies:
+    @pytest.mark.parametrize("framing", ["length", "chunked"])
+    def test_body_reaches_the_reader_in_pieces(self, connect: Connect, framing: str) -> None:
+        counting = Counting()
+        link = connect(lambda req: req.read_body(counting), chunk=4)
+        counting.link = link
+        pieces = [bytes(range(30)), b"\x1e", bytes(range(31, 100))]
+        if framing == "length":
+            link.send(request("PUT", "/", [("Content-Length", "100")]))
+            for piece in pieces:  # separate sends: separate TLS records too
+                link.send(piece)
+        else:
+            link.send(request("PUT", "/", [("Transfer-Encoding", "chunked")]))
+            for piece in pieces:
+                link.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            link.send(b"0\r\n\r\n")
+        reply = parse_one(link.take())
+        assert reply.body.startswith(b"100 in ")
+        assert counting.calls > 1
+
+    @pytest.mark.parametrize("framing", ["length", "chunked"])
+    def test_a_mebibyte_streams_through_without_being_held(
+        self, connect_whole: Connect, framing: str
+    ) -> None:
+        counting = Counting()
+        link = connect_whole(lambda req: req.read_body(counting), chunk=16 * KiB)
+        counting.link = link
+        body = b"x" * MiB
+        if framing == "length":
+            link.send(request("PUT", "/", [("Content-Length", str(MiB))], body))
+        else:
+            pieces = [body[i : i + 100 * KiB] for i in range(0, MiB, 100 * KiB)]
+            link.send(request("PUT", "/", [("Transfer-Encoding", "chunked")], chunked(*pieces)))
+        reply = parse_one(link.take())
+        assert reply.body.startswith(b"%d in " % MiB)
+        assert counting.size == MiB
+        assert counting.calls >= 32
+        assert counting.peak_buffered <= 32 * KiB
+        assert counting.peak_output <= 1 * KiB
+
+    def test_buffered_app_gets_the_whole_body(self, connect: Connect) -> None:
+        seen: list[bytes] = []
+
+        def app(req: Request, body: bytes) -> Response:
+            seen.append(body)
+            return Response(201, [], b"ok")
+
+        link = connect(buffered(app))
+        body = b"0123456789" * 30
+        link.send(
+            request("POST", "/", [("Transfer-Encoding", "chunked")], chunked(body[:7], body[7:]))
+        )
+        assert parse_one(link.take()).status == 201
+        assert seen == [body]
+
+    def test_unread_small_body_is_drained_and_the_connection_kept(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request("POST", "/a", [("Content-Length", "10")], b"0123456789") + request())
+        replies = parse_replies(link.take(), ["POST", "GET"])
+        assert [r.body for r in replies] == [b"POST /a", b"GET /"]
+        assert not link.client_got_eof
+
+    def test_unread_large_body_closes_after_the_response(self, connect_whole: Connect) -> None:
+        link = connect_whole(hello)
+        link.send(request("POST", "/", [("Content-Length", str(MiB))]))
+        reply = parse_one(link.take())
+        assert reply.header("connection") == b"close"
+        assert link.client_got_eof
+
+
+# --- response bodies ----------------------------------------------------------------------------
+
+
+class TestResponseBodies:
+    def test_bytes_get_a_content_length(self, connect: Connect) -> None:
+        link = connect(lambda req: Response(200, [("Content-Type", "x/y")], b"12345"))
+        link.send(request())
+        reply = parse_one(link.take())
+        assert reply.header("content-length") == b"5"
+        assert reply.header("content-type") == b"x/y"
+        assert reply.body == b"12345"
+
+    def test_text_is_utf8_with_a_text_plain_default(self, connect: Connect) -> None:
+        link = connect(lambda req: Response(200, [], "héllo ✓"))
+        link.send(request())
+        reply = parse_one(link.take())
+        assert reply.body.decode("utf-8") == "héllo ✓"
+        assert reply.header("content-length") == str(len(reply.body)).encode()
+        assert reply.header("content-type") == b"text/plain; charset=utf-8"
+
+    def test_text_keeps_the_apps_content_type(self, connect_plain: Connect) -> None:
+        link = connect_plain(lambda req: Response(200, {"Content-Type": "text/html"}, "<p>"))
+        link.send(request())
+        assert parse_one(link.take()).all("content-type") == [b"text/html"]
+
+    def test_iterable_is_chunked(self, connect: Connect) -> None:
+        probe = Probe(3)
+        link = connect(lambda req: Response(200, [], probe))
+        link.send(request() + request())  # the second proves the chunked framing ended
+        replies = parse_replies(link.take(), ["GET", "GET"])
+        assert replies[0].header("transfer-encoding") == b"chunked"
+        assert replies[0].header("content-length") is None
+        assert replies[0].body == b"1" * 10 + b"2" * 10 + b"3" * 10
+        assert probe.closed
+
+    def test_iterable_with_the_apps_content_length(self, connect: Connect) -> None:
+        link = connect(lambda req: Response(200, [("Content-Length", "6")], iter([b"abc", b"def"])))
+        link.send(request() + request())
+        replies = parse_replies(link.take(), ["GET", "GET"])
+        assert replies[0].header("content-length") == b"6"
+        assert replies[0].header("transfer-encoding") is None
+        assert replies[1].body == b"abcdef"
+
+    def test_pipe_echoes_the_request_body_as_it_arrives(self, connect: Connect) -> None:
+        def app(req: Request) -> Response:
+            pipe = Pipe()
+            req.read_body(pipe)
+            return Response(200, [], pipe)
+
+        link = connect(app)
+        link.send(request("POST", "/", [("Transfer-Encoding", "chunked")]) + b"5\r\nfirst\r\n")
+        partial = link.take()
+        assert parse_partial(partial).body == b"first"  # streamed back before the body ended
+        link.send(b"6\r\nsecond\r\n0\r\n\r\n")
+        reply = parse_one(partial + link.take())
+        assert reply.body == b"firstsecond"
+        assert not link.client_got_eof
+
+    def test_pipe_fed_from_outside_the_connection(self, connect: Connect) -> None:
+        pipe = Pipe()
+        link = connect(lambda req: Response(200, [], pipe))
+        link.send(request())
+        assert link.take().startswith(b"HTTP/1.1 200 ")
+        pipe.write(b"late")
+        pipe.close()
+        link.pump()  # the driver syncs the woken connection
+        assert link.take() == b"4\r\nlate\r\n0\r\n\r\n"
+
+
+class TestStreamingBackPressure:
+    CHUNK = 64 * KiB
+    CHUNKS = 320  # 20 MiB
+
+    def test_a_large_body_is_pulled_only_as_the_client_reads(self, connect_whole: Connect) -> None:
+        probe = Probe(self.CHUNKS, self.CHUNK)
+        link = connect_whole(lambda req: Response(200, [], probe))
+        limits = link.conn.limits
+        bound = limits.write_high_water + self.CHUNK + KiB  # one chunk plus its framing
+        pulled_bound = limits.write_high_water // self.CHUNK + 1
+        link.window = 0
+        link.send(request())
+        assert 0 < probe.position <= pulled_bound
+        assert link.conn.output_size <= bound
+        assert not link.conn.reading
+        link.advance(1.0)  # time alone changes nothing
+        assert probe.position <= pulled_bound
+
+        link.let_client_read(MiB)
+        assert probe.position <= MiB // self.CHUNK + pulled_bound + 1
+        assert link.conn.output_size <= bound
+
+        link.let_client_read(None)
+        reply = parse_one(link.take())
+        assert len(reply.body) == self.CHUNKS * self.CHUNK
+        assert probe.position == self.CHUNKS
+        assert probe.closed
+        assert link.conn.reading
+
+
+# --- HEAD and bodiless statuses -----------------------------------------------------------------
+
+
+class TestBodilessResponses:
+    def test_head_has_the_get_length_and_no_body(self, connect: Connect) -> None:
+        link = connect(lambda req: Response(200, [], b"0123456789"))
+        link.send(request("HEAD") + request("GET"))
+        head, get = parse_replies(link.take(), ["HEAD", "GET"])
+        assert head.header("content-length") == b"10"
+        assert head.body == b""
+        assert get.body == b"0123456789"
+
+    def test_head_does_not_iterate_a_streamed_body_and_closes_it(self, connect: Connect) -> None:
+        probe = Probe(3)
+        link = connect(lambda req: Response(200, [], probe))
+        link.send(request("HEAD") + request("HEAD"))
+        parse_replies(link.take(), ["HEAD", "HEAD"])
+        assert probe.position == 0
+        assert probe.closed
+
+    @pytest.mark.parametrize("status", [204, 304])
+    def test_no_body_statuses_carry_no_body(self, connect: Connect, status: int) -> None:
+        probe = Probe(2)
+        responses = [Response(status, [], b"ignored"), Response(status, [], probe)]
+        responses.append(Response(200, [], b"after"))
+        link = connect(lambda req: responses.pop(0))
+        link.send(request() + request() + request("GET", "/after"))
+        replies = parse_replies(link.take(), ["GET"] * 3)
+        assert [r.status for r in replies] == [status, status, 200]
+        assert replies[0].body == replies[1].body == b""
+        assert replies[0].header("content-length") is None
+        assert replies[2].body == b"after"
+        assert probe.position == 0
+        assert probe.closed
+
+
+# --- Date and Server ----------------------------------------------------------------------------
+
+
+IMF_FIXDATE = re.compile(rb"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT")
+
+
+class TestStandardHeaders:
+    def test_date_and_server_are_added(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request())
+        reply = parse_one(link.take())
+        # http_server starts the server with wall time 1_700_000_000 at driver time 1000.
+        assert reply.all("date") == [b"Tue, 14 Nov 2023 22:13:20 GMT"]
+        assert reply.all("server") == [b"spcore"]
+
+    def test_date_follows_the_driver_clock(self, connect_plain: Connect) -> None:
+        link = connect_plain(hello, idle_timeout=100.0)
+        link.advance(61.5)
+        link.send(request())
+        date = parse_one(link.take()).header("date")
+        assert date is not None and IMF_FIXDATE.fullmatch(date)
+        parsed = email.utils.parsedate_to_datetime(date.decode())
+        assert parsed.timestamp() == 1_700_000_000 + 61
+
+    def test_apps_date_and_server_are_not_duplicated(self, connect: Connect) -> None:
+        headers = [("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("Server", "custom/1")]
+        link = connect(lambda req: Response(200, headers, b""))
+        link.send(request())
+        reply = parse_one(link.take())
+        assert reply.all("date") == [b"Mon, 01 Jan 2024 00:00:00 GMT"]
+        assert reply.all("server") == [b"custom/1"]
+
+    def test_error_responses_carry_them_too(self, connect_plain: Connect) -> None:
+        link = connect_plain(hello)
+        link.send(b"NOT A REQUEST\r\n\r\n")
+        reply = parse_one(link.take())
+        assert reply.status == 400
+        assert reply.all("server") == [b"spcore"]
+        assert reply.header("date") is not None
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+class TestLimits:
+    def test_header_block_just_under_the_limit_is_accepted(self, connect: Connect) -> None:
+        link = connect(hello, max_header_size=1024)
+        link.send(request(headers=[("X-Pad", "p" * 900)]))
+        assert parse_one(link.take()).status == 200
+
+    def test_header_block_too_large_in_one_piece_gets_431(self, connect: Connect) -> None:
+        link = connect(hello, max_header_size=1024)
+        link.send(request(headers=[("X-Pad", "p" * 2000)]))
+        reply = parse_one(link.take())
+        assert_closed_with(link, reply, 431, b"")
+
+    def test_header_block_too_large_gets_431_before_it_ends(self, connect: Connect) -> None:
+        link = connect(hello, max_header_size=1024)
+        link.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 1100)  # no end in sight
+        reply = parse_one(link.take())
+        assert_closed_with(link, reply, 431, b"")
+
+    def test_url_at_the_limit_is_accepted(self, connect: Connect) -> None:
+        link = connect(hello, max_url_length=100)
+        target = "/" + "u" * 99
+        link.send(request(target=target))
+        assert parse_one(link.take()).body == f"GET {target}".encode()
+
+    def test_url_over_the_limit_gets_414(self, connect: Connect) -> None:
+        link = connect(hello, max_url_length=100)
+        link.send(request(target="/" + "u" * 100))
+        assert_closed_with(link, parse_one(link.take()), 414, b"request target is longer")
+
+    def test_endless_request_line_gets_414_without_waiting_for_its_end(
+        self, connect: Connect
+    ) -> None:
+        link = connect(hello, max_url_length=100)
+        link.send(b"GET /" + b"u" * 300)
+        assert_closed_with(link, parse_one(link.take()), 414, b"request target is longer")
+
+    def test_url_longer_than_the_header_limit_in_one_piece_gets_414(
+        self, connect_whole: Connect
+    ) -> None:
+        link = connect_whole(hello)  # default limits: 8 KiB URL, 16 KiB head
+        link.send(request(target="/" + "u" * 20 * KiB))
+        assert_closed_with(link, parse_one(link.take()), 414, b"request target is longer")
+
+    def test_pipelined_endless_request_line_gets_414(self, connect: Connect) -> None:
+        link = connect(hello, max_url_length=100)
+        link.send(request() + b"GET /" + b"u" * 300)
+        first, second = parse_replies(link.take(), ["GET", "GET"])
+        assert first.status == 200
+        assert_closed_with(link, second, 414, b"request target is longer")
+
+    def test_content_length_over_the_limit_gets_413(self, connect: Connect) -> None:
+        link = connect(buffered(echo), max_body_size=1000)
+        link.send(request("POST", "/", [("Content-Length", "1001")]))
+        assert_closed_with(link, parse_one(link.take()), 413, b"exceeds 1000 bytes")
+
+    def test_huge_content_length_gets_413(self, connect_plain: Connect) -> None:
+        link = connect_plain(buffered(echo))
+        link.send(request("POST", "/", [("Content-Length", "9" * 19)]))  # h11 allows 19 digits
+        assert_closed_with(link, parse_one(link.take()), 413, b"exceeds")
+
+    def test_body_at_the_limit_is_accepted(self, connect: Connect) -> None:
+        link = connect(buffered(echo), max_body_size=1000)
+        link.send(request("POST", "/", [("Transfer-Encoding", "chunked")], chunked(b"b" * 1000)))
+        assert parse_one(link.take()).header("x-length") == b"1000"
+
+    def test_chunked_body_over_the_limit_gets_413(self, connect: Connect) -> None:
+        link = connect(buffered(echo), max_body_size=1000)
+        head = request("POST", "/", [("Transfer-Encoding", "chunked")])
+        link.send(head + b"258\r\n" + b"b" * 600 + b"\r\n")
+        assert link.take() == b""
+        link.send(b"258\r\n" + b"b" * 600 + b"\r\n")
+        assert_closed_with(link, parse_one(link.take()), 413, b"exceeds 1000 bytes")
+
+
+# --- malformed requests -------------------------------------------------------------------------
+
+BAD_REQUESTS = [
+    pytest.param(b"GET /marker-xyz HTTP/1.1 more\r\nHost: t\r\n\r\n", 400, id="request-line"),
+    pytest.param(b"\x16\x03\x01marker-xyz\r\n\r\n", 400, id="binary"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: marker-xyz\r\n\r\n", 400, id="header"),
+    pytest.param(b"GET / HTTP/1.1\r\n marker-xyz\r\nHost: t\r\n\r\n", 400, id="fold"),
+    pytest.param(b"GET / HTTP/1.1\r\n\r\n", 400, id="no-host"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        400,
+        id="conflicting-length",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: marker-xyz\r\n\r\n", 400, id="bad-length"
+    ),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501, id="gzip"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nmarker-xyz\r\n",
+        400,
+        id="chunk-header",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabmarker-xyz\r\n",
+        400,
+        id="chunk-footer",
+    ),
+]
+
+
+class TestMalformedRequests:
+    @pytest.mark.parametrize(("data", "status"), BAD_REQUESTS)
+    def test_h11_errors_get_the_right_status(
+        self, connect: Connect, caplog: pytest.LogCaptureFixture, data: bytes, status: int
+    ) -> None:
+        link = connect(buffered(echo))
+        link.send(data)
+        reply = parse_one(link.take())
+        assert_closed_with(link, reply, status, b"")
+        assert len(reply.body.splitlines()) == 1  # one reason sentence
+        assert b"marker" not in reply.body  # the peer's bytes are never reflected
+        assert error_records(caplog) == []
+        assert link.server.stats.errors == 1
+
+    def test_a_bad_request_after_a_good_one(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(request() + b"BROKEN\r\n\r\n")
+        good, bad = parse_replies(link.take(), ["GET", "GET"])
+        assert good.status == 200
+        assert bad.status == 400
+        assert link.client_got_eof
+
+    def test_eof_inside_a_head_gets_400(self, connect: Connect) -> None:
+        link = connect(hello)
+        link.send(b"GET / HT")
+        link.client_close()  # TLS: close_notify first, so the server may still answer
+        assert_closed_with(link, parse_one(link.take()), 400, b"closed")
+        assert link.closed
+
+    def test_ragged_tls_eof_inside_a_head_just_closes(self, connect_whole: Connect) -> None:
+        link = connect_whole(hello)
+        link.send(b"GET / HT")
+        link.client_close(notify=False)  # TLS: the session dies with it, nothing can be sent
+        assert link.closed
+        data = link.take()
+        if link.client is None:
+            assert parse_one(data).status == 400  # plaintext can still answer
+        else:
+            assert data == b""
+
+    def test_connect_gets_501_without_calling_the_app(self, connect: Connect) -> None:
+        calls: list[Request] = []
+        link = connect(lambda req: calls.append(req) or Response(200, [], b"tunnel"))
+        link.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        assert_closed_with(link, parse_one(link.take()), 501, b"CONNECT")
+        assert calls == []
+
+    def test_upgrade_is_declined_and_the_connection_kept(self, connect: Connect) -> None:
+        link = connect(hello)
+        upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        link.send(request(target="/ws", headers=upgrade) + request(target="/next"))
+        replies = parse_replies(link.take(), ["GET", "GET"])
+        assert [r.body for r in replies] == [b"GET /ws", b"GET /next"]
+        assert not link.client_got_eof
+
+
+# --- timeouts -----------------------------------------------------------------------------------
+
+
+class TestTimeouts:
+    LIMITS = {"idle_timeout": 5.0, "header_timeout": 10.0, "body_timeout": 20.0}
+
+    def test_idle_keep_alive_connection_is_closed_quietly(self, connect: Connect) -> None:
+        link = connect(hello, **self.LIMITS)
+        link.send(request())
+        parse_one(link.take())
+        link.advance(4.9)
+        assert not link.client_got_eof
+        link.advance(0.2)
+        assert link.client_got_eof
+        assert link.take() == b""
+        assert link.server.stats.timeouts == 0
+
+    def test_silent_new_connection_is_closed_after_the_idle_timeout(self, connect: Connect) -> None:
+        link = connect(hello, **self.LIMITS)
+        link.advance(5.1)
+        assert link.client_got_eof
+        assert link.take() == b""
+
+    def test_partial_head_gets_408(self, connect: Connect) -> None:
+        link = connect(hello, **self.LIMITS)
+        link.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        link.advance(9.9)
+        assert link.take() == b""
+        link.advance(0.2)
+        assert_closed_with(link, parse_one(link.take()), 408, b"request head")
+        assert link.server.stats.timeouts == 1
+
+    def test_header_deadline_is_not_refreshed_by_a_trickle(self, connect: Connect) -> None:
+        link = connect(hello, **self.LIMITS)
+        for byte in b"GET / HTTP/1.1\r\n":
+            link.send(bytes([byte]))
+            link.advance(1.0)
+        assert_closed_with(link, parse_one(link.take()), 408, b"request head")
+
+    def test_stalled_body_gets_408(self, connect: Connect) -> None:
+        link = connect(buffered(echo), **self.LIMITS)
+        link.send(request("POST", "/", [("Content-Length", "10")], b"abc"))
+        link.advance(19.9)
+        assert link.take() == b""
+        link.advance(0.2)
+        assert_closed_with(link, parse_one(link.take()), 408, b"body")
+
+    def test_body_progress_refreshes_the_deadline(self, connect: Connect) -> None:
+        link = connect(buffered(echo), **self.LIMITS)
+        link.send(request("POST", "/", [("Content-Length", "4")], b"a"))
+        for byte in (b"b", b"c", b"d"):
+            link.advance(15.0)
+            link.send(byte)
+        assert parse_one(link.take()).body == b"abcd"
+
+    def test_no_body_timeout_while_a_blocking_app_works(self, connect: Connect) -> None:
+        link = connect(blocking(buffered(echo)), run_jobs=False, **self.LIMITS)
+        link.send(request("POST", "/", [("Content-Length", "2")], b"a"))
+        assert run_jobs(link) == 1  # the app asked for the body
+        link.send(b"b")  # the data() job is out now
+        link.advance(100.0)  # the server's own slowness is not the client's fault
+        assert link.take() == b""
+        while run_jobs(link):
+            pass
+        assert parse_one(link.take()).body == b"ab"
+
+
+# --- application errors -------------------------------------------------------------------------
+
+
+def raises(req: Request) -> Response:
+    raise ValueError("app bug")
+
+
+BAD_RESPONSES = [
+    pytest.param(Response("200", [], b""), id="status-type"),  # type: ignore[arg-type]
+    pytest.param(Response(99, [], b""), id="status-range"),
+    pytest.param(Response(200, [("x-bad", "a\r\nb")], b""), id="header-value"),
+    pytest.param(Response(200, [("bad name", "v")], b""), id="header-name"),
+    pytest.param(Response(200, [("x",)], b""), id="header-pair"),  # type: ignore[list-item]
+    pytest.param(Response(200, 5, b""), id="headers-type"),  # type: ignore[arg-type]
+    pytest.param(Response(200, [("x", "€")], b""), id="header-encoding"),
+    pytest.param(Response(200, [], 42), id="body-type"),  # type: ignore[arg-type]
+    pytest.param(Response(200, [("Content-Length", "9")], b"short"), id="length-mismatch"),
+    pytest.param("not a response", id="not-a-response"),
+]
+
+
+class TestApplicationErrors:
+    def test_app_exception_is_a_500_with_the_traceback_logged(
+        self, connect: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        link = connect(raises)
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"raised an exception")
+        records = error_records(caplog)
+        assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in records)
+
+    def test_blocking_app_exception_is_a_500_with_the_traceback_logged(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        link = connect_plain(blocking(raises))
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"raised an exception")
+        assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
+
+    def test_body_reader_exception_is_a_500(self, connect_plain: Connect) -> None:
+        def app(req: Request, body: bytes) -> Response:
+            raise KeyError(body)
+
+        link = connect_plain(buffered(app))
+        link.send(request("POST", "/", [("Content-Length", "2")], b"ab"))
+        assert_closed_with(link, parse_one(link.take()), 500, b"raised an exception")
+
+    @pytest.mark.parametrize("response", BAD_RESPONSES)
+    def test_garbage_response_is_a_500(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture, response: Any
+    ) -> None:
+        link = connect_plain(lambda req: response)
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"")
+        assert error_records(caplog)
+        assert link.server.stats.errors == 1
+
+    def test_none_without_reading_the_body_is_a_500(self, connect: Connect) -> None:
+        link = connect(lambda req: None)
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"no response")
+
+    def test_reader_end_returning_none_is_a_500(self, connect_plain: Connect) -> None:
+        class Sink:
+            def data(self, chunk: bytes) -> None:
+                pass
+
+            def end(self) -> None:
+                return None
+
+        link = connect_plain(lambda req: req.read_body(Sink()))
+        link.send(request("POST", "/", [("Content-Length", "1")], b"x"))
+        assert_closed_with(link, parse_one(link.take()), 500, b"no response")
+
+    def test_iterable_raising_mid_stream_aborts_the_connection(
+        self, connect: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        probe = Probe(5, 10 * KiB, fail_at=3)
+        link = connect(
+            lambda req: Response(200, [], probe),
+            write_high_water=16 * KiB,
+            write_low_water=4 * KiB,
+        )
+        link.send(request())
+        data = link.take()
+        assert link.closed  # aborted: no close handshake
+        assert data.count(b"HTTP/1.1") <= 1  # never a second (500) response
+        assert b"500" not in data.split(b"\r\n", 1)[0]
+        assert probe.closed
+        assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records)
+
+    def test_iterable_yielding_text_aborts_the_connection(self, connect_plain: Connect) -> None:
+        link = connect_plain(lambda req: Response(200, [], iter(["text"])))
+        link.send(request())
+        assert link.closed
+        assert b" 500 " not in link.take()
+
+    def test_iterable_overrunning_its_content_length_aborts(self, connect_plain: Connect) -> None:
+        link = connect_plain(lambda req: Response(200, [("Content-Length", "2")], iter([b"abc"])))
+        link.send(request())
+        assert link.closed
+
+    def test_iterable_is_closed_on_success(self, connect: Connect) -> None:
+        probe = Probe(2)
+        link = connect(lambda req: Response(200, [], probe))
+        link.send(request())
+        parse_one(link.take())
+        assert probe.closed
+
+    def test_iterable_is_closed_on_connection_loss(self, connect_whole: Connect) -> None:
+        probe = Probe(100, 64 * KiB)
+        link = connect_whole(lambda req: Response(200, [], probe))
+        link.window = 0
+        link.send(request())
+        assert not probe.closed
+        link.conn.connection_lost(ConnectionResetError(), link.clock.now)
+        link.closed = True
+        assert probe.closed
+        assert link.server.connections == {}
+
+
+# --- blocking applications ----------------------------------------------------------------------
+
+
+class TestBlockingApps:
+    def test_call_is_a_job_and_reading_pauses_while_it_is_out(self, connect: Connect) -> None:
+        calls: list[str] = []
+
+        @blocking
+        def app(req: Request) -> Response:
+            calls.append(req.path)
+            return Response(200, [], b"done")
+
+        link = connect(app, run_jobs=False)
+        link.send(request(target="/job"))
+        assert calls == []  # not called on the loop thread
+        assert link.take() == b""
+        assert not link.conn.reading
+        jobs = link.conn.take_jobs()
+        assert len(jobs) == 1
+        jobs[0].run()
+        assert calls == ["/job"]
+        link.conn.job_done(jobs[0], link.clock.now)
+        link.pump()
+        assert parse_one(link.take()).body == b"done"
+        assert link.conn.reading
+
+    def test_pipelined_requests_are_answered_in_order_one_job_at_a_time(
+        self, connect: Connect
+    ) -> None:
+        link = connect(blocking(hello), run_jobs=False)
+        link.send(b"".join(request(target=f"/{n}") for n in range(3)))
+        rounds = 0
+        while True:
+            jobs = link.conn.take_jobs()
+            if not jobs:
+                break
+            assert len(jobs) == 1
+            rounds += 1
+            jobs[0].run()
+            link.conn.job_done(jobs[0], link.clock.now)
+            link.pump()
+        assert rounds == 3
+        replies = parse_replies(link.take(), ["GET"] * 3)
+        assert [r.body for r in replies] == [b"GET /0", b"GET /1", b"GET /2"]
+
+    def test_blocking_body_reader_runs_in_jobs(self, connect_plain: Connect) -> None:
+        in_job = False
+        seen: list[bool] = []
+
+        class Reader:
+            def data(self, chunk: bytes) -> None:
+                seen.append(in_job)
+
+            def end(self) -> Response:
+                seen.append(in_job)
+                return Response(200, [], b"read")
+
+        link = connect_plain(blocking(lambda req: req.read_body(Reader())), run_jobs=False)
+        link.send(request("POST", "/", [("Transfer-Encoding", "chunked")]))
+        for piece in (b"one", b"two"):
+            link.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        link.send(b"0\r\n\r\n")
+        while True:
+            jobs = link.conn.take_jobs()
+            if not jobs:
+                break
+            assert not link.conn.reading
+            in_job = True
+            jobs[0].run()
+            in_job = False
+            link.conn.job_done(jobs[0], link.clock.now)
+            link.pump()
+        assert parse_one(link.take()).body == b"read"
+        assert len(seen) >= 3
+        assert all(seen)
+
+    def test_blocking_apps_iterable_is_pulled_in_jobs(self, connect: Connect) -> None:
+        probe = Probe(3)
+        link = connect(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
+        link.send(request())
+        assert run_jobs(link) == 1  # the app call
+        assert probe.position == 0  # the loop thread never pulls a blocking app's body
+        while run_jobs(link):
+            pass
+        assert parse_one(link.take()).body == b"1" * 10 + b"2" * 10 + b"3" * 10
+        assert probe.closed
+
+    def test_pull_job_keeps_the_body_open_until_it_returns(self, connect_plain: Connect) -> None:
+        probe = Probe(3)
+        link = connect_plain(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
+        link.send(request())
+        run_jobs(link)  # the app call; a pull job is now out
+        jobs = link.conn.take_jobs()
+        assert len(jobs) == 1
+        link.conn.connection_lost(ConnectionResetError(), link.clock.now)
+        link.closed = True
+        assert not probe.closed  # a worker may be inside it: closing it now would race
+        jobs[0].run()
+        link.conn.job_done(jobs[0], link.clock.now)
+        assert probe.closed
+
+    def test_large_blocking_body_respects_back_pressure(self, connect_whole: Connect) -> None:
+        probe = Probe(100, 64 * KiB)
+        link = connect_whole(blocking(lambda req: Response(200, [], probe)))
+        link.window = 0
+        link.send(request())
+        limits = link.conn.limits
+        assert link.conn.output_size <= limits.write_high_water + 256 * KiB + 64 * KiB + KiB
+        assert probe.position < 100
+        link.let_client_read(None)
+        assert len(parse_one(link.take()).body) == 100 * 64 * KiB
+
+
+# --- graceful shutdown --------------------------------------------------------------------------
+
+
+class TestShutdown:
+    def test_idle_keep_alive_connection_is_closed(self, connect_whole: Connect) -> None:
+        link = connect_whole(hello)
+        link.send(request())
+        parse_one(link.take())
+        server = link.server
+        server.begin_shutdown(link.clock.now)
+        assert not server.accepting
+        link.pump()
+        assert link.client_got_eof
+        assert link.take() == b""
+        link.client_close()
+        assert link.closed
+        assert server.finished
+
+    def test_in_flight_request_finishes_with_connection_close(self, connect_whole: Connect) -> None:
+        link = connect_whole(blocking(hello), run_jobs=False)
+        link.send(request())
+        server = link.server
+        server.begin_shutdown(link.clock.now)
+        link.pump()
+        assert not link.client_got_eof
+        assert not server.finished
+        run_jobs(link)
+        reply = parse_one(link.take())
+        assert reply.status == 200
+        assert reply.header("connection") == b"close"
+        assert link.client_got_eof
+        link.client_close()
+        assert server.finished
+
+    def test_half_received_request_is_answered_then_closed(self, connect_whole: Connect) -> None:
+        link = connect_whole(hello)
+        link.send(b"GET / HTTP/1.1\r\n")
+        link.server.begin_shutdown(link.clock.now)
+        link.pump()
+        assert not link.client_got_eof
+        link.send(b"Host: t\r\n\r\n")
+        assert parse_one(link.take()).header("connection") == b"close"
+        assert link.client_got_eof
+
+    def test_grace_deadline_aborts_a_stuck_connection(self, connect_whole: Connect) -> None:
+        link = connect_whole(blocking(hello), run_jobs=False, shutdown_grace=3.0)
+        link.send(request())
+        server = link.server
+        server.begin_shutdown(link.clock.now)
+        link.pump()
+        assert server.deadline == link.clock.now + 3.0
+        link.clock.now += 3.0
+        server.on_deadline(link.clock.now)
+        link.pump()
+        assert link.closed
+        assert server.finished
+        assert server.deadline is None
+        assert run_jobs(link) == 1  # the job still comes back, harmlessly
+        assert link.take() == b""

@@ -1,0 +1,265 @@
+"""The server object: admission, graceful shutdown, wake-ups, counters and the HTTP date."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from conftest import PKI
+from memlink import LOCAL, PEER, MemLink
+
+from spcore.config import Limits
+from spcore.connection import Connection
+from spcore.server import Listener, Server
+from spcore.stream import Session, StreamHandler, StreamProtocol
+from spcore.tls import client_context, server_context
+from spcore.tls.openssl import OpenSSLEngine
+
+NOW = 1000.0
+WALL = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+
+
+@pytest.fixture(scope="module")
+def server_tls(pki: PKI) -> ssl.SSLContext:
+    return server_context(pki.server.certfile, pki.server.keyfile)
+
+
+@pytest.fixture(scope="module")
+def client_tls(pki: PKI) -> ssl.SSLContext:
+    return client_context(cafile=pki.ca_file)
+
+
+class Echo(StreamHandler):
+    def __init__(self, closed: list[int], *, blocking: bool = False) -> None:
+        self.closed = closed
+        self.blocking = blocking
+
+    def message(self, session: Session | object, message: bytes) -> None:
+        session.send(message)  # type: ignore[attr-defined]
+
+    def close(self, session: Session) -> None:
+        self.closed.append(session.id)
+
+
+def echo_server(
+    *, tls: ssl.SSLContext | None = None, blocking: bool = False, **limits: float
+) -> tuple[Server, list[int]]:
+    closed: list[int] = []
+    listener = Listener(lambda: StreamProtocol(Echo(closed, blocking=blocking)), tls=tls)
+    server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
+    server.start(NOW, WALL)
+    return server, closed
+
+
+def accept(server: Server) -> Connection:
+    return server.accept(server.listeners[0], PEER, LOCAL, NOW)
+
+
+def test_a_server_needs_a_listener() -> None:
+    with pytest.raises(ValueError, match="at least one listener"):
+        Server([])
+
+
+def test_listener_builds_the_engine_it_is_given(server_tls: ssl.SSLContext) -> None:
+    assert Listener(StreamProtocol).new_engine() is None  # type: ignore[arg-type]
+    assert isinstance(Listener(StreamProtocol, tls=server_tls).new_engine(), OpenSSLEngine)  # type: ignore[arg-type]
+    seen: list[ssl.SSLContext] = []
+
+    def engine(ctx: ssl.SSLContext) -> OpenSSLEngine:
+        seen.append(ctx)
+        return OpenSSLEngine(ctx, server_side=True)
+
+    Listener(StreamProtocol, tls=server_tls, engine=engine).new_engine()  # type: ignore[arg-type]
+    assert seen == [server_tls]
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+def test_not_accepting_at_max_connections() -> None:
+    server, _ = echo_server(max_connections=2)
+    first = accept(server)
+    assert server.accepting
+    accept(server)
+    assert not server.accepting
+    first.connection_lost(None, NOW)
+    assert server.accepting
+
+
+def test_not_accepting_during_shutdown() -> None:
+    server, _ = echo_server()
+    assert server.accepting and not server.shutting_down
+    server.begin_shutdown(NOW)
+    assert not server.accepting and server.shutting_down
+
+
+def test_connection_ids_are_unique_and_registered() -> None:
+    server, _ = echo_server()
+    conns = [accept(server) for _ in range(3)]
+    assert len({c.id for c in conns}) == 3
+    assert server.connections == {c.id: c for c in conns}
+    conns[1].connection_lost(None, NOW)
+    assert accept(server).id not in {c.id for c in conns}
+
+
+# -- graceful shutdown -------------------------------------------------------------------------
+
+
+def test_shutdown_with_nothing_open_is_finished_at_once() -> None:
+    server, _ = echo_server()
+    assert not server.finished
+    server.begin_shutdown(NOW)
+    assert server.finished and server.deadline is None
+
+
+def test_shutdown_closes_idle_sessions_gracefully() -> None:
+    server, closed = echo_server(shutdown_grace=10.0)
+    link = MemLink(server)
+    link.send(b"last\n")
+    server.begin_shutdown(NOW)
+    assert server.deadline == NOW + 10.0
+    assert [c.id for c in server.take_woken()] == [link.conn.id]
+    link.pump()
+    assert link.take() == b"last\r\n" and link.client_got_eof
+    assert not server.finished  # waiting for the client's EOF (or the close timeout)
+    link.client_close()
+    assert closed == [link.conn.id] and server.finished and server.deadline is None
+
+
+def test_shutdown_cuts_unfinished_handshakes_at_once(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, _ = echo_server(tls=server_tls)
+    link = MemLink(server)
+    link.send_raw(b"\x16\x03\x01")  # a ClientHello has begun
+    server.begin_shutdown(NOW)
+    link.pump()
+    assert link.closed and server.finished
+
+
+def test_shutdown_waits_for_a_running_job_then_closes() -> None:
+    server, closed = echo_server(blocking=True)
+    link = MemLink(server, run_jobs=False)
+    for job in link.conn.take_jobs():  # start()
+        job.run()
+        link.conn.job_done(job, NOW)
+    link.send(b"working\n")
+    (job,) = link.conn.take_jobs()
+    server.begin_shutdown(NOW)
+    link.pump()
+    assert not link.client_got_eof  # the job is in flight
+    job.run()
+    link.conn.job_done(job, NOW + 1)
+    link.pump()
+    assert link.take() == b"working\r\n" and link.client_got_eof
+    link.client_close()
+    assert server.finished and closed == [link.conn.id]
+
+
+def test_grace_period_end_aborts_what_remains() -> None:
+    server, closed = echo_server(blocking=True, shutdown_grace=5.0)
+    stuck = MemLink(server, run_jobs=False)
+    stuck.conn.take_jobs()  # start() never comes back in time
+    idle = MemLink(server)
+    server.begin_shutdown(NOW)
+    idle.pump()
+    assert idle.client_got_eof and not stuck.client_got_eof
+    server.on_deadline(NOW + 4.9)  # early: nothing happens
+    assert not server.take_woken() and stuck.conn.id in server.connections
+    server.on_deadline(NOW + 5.0)
+    assert stuck.conn.should_close
+    stuck.pump()  # syncs the woken connections: both are closed now
+    assert stuck.closed and idle.closed
+    assert server.finished and sorted(closed) == sorted([stuck.conn.id, idle.conn.id])
+
+
+def test_begin_shutdown_twice_keeps_the_first_deadline() -> None:
+    server, _ = echo_server(shutdown_grace=10.0)
+    MemLink(server)
+    server.begin_shutdown(NOW)
+    server.begin_shutdown(NOW + 5)
+    assert server.deadline == NOW + 10.0
+
+
+# -- wake-ups ----------------------------------------------------------------------------------
+
+
+def test_take_woken_lists_each_changed_connection_once() -> None:
+    server, _ = echo_server()
+    a, b = accept(server), accept(server)
+    assert server.take_woken() == []
+    server.wake(a)
+    server.wake(b)
+    server.wake(a)
+    assert server.take_woken() == [a, b]
+    assert server.take_woken() == []
+    server.wake(b)
+    b.connection_lost(None, NOW)
+    server.wake(b)
+    assert server.take_woken() == []
+
+
+def test_a_broadcast_wakes_the_receivers_not_the_sender() -> None:
+    class Relay(StreamHandler):
+        def message(self, session: Session | object, message: bytes) -> None:
+            session.broadcast(message)  # type: ignore[attr-defined]
+
+    server = Server([Listener(lambda: StreamProtocol(Relay()))])
+    a, b, c = accept(server), accept(server), accept(server)
+    a.receive_data(b"news\n", NOW)
+    assert set(server.take_woken()) == {b, c}  # a is synced after its own call anyway
+    assert b"".join(bytes(x) for x in b.outgoing()) == b"news\r\n"
+    assert list(a.outgoing()) == []
+    server.sessions[b.id].send(b"from outside any call")
+    assert server.take_woken() == [b]
+
+
+# -- counters ----------------------------------------------------------------------------------
+
+
+def test_stats_count_connections_handshakes_errors_and_bytes(
+    monkeypatch: pytest.MonkeyPatch, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    fed = 0
+    receive = Connection.receive_data
+
+    def counting(self: Connection, data: bytes, now: float) -> None:
+        nonlocal fed
+        fed += len(data)
+        receive(self, data, now)
+
+    monkeypatch.setattr(Connection, "receive_data", counting)
+    server, _ = echo_server(tls=server_tls, handshake_timeout=10.0)
+    stats = server.stats
+    good = [MemLink(server, client_context=client_tls) for _ in range(2)]
+    assert (stats.connections_total, stats.connections_open, stats.handshakes) == (2, 2, 2)
+    good[0].send(b"hello\n")
+    assert good[0].take() == b"hello\r\n"
+    bad = MemLink(server)
+    bad.send_raw(b"\x16\x03\x01\xff\xff")
+    assert stats.tls_errors == 1
+    slow = MemLink(server)
+    slow.advance(10.0)
+    assert stats.timeouts == 1 and slow.closed
+    for link in (*good, bad):
+        link.client_close()
+    links = (*good, bad, slow)
+    assert all(link.closed for link in links)
+    assert (stats.connections_total, stats.connections_open) == (4, 0)
+    assert stats.bytes_sent == sum(len(link.raw_received) for link in links)
+    assert stats.bytes_received == fed > 0
+    server.refused()
+    assert stats.connections_refused == 1
+    assert stats.as_dict()["handshakes"] == 2
+
+
+# -- the HTTP date -----------------------------------------------------------------------------
+
+
+def test_http_date_uses_the_wall_clock_offset() -> None:
+    server, _ = echo_server()
+    assert server.http_date(NOW) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert server.http_date(NOW + 0.999) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert server.http_date(NOW + 61) == b"Tue, 14 Nov 2023 22:14:21 GMT"
+    server.start(NOW, WALL + 86_400)  # a driver restarting with another clock
+    assert server.http_date(NOW + 61) == b"Wed, 15 Nov 2023 22:14:21 GMT"

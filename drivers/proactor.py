@@ -167,10 +167,11 @@ class ProactorBase(Driver):
 
     Subclasses implement the hooks below (``_open``, ``_close_resources``, ``_post_accept``,
     ``_accepted_socket``, ``_post_recv``, ``_post_send``, ``_cancel``, ``_wait``, ``_error``,
-    ``wake``) and ``probe``. Every ``_post_*`` hook gets a fresh :class:`Operation`, posts it
-    and fills ``op.keep`` (and ``op.key`` if the completion names it differently); the base
-    registers it afterwards. A hook raises ``OSError`` when the post failed at once and no
-    completion will come (the base then registers nothing).
+    ``wake``, optionally ``_release_accept``) and ``probe``. Every ``_post_*`` hook gets a
+    fresh :class:`Operation`, posts it and fills ``op.keep`` (and ``op.key`` if the
+    completion names it differently); the base registers it afterwards. A hook raises
+    ``OSError`` when the post failed at once and no completion will come (the base then
+    registers nothing).
     """
 
     #: The completion flag meaning "this operation stays posted; more completions follow"
@@ -209,6 +210,10 @@ class ProactorBase(Driver):
     @abc.abstractmethod
     def _accepted_socket(self, op: Operation[Acceptor], result: int) -> socket.socket:
         """The connected socket an accept completion with ``result`` >= 0 delivered."""
+
+    def _release_accept(self, op: Operation[Acceptor]) -> None:
+        """An accept completed without a connection (failed or cancelled): release what
+        ``_post_accept`` prepared for it (IOCP: close the pre-created accept socket)."""
 
     @abc.abstractmethod
     def _post_recv(self, op: Operation[Link]) -> None:
@@ -314,7 +319,8 @@ class ProactorBase(Driver):
 
     def _register(self, op: Operation[Any]) -> None:
         """Enter ``op`` in the registry (after its post hook succeeded)."""
-        if op.key in self._ops:
+        if op.key in self._ops:  # a driver bug; the kernel has the operation: keep its memory
+            _abandoned.append(op)
             raise RuntimeError(f"operation key {op.key:#x} is already in flight")
         self._ops[op.key] = op
 
@@ -346,9 +352,7 @@ class ProactorBase(Driver):
         """Apply the connection's wishes: close, send, shut down, receive, time, jobs."""
         conn = link.conn
         try:
-            while link.send_op is None:
-                if conn.should_close:
-                    break
+            while link.send_op is None and not conn.should_close:
                 out = conn.outgoing()
                 if out:
                     self._start_send(link, out)
@@ -360,7 +364,7 @@ class ProactorBase(Driver):
             if conn.should_close:
                 self._close(link, None, now)
                 return
-            if conn.reading and link.recv_op is None and not link.eof:
+            if link.recv_op is None and not link.eof and conn.reading:
                 self._start_recv(link)
         except OSError as exc:
             self._close(link, exc, now)
@@ -413,8 +417,10 @@ class ProactorBase(Driver):
                 self.server.refused()
             else:
                 self._admit_or_park(acceptor, sock, now)
-        elif not op.cancelled:
-            self._accept_failed(self._error(result), now)
+        else:
+            self._release_accept(op)
+            if not op.cancelled:
+                self._accept_failed(self._error(result), now)
         if not acceptor.ops and (self.server.shutting_down or self._closing):
             acceptor.bound.sock.close()  # its cancelled accepts are all back
 
@@ -439,19 +445,19 @@ class ProactorBase(Driver):
             acceptor, sock = self._parked.popleft()
             self._admit(acceptor, sock, now)
             admitted = True
+        if not server.accepting:
+            for acceptor in self._acceptors:
+                for op in list(acceptor.ops):
+                    self._cancel_op(op)
+            return admitted
         if self._accept_retry is not None:
             if now < self._accept_retry:
                 return admitted
             self._accept_retry = None
-        accepting = server.accepting
         for acceptor in self._acceptors:
-            if accepting:
-                for _ in range(self.accepts_per_listener - acceptor.live):
-                    if not self._start_accept(acceptor, now):
-                        break
-            else:
-                for op in list(acceptor.ops):
-                    self._cancel_op(op)
+            for _ in range(self.accepts_per_listener - acceptor.live):
+                if not self._start_accept(acceptor, now):
+                    break
         return admitted
 
     def _start_accept(self, acceptor: Acceptor, now: float) -> bool:

@@ -17,8 +17,9 @@ import datetime
 import ipaddress
 import os
 import pathlib
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,7 +51,6 @@ _CA_LIFETIME = datetime.timedelta(days=3650)
 _RENEW_BEFORE = datetime.timedelta(days=30)
 #: Concurrent processes may interleave their writes of the certificate and the key; each one
 #: re-checks the pair it wrote and starts over if another process's half replaced its own.
-_WRITE_ATTEMPTS = 5
 
 _Role = Literal["ca", "server", "client"]
 _Key = ec.EllipticCurvePrivateKey
@@ -94,25 +94,43 @@ def dev_certificate(
     now = _utc(now)
     directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     pair = CertPair(directory / DEV_CERT_FILE, directory / DEV_KEY_FILE)
-    attempts = 0
-    while not _fresh(pair, now):
-        if attempts == _WRITE_ATTEMPTS:
-            raise CertificateError(
-                f"The development certificate in {directory} kept being replaced while it was"
-                " written; another process is rewriting it."
+    if _fresh(pair, now):
+        return pair
+    with _cache_lock(directory):  # one writer at a time, across processes
+        if not _fresh(pair, now):  # another process may have renewed it while we waited
+            key = _new_key()
+            cert = _build_certificate(
+                key,
+                DEV_COMMON_NAME,
+                role="server",
+                names=DEV_NAMES,
+                not_before=now - _ONE_DAY,
+                not_after=now - _ONE_DAY + _LEAF_LIFETIME,
             )
-        attempts += 1
-        key = _new_key()
-        cert = _build_certificate(
-            key,
-            DEV_COMMON_NAME,
-            role="server",
-            names=DEV_NAMES,
-            not_before=now - _ONE_DAY,
-            not_after=now - _ONE_DAY + _LEAF_LIFETIME,
-        )
-        _write_pair(pair, cert, key)
+            _write_pair(pair, cert, key)
     return pair
+
+
+@contextlib.contextmanager
+def _cache_lock(directory: pathlib.Path) -> Iterator[None]:
+    """An exclusive lock on ``directory/.lock`` (flock on POSIX, msvcrt.locking on Windows)."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CertificateError(f"Cannot write {directory}: {exc.strerror or exc}.") from exc
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def check_cert_key(certfile: os.PathLike[str] | str, keyfile: os.PathLike[str] | str) -> None:

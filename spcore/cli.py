@@ -19,6 +19,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import ssl
@@ -180,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         "--driver",
         action="append",
         metavar="NAME",
-        help="a driver to certify, or all (the default); repeatable",
+        help="a driver to certify: a name, module:factory for your own, or all (the "
+        "default); repeatable",
     )
     conformance.set_defaults(run=_conformance)
     return parser
@@ -204,8 +206,8 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     bound = _bind(driver)
-    print(_banner(args, driver.name, bound, certfile), flush=True)
-    with _stop_on_signals(driver):
+    with _stop_on_signals(driver):  # before the banner: whoever reads it may signal at once
+        print(_banner(args, driver.name, bound, certfile), flush=True)
         driver.run()
     return 0
 
@@ -464,8 +466,11 @@ def _conformance(args: argparse.Namespace, extra: list[str]) -> int:
         drivers = None
     else:
         for name in names:
-            if name not in DRIVERS:
-                raise UsageError(f"unknown driver {name!r} (known: {', '.join(DRIVERS)}, all)")
+            if name not in DRIVERS and ":" not in name:  # module:factory is a third party's
+                known = ", ".join(DRIVERS)
+                raise UsageError(
+                    f"unknown driver {name!r} (known: {known}, all, or module:factory for yours)"
+                )
         drivers = names
     pytest_args = list(extra)
     if "--" in pytest_args:
@@ -479,7 +484,8 @@ def _conformance(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _reason(exc: OSError) -> str:
-    return str(exc.strerror or getattr(exc, "reason", None) or exc)
+    """The OS's or OpenSSL's words, without OpenSSL's source location."""
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc.strerror or exc))
 
 
 def _sentence(message: str) -> str:

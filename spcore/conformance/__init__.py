@@ -32,7 +32,8 @@ def run(drivers: Sequence[str] | None = None, pytest_args: Sequence[str] = ()) -
     """
     import pytest
 
-    args = ["--pyargs", SCENARIOS]
+    # spcore is imported already, so pytest cannot rewrite its asserts: say nothing about it.
+    args = ["--pyargs", SCENARIOS, "-W", "ignore::pytest.PytestAssertRewriteWarning"]
     for driver in drivers or ():
         option = "--spcore-driver-factory" if ":" in driver else "--spcore-driver"
         args += [option, driver]

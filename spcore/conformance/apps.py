@@ -19,8 +19,9 @@ from urllib.parse import parse_qs
 from spcore.http.messages import Pipe, Request, Response
 
 from .clients import pattern
+from .harness import Served
 
-__all__ = ["CHUNK", "pattern_body", "suite_app"]
+__all__ = ["CHUNK", "pattern_body", "still_serving", "suite_app"]
 
 #: Chunk size of generated bodies.
 CHUNK = 64 * 1024
@@ -87,3 +88,11 @@ def suite_app(request: Request) -> Response | None:
         }
         return Response(200, [("content-type", "application/json")], json.dumps(info))
     return Response(200, [("content-type", "text/plain")], f"{request.method} {request.target}")
+
+
+def still_serving(served: Served) -> None:
+    """After a rough scenario: every connection drains, and a new one is served."""
+    served.wait_drained()
+    with served.connect() as client:
+        assert client.fetch("GET", "/hello").body == b"Hello, world!"
+    served.wait_drained()

@@ -39,14 +39,17 @@ __all__ = [
     "Transport",
     "make_pki",
     "suite_limits",
+    "tls_version",
     "wait_until",
 ]
 
 Transport = Literal["plain", "tls1.2", "tls1.3"]
 
 #: The suite's defaults: short grace periods, so a scenario that leaves a connection behind
-#: ends quickly (a driver that hangs still fails, after ``STOP_MARGIN``).
-SUITE_LIMITS = Limits(shutdown_grace=3.0, close_timeout=1.0)
+#: ends quickly (a driver that hangs still fails, after ``STOP_MARGIN``), and every other
+#: timeout longer than a client's (``Served.connect``): a driver that misses an event must
+#: not be rescued by an unrelated timer firing in time.
+SUITE_LIMITS = Limits(shutdown_grace=3.0, close_timeout=1.0, idle_timeout=30.0)
 #: How long past the shutdown grace (and the close timeout) ``run()`` may take to return.
 STOP_MARGIN = 5.0
 
@@ -67,6 +70,13 @@ class DriverLike(Protocol):
 
 
 DriverFactory = Callable[[Server], DriverLike]
+
+
+def tls_version(transport: Transport) -> TLSVersion:
+    """The TLS version a TLS transport pins ("1.2" or "1.3")."""
+    if transport == "plain":
+        raise ValueError("a plain transport has no TLS version")
+    return "1.2" if transport == "tls1.2" else "1.3"
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -184,7 +194,6 @@ class Served:
         index: int = 0,
         context: ssl.SSLContext | None = None,
         server_hostname: str = "localhost",
-        handshake: bool = True,
         timeout: float = 10.0,
     ) -> Client:
         """A client connected to listener ``index``; TLS unless ``transport`` is plain.
@@ -197,12 +206,11 @@ class Served:
         if transport == "plain":
             return Client(sock)
         if context is None:
-            context = self.pki.client_context("1.2" if transport == "tls1.2" else "1.3")
+            context = self.pki.client_context(tls_version(transport))
         try:
             wrapped = context.wrap_socket(
                 sock,
                 server_hostname=server_hostname,
-                do_handshake_on_connect=handshake,
                 suppress_ragged_eofs=False,
             )
         except BaseException:

@@ -4,8 +4,9 @@ h11 owns the wire format and the per-request state machine; this layer adds what
 needs around it: limits (431, 414, 413), timeouts (408 and idle close), ``Date``/``Server``
 headers, ``Expect: 100-continue``, request bodies streamed to the application, response
 bodies pulled from an iterable or a ``Pipe`` only as fast as the client reads, pipelined
-requests answered in order, blocking applications run as jobs, and every h11 error turned
-into the right 4xx response.
+requests answered in order (and only as fast as the client reads the answers), blocking
+applications run as jobs, every h11 error turned into the right 4xx response, and CONNECT
+refused with 501 (h11 would switch protocols on any 2xx answer to it).
 """
 
 from __future__ import annotations
@@ -203,9 +204,11 @@ class HTTPProtocol(ProtocolLayer):
         assert h is not None and conn is not None
         try:
             while self._job is None and not conn.closing:
-                both_done = h.our_state is h11.DONE and h.their_state is h11.DONE
-                if both_done and not self._next_cycle(now):
-                    return
+                if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                    if not conn.writable:
+                        return  # no next response until the client reads: resume_writing
+                    if not self._next_cycle(now):
+                        return
                 if h.their_state is h11.MUST_CLOSE or h.their_state is h11.CLOSED:
                     return  # whatever follows a request that ends the connection is ignored
                 try:
@@ -373,7 +376,8 @@ class HTTPProtocol(ProtocolLayer):
                 self._close_source()  # connection_lost left it to us
                 return
             then(job, now)
-            if self.deadline is None and h.their_state is h11.SEND_BODY:
+            idle_body = self._job is None and self.deadline is None
+            if idle_body and h.their_state is h11.SEND_BODY:
                 self.deadline = now + self._limits.body_timeout
             self._process(now)
 
@@ -619,7 +623,7 @@ class HTTPProtocol(ProtocolLayer):
 
 def _without_echo(message: str) -> str:
     """h11's message minus the peer's bytes it quotes (never reflect input into a response)."""
-    return _QUOTED_BYTES.sub("", message) or "malformed request"
+    return _QUOTED_BYTES.sub("", message).rstrip() or "malformed request"
 
 
 def _head_size(event: h11.Request) -> int:

@@ -26,9 +26,10 @@ from .engine import (
 
 __all__ = ["SNI_ATTRIBUTE", "OpenSSLEngine"]
 
-#: Largest plaintext taken per ``SSLObject.read`` call; a TLS record holds at most 16 KiB, so
-#: this lets one call drain several records.
-READ_SIZE = 256 * 1024
+#: Plaintext taken per ``SSLObject.read`` call: one TLS record holds at most 16 KiB, and a
+#: request larger than glibc's mmap threshold (128 KiB) would cost an mmap/munmap pair per
+#: read; the read loop takes several records by calling again.
+READ_SIZE = 16 * 1024
 
 #: Attribute that ``spcore.tls.context``'s SNI callback sets on the ``SSLObject`` so the engine
 #: can report the name the client asked for (OpenSSL does not expose it afterwards).

@@ -32,7 +32,7 @@ def driver(request: pytest.FixtureRequest) -> DriverChoice:
     """The driver under test; one that cannot run here skips with its probe's reason."""
     choice: DriverChoice = request.param
     if not choice.available:
-        pytest.skip(f"{choice.name}: {choice.reason}")  # one summary line per driver
+        pytest.skip(f"{choice.name}: {choice.reason}")
     return choice
 
 
@@ -45,7 +45,7 @@ def pytest_runtest_makereport(
     callspec = getattr(item, "callspec", None)
     choice = callspec.params.get("driver") if callspec is not None else None
     if report.skipped and isinstance(choice, DriverChoice) and not choice.available:
-        report.longrepr = (
+        report.longrepr = (  # type: ignore[assignment]  # no line: pytest folds these
             str(pathlib.Path(__file__).parent),
             None,
             f"{choice.name}: {choice.reason}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 
@@ -114,14 +115,23 @@ def test_expect_100_continue(serve: Serve, transport: Transport) -> None:
         assert response.body.decode() == f"{hashlib.sha256(body).hexdigest()} {len(body)}"
 
 
-def test_ipv6(serve: Serve) -> None:
+def _no_ipv6() -> str | None:
+    """Why this machine has no IPv6 loopback, or None."""
+    if not socket.has_ipv6:
+        return "Python was built without IPv6"
     try:
-        import socket
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        return f"cannot bind ::1: {exc}"
+    return None
 
-        socket.socket(socket.AF_INET6).close()
-        socket.getaddrinfo("::1", 0)
-    except OSError as exc:  # pragma: no cover - machines without IPv6
-        pytest.skip(f"no IPv6 loopback: {exc}")
+
+def test_ipv6(serve: Serve) -> None:
+    """A second listener on ::1 (the driver binds both, IPv6-only beside IPv4)."""
+    why = _no_ipv6()
+    if why is not None:
+        pytest.skip(why)
     with serve(suite_app, hosts=("127.0.0.1", "::1")) as served:
         assert served.addresses[1][0] == "::1"
         for index in (0, 1):
@@ -130,7 +140,7 @@ def test_ipv6(serve: Serve) -> None:
 
 
 def test_blocking_app_runs_on_workers(serve: Serve) -> None:
-    """Jobs run off the loop: four slow requests overlap, and the loop keeps serving."""
+    """Jobs run off the loop thread, on several workers: four slow requests overlap."""
     lock = threading.Lock()
     running = [0, 0]  # now, most at once
 
@@ -152,15 +162,12 @@ def test_blocking_app_runs_on_workers(serve: Serve) -> None:
                 results.append(client.fetch("GET", f"/{i}").body)
 
         threads = [threading.Thread(target=fetch, args=(i,)) for i in range(4)]
-        start = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(10)
-        elapsed = time.monotonic() - start
         assert sorted(results) == [f"slow /{i}".encode() for i in range(4)]
-        assert running[1] > 1, "the jobs never ran concurrently"
-        assert elapsed < 1.0, f"4 jobs of 0.3 s took {elapsed:.2f} s"
+        assert running[1] > 1, "the jobs never ran at the same time"
 
 
 def _head(method: str, target: str, *headers: tuple[str, str]) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import pathlib
 import shutil
 import subprocess
 import tempfile
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from spcore.conformance.apps import suite_app
+from spcore.conformance.apps import still_serving, suite_app
 from spcore.conformance.clients import pattern
-from spcore.conformance.harness import PKI, Serve, Served, Transport
+from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version
 
 TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
 GET_AND_CLOSE = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -62,13 +63,6 @@ def _interact(command: Sequence[str], steps: Sequence[tuple[float, bytes]]) -> b
         return output.read()
 
 
-def _still_serving(served: Served) -> None:
-    served.wait_drained()
-    with served.connect() as client:
-        assert client.fetch("GET", "/hello").body == b"Hello, world!"
-    served.wait_drained()
-
-
 # --- curl ----------------------------------------------------------------------------------
 
 
@@ -90,7 +84,9 @@ def test_curl_get(serve: Serve, pki: PKI, transport: Transport) -> None:
 
 
 @pytest.mark.parametrize("transport", ["plain", "tls1.3"])
-def test_curl_upload_and_download(serve: Serve, pki: PKI, transport: Transport, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_curl_upload_and_download(
+    serve: Serve, pki: PKI, transport: Transport, tmp_path: pathlib.Path
+) -> None:
     body = pattern(11, 3_000_000)
     upload = tmp_path / "upload.bin"
     upload.write_bytes(body)
@@ -131,7 +127,7 @@ def test_openssl_s_client_get(serve: Serve, pki: PKI, transport: Transport) -> N
         output = _interact(_s_client(served, pki, "-quiet"), [(0, GET_AND_CLOSE)])
         assert b"HTTP/1.1 200 OK" in output, output
         assert output.endswith(b"Hello, world!"), output
-        _still_serving(served)
+        still_serving(served)
 
 
 def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
@@ -142,7 +138,7 @@ def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
         output = _interact(_s_client(served, pki), steps)
         assert b"RENEGOTIATING" in output, output
         assert b"no renegotiation" in output, output  # the server's alert reached it
-        _still_serving(served)
+        still_serving(served)
 
 
 def test_openssl_s_client_key_update(serve: Serve, pki: PKI) -> None:
@@ -152,7 +148,7 @@ def test_openssl_s_client_key_update(serve: Serve, pki: PKI) -> None:
         output = _interact(_s_client(served, pki), [(0.5, b"K\n"), (0.3, GET_AND_CLOSE)])
         assert b"KEYUPDATE" in output, output
         assert b"HTTP/1.1 200 OK" in output and b"Hello, world!" in output, output
-        _still_serving(served)
+        still_serving(served)
 
 
 # --- gnutls-cli ----------------------------------------------------------------------------
@@ -184,7 +180,7 @@ def test_gnutls_cli_get(serve: Serve, pki: PKI, transport: Transport) -> None:
         output = _interact(command, [(0, GET_AND_CLOSE)])
         assert b"HTTP/1.1 200 OK" in output, output
         assert b"Hello, world!" in output, output
-        _still_serving(served)
+        still_serving(served)
 
 
 # --- Python's http.client ------------------------------------------------------------------
@@ -197,7 +193,7 @@ def test_python_http_client(serve: Serve, pki: PKI, transport: Transport) -> Non
         if transport == "plain":
             connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
         else:
-            context = pki.client_context("1.2" if transport == "tls1.2" else "1.3")
+            context = pki.client_context(tls_version(transport))
             connection = http.client.HTTPSConnection(
                 "127.0.0.1", served.port, timeout=10, context=context
             )

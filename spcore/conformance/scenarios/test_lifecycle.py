@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spcore.conformance.apps import pattern_body, suite_app
+from spcore.conformance.apps import pattern_body, still_serving, suite_app
 from spcore.conformance.clients import Client, pattern
 from spcore.conformance.harness import Serve, Served, Transport, suite_limits, wait_until
 from spcore.http.messages import Request, Response, blocking
@@ -17,14 +17,6 @@ from spcore.http.messages import Request, Response, blocking
 TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
 SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 50 ms apart
-
-
-def _still_serving(served: Served) -> None:
-    """The server drains every connection and answers a new one."""
-    served.wait_drained()
-    with served.connect() as client:
-        assert client.fetch("GET", "/hello").body == b"Hello, world!"
-    served.wait_drained()
 
 
 def _shut_write(client: Client) -> None:
@@ -58,7 +50,7 @@ def test_reset_mid_request(serve: Serve, transport: Transport, where: str) -> No
             client.send(pattern(0, 30000))
         time.sleep(0.05)
         client.reset()
-        _still_serving(served)
+        still_serving(served)
 
 
 @TRANSPORTS
@@ -70,7 +62,7 @@ def test_reset_mid_response(serve: Serve, transport: Transport) -> None:
         assert head.status == 200
         client.read_exact(200_000)
         client.reset()
-        _still_serving(served)
+        still_serving(served)
 
 
 @TRANSPORTS
@@ -81,7 +73,7 @@ def test_half_close_after_the_request(serve: Serve, transport: Transport) -> Non
             _shut_write(client)
             response = client.read_response()
             assert response.status == 200 and response.body == pattern(0, 300_000)
-        _still_serving(served)
+        still_serving(served)
 
 
 @TLS_VERSIONS
@@ -95,7 +87,7 @@ def test_ragged_eof(serve: Serve, transport: Transport, when: str) -> None:
         else:
             client.send(b"GET /hello HTTP/1.1\r\nHost: lo")
         client.close()  # ssl.SSLSocket.close() sends no close_notify
-        _still_serving(served)
+        still_serving(served)
 
 
 @TLS_VERSIONS
@@ -115,7 +107,7 @@ def test_handshake_timeout(serve: Serve) -> None:
     with serve(suite_app, transport="tls1.3", limits=limits) as served:
         with served.connect("plain") as client:  # TCP only: no ClientHello
             _closed_within(client, 0.2, 3.0)
-        _still_serving(served)
+        still_serving(served)
 
 
 def test_header_timeout(serve: Serve) -> None:
@@ -127,7 +119,7 @@ def test_header_timeout(serve: Serve) -> None:
             assert response.status == 408
             assert 0.2 <= time.monotonic() - start <= 3.0
             assert client.closed_by_server()
-        _still_serving(served)
+        still_serving(served)
 
 
 @TRANSPORTS
@@ -191,7 +183,7 @@ def test_shutdown_closes_idle_connections_at_once(serve: Serve, transport: Trans
             start = time.monotonic()
             served.driver.stop()
             assert client.recv() == b""  # closed cleanly (close_notify on TLS)
-            assert time.monotonic() - start < 1.0  # well within the 3 s grace period
+            assert time.monotonic() - start < 2.0  # not after the 3 s grace period
         wait_until(lambda: not served.running, 2.0, "run() to return")
 
 
@@ -200,7 +192,7 @@ def test_stop_without_connections(serve: Serve) -> None:
         assert not _refused(served)
         start = time.monotonic()
         served.stop()
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # woken at once, not by some timeout
         assert _refused(served)
 
 

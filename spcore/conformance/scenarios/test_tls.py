@@ -12,9 +12,9 @@ import time
 import pytest
 from cryptography import x509
 
-from spcore.conformance.apps import suite_app
+from spcore.conformance.apps import still_serving, suite_app
 from spcore.conformance.clients import Client
-from spcore.conformance.harness import PKI, Serve, Served, Transport
+from spcore.conformance.harness import PKI, Serve, Transport, tls_version
 
 TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
 
@@ -35,12 +35,6 @@ def _info(client: Client) -> dict[str, object]:
     return tls
 
 
-def _still_serving(served: Served) -> None:
-    with served.connect() as client:
-        assert client.fetch("GET", "/hello").body == b"Hello, world!"
-    served.wait_drained()
-
-
 @TLS_VERSIONS
 def test_sni_selects_the_certificate(serve: Serve, pki: PKI, transport: Transport) -> None:
     other = (pki.other.certfile, pki.other.keyfile)
@@ -56,7 +50,7 @@ def test_sni_selects_the_certificate(serve: Serve, pki: PKI, transport: Transpor
 
 @TLS_VERSIONS
 def test_alpn_selects_http11(serve: Serve, pki: PKI, transport: Transport) -> None:
-    version = "1.2" if transport == "tls1.2" else "1.3"
+    version = tls_version(transport)
     context = pki.client_context(version, alpn=("h2", "http/1.1"))
     with serve(suite_app, transport=transport) as served, served.connect(context=context) as client:
         assert client.tls is not None
@@ -66,7 +60,7 @@ def test_alpn_selects_http11(serve: Serve, pki: PKI, transport: Transport) -> No
 
 @TLS_VERSIONS
 def test_client_certificate_accepted(serve: Serve, pki: PKI, transport: Transport) -> None:
-    version = "1.2" if transport == "tls1.2" else "1.3"
+    version = tls_version(transport)
     tls = pki.server_context(client_ca=pki.ca_file, client_cert="required")
     context = pki.client_context(version, cert=pki.client)
     with (
@@ -83,7 +77,7 @@ def test_client_certificate_rejected(
 ) -> None:
     """TLS 1.2 fails the handshake; TLS 1.3 completes it and fails the first read. Either
     way the client gets the server's alert (flushed before the close), not a bare EOF."""
-    version = "1.2" if transport == "tls1.2" else "1.3"
+    version = tls_version(transport)
     tls = pki.server_context(client_ca=pki.ca_file, client_cert="required")
     cert = pki.rogue_client if presented == "untrusted" else None
     context = pki.client_context(version, cert=cert)
@@ -108,7 +102,7 @@ def test_plain_http_on_the_tls_port(serve: Serve) -> None:
             assert response.status == 400
             assert b"https" in response.body.lower()
             assert client.closed_by_server()
-        _still_serving(served)
+        still_serving(served)
 
 
 def test_garbage_on_the_tls_port(serve: Serve) -> None:
@@ -120,13 +114,13 @@ def test_garbage_on_the_tls_port(serve: Serve) -> None:
             except ConnectionResetError:
                 data = b""
             assert not data.startswith(b"HTTP/"), data  # an alert or nothing, never HTTP
-        _still_serving(served)
+        still_serving(served)
 
 
 @TLS_VERSIONS
 def test_client_hello_in_tiny_pieces(serve: Serve, pki: PKI, transport: Transport) -> None:
     """A handshake whose bytes arrive a few at a time still completes."""
-    version = "1.2" if transport == "tls1.2" else "1.3"
+    version = tls_version(transport)
     context = pki.client_context(version)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")

@@ -1,0 +1,521 @@
+"""The ``spcore`` command, run for real as subprocesses on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import pathlib
+import re
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import PKI
+
+from spcore import cli
+from spcore.certs import dev_certificate
+
+STARTUP_TIMEOUT = 20.0  # a cold interpreter on a busy CI machine
+BANNER = re.compile(r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver(?P<rest>.*)$")
+URL = re.compile(
+    r"(?P<scheme>https?|tls|tcp)://(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\s]+)):(?P<port>\d+)"
+)
+
+needs_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def _has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A private certificate cache, filled once so each server starts quickly."""
+    directory = tmp_path_factory.mktemp("spcore-cache")
+    dev_certificate(datetime.datetime.now(datetime.timezone.utc), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir: pathlib.Path) -> dict[str, str]:
+    return {**os.environ, "SPCORE_CACHE_DIR": str(cache_dir)}
+
+
+def spcore(*args: str) -> list[str]:
+    return [sys.executable, "-m", "spcore", *args]
+
+
+@dataclass
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+
+class Served:
+    """A running ``spcore serve`` and what its first line said; always stopped on exit."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None):
+        # A file, not a pipe: nobody reads stderr while the server runs, and a pipe could fill.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            spcore("serve", *args), stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=cwd
+        )
+        try:
+            self.line = self._first_line()
+        except BaseException:
+            self.close()
+            raise
+        match = BANNER.match(self.line)
+        assert match, self.line
+        self.driver = match["driver"]
+        self.rest = match["rest"]
+        self.endpoints = [
+            Endpoint(m["scheme"], m["v6"] or m["v4"], int(m["port"]))
+            for m in URL.finditer(match["what"])
+        ]
+
+    def _first_line(self) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        data = b""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in data:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, "spcore serve printed no line in time"
+                if sel.select(remaining):
+                    chunk = os.read(fd, 4096)
+                    assert chunk, f"spcore serve exited early: {self.errors()}"
+                    data += chunk
+        return data.decode().splitlines()[0]
+
+    def errors(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def endpoint(self, scheme: str, host: str = "127.0.0.1") -> Endpoint:
+        return next(e for e in self.endpoints if e.scheme == scheme and e.host == host)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
+
+
+@contextlib.contextmanager
+def served(
+    args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None
+) -> Iterator[Served]:
+    server = Served(args, env, cwd)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def tls_client(cache_dir: pathlib.Path) -> ssl.SSLContext:
+    """A client that verifies the development certificate (it names 127.0.0.1 and ::1)."""
+    context = ssl.create_default_context(cafile=str(cache_dir / "dev-cert.pem"))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def get(endpoint: Endpoint, path: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    host = endpoint.host
+    if endpoint.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, endpoint.port, timeout=10, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(host, endpoint.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+@needs_signals
+def test_serve_prints_its_url_and_serves_the_builtin_page(
+    env: dict[str, str], cache_dir: pathlib.Path
+) -> None:
+    with served(["--port", "0"], env) as server:
+        assert [e.scheme for e in server.endpoints] == ["https"]
+        endpoint = server.endpoints[0]
+        assert endpoint.host == "127.0.0.1" and endpoint.port > 0
+        assert server.rest == f" (certificate: {cache_dir / 'dev-cert.pem'})"
+        status, body = get(endpoint, "/?format=json", tls_client(cache_dir))
+        assert status == 200
+        info = json.loads(body)
+        assert info["driver"] == server.driver
+        assert info["tls"]["version"].startswith("TLSv1.")
+        assert info["tls"]["alpn"] == "http/1.1"
+        curl = shutil.which("curl")
+        if curl is not None:
+            url = f"https://127.0.0.1:{endpoint.port}/"
+            page = subprocess.run(
+                [curl, "-sSk", "--max-time", "10", url], capture_output=True, timeout=15
+            )
+            assert page.returncode == 0, page.stderr
+            assert b"<h1>spcore</h1>" in page.stdout
+            assert f"<td>{server.driver}</td>".encode() in page.stdout
+        assert server.stop() == 0
+
+
+@needs_signals
+def test_serve_without_tls_behind_a_proxy(env: dict[str, str]) -> None:
+    args = ["--port", "0", "--no-tls", "--proxy-protocol", "--timeout", "3"]
+    with served(args, env) as server:
+        [endpoint] = server.endpoints
+        assert endpoint.scheme == "http"
+        assert server.rest == ""  # no certificate to mention
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+            sock.sendall(
+                b"PROXY TCP4 192.0.2.7 192.0.2.1 4321 80\r\n"
+                b"GET /?format=json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        info = json.loads(body)
+        assert info["client"] == ["192.0.2.7", 4321]  # from the PROXY header
+        assert info["scheme"] == "http"
+        assert server.stop() == 0
+
+
+@needs_signals
+def test_plain_port_beside_tls_on_two_hosts(
+    env: dict[str, str], cache_dir: pathlib.Path, pki: PKI
+) -> None:
+    """127.0.0.1 and ::1 (where IPv6 works), each with a TLS and a plain HTTP listener; the
+    TLS ones take client certificates."""
+    hosts = ["127.0.0.1", "::1"] if _has_ipv6() else ["127.0.0.1"]
+    args = ["--port", "0", "--plain-port", "0"]
+    for host in hosts:
+        args += ["--host", host]
+    args += ["--client-ca", str(pki.ca_file), "--client-cert", "optional"]
+    client = tls_client(cache_dir)
+    client.load_cert_chain(pki.client.certfile, pki.client.keyfile)
+    with served(args, env) as server:
+        assert sorted((e.host, e.scheme) for e in server.endpoints) == sorted(
+            (host, scheme) for host in hosts for scheme in ("http", "https")
+        )
+        if "::1" in hosts:
+            assert "https://[::1]:" in server.line and "http://[::1]:" in server.line
+        for endpoint in server.endpoints:
+            status, body = get(endpoint, "/?format=json", client)
+            assert status == 200
+            info = json.loads(body)
+            assert info["scheme"] == endpoint.scheme
+            assert info["client"][0] == endpoint.host
+            if endpoint.scheme == "https":
+                assert info["tls"]["client_certificate"] is True
+        assert server.stop() == 0
+
+
+SLOW_APP = """
+import pathlib
+import time
+
+from spcore.http.messages import Response, blocking
+
+STARTED = pathlib.Path(__file__).with_name("started")
+
+
+def body(chunks):
+    STARTED.touch()
+    for _ in range(chunks):
+        time.sleep(0.1)
+        yield b"0123456789"
+
+
+@blocking
+def app(request):
+    chunks = int(request.query.partition("=")[2] or 5)
+    return Response(200, [("content-length", str(10 * chunks))], body(chunks))
+"""
+
+
+@pytest.fixture
+def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory with ``slowapp:app``: ``/?chunks=N`` sends N * 10 bytes, one every 0.1 s,
+    and touches ``started`` when the body begins."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    return tmp_path
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@needs_signals
+def test_sigterm_lets_the_request_in_flight_finish(
+    env: dict[str, str], cache_dir: pathlib.Path, slow_app: pathlib.Path
+) -> None:
+    with served(["--port", "0", "--app", "slowapp:app"], env, cwd=slow_app) as server:
+        [endpoint] = server.endpoints
+        context = tls_client(cache_dir)
+        idle = context.wrap_socket(
+            socket.create_connection(("127.0.0.1", endpoint.port), timeout=10),
+            server_hostname="127.0.0.1",
+        )
+        busy = http.client.HTTPSConnection("127.0.0.1", endpoint.port, timeout=10, context=context)
+        busy.request("GET", "/?chunks=5")
+        wait_for((slow_app / "started").exists, "the slow app to start")
+        stopped_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert idle.recv(100) == b""  # the idle keep-alive connection is closed at once
+        idle.close()  # (else the server waits close_timeout for our side to close)
+        response = busy.getresponse()
+        assert response.status == 200
+        assert response.read() == b"0123456789" * 5
+        busy.close()  # (the server would otherwise wait close_timeout for our EOF)
+        assert server.proc.wait(10) == 0
+        assert time.monotonic() - stopped_at < 10  # within the default grace period
+
+
+@needs_signals
+def test_a_second_signal_exits_at_once(
+    env: dict[str, str], cache_dir: pathlib.Path, slow_app: pathlib.Path
+) -> None:
+    with served(["--port", "0", "--app", "slowapp:app"], env, cwd=slow_app) as server:
+        [endpoint] = server.endpoints
+        context = tls_client(cache_dir)
+        busy = http.client.HTTPSConnection("127.0.0.1", endpoint.port, timeout=10, context=context)
+        busy.request("GET", "/?chunks=300")  # 30 s: far beyond this test
+        wait_for((slow_app / "started").exists, "the slow app to start")
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down" in server.errors(), "the first signal to be handled")
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(5) == 1
+        assert "exiting at once" in server.errors()
+        busy.close()
+
+
+@needs_signals
+def test_line_echo(env: dict[str, str], cache_dir: pathlib.Path) -> None:
+    args = ["--port", "0", "--line-echo", "--driver", "asyncio", "--loop", "default"]
+    with served(args, env) as server:
+        assert server.driver == "asyncio"
+        [endpoint] = server.endpoints
+        assert endpoint.scheme == "tls"
+        raw = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+        context = tls_client(cache_dir)
+        context.set_alpn_protocols([])
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"hello\n")
+            assert sock.recv(100) == b"hello\r\n"
+            sock.sendall(b"quit\n")
+            assert sock.recv(100) == b"bye\r\n"
+            assert sock.recv(100) == b""
+        assert server.stop() == 0
+
+
+# -- spcore drivers, spcore conformance ----------------------------------------------------------
+
+
+def test_drivers_lists_selectors_as_available(env: dict[str, str]) -> None:
+    result = subprocess.run(spcore("drivers"), capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "model", "available", "reason"]
+    assert any(re.match(r"selectors\s+readiness \(selectors\)\s+yes\s+\S", line) for line in lines)
+    assert re.search(r"^auto picks: \w+$", result.stdout, re.MULTILINE)
+
+
+def test_conformance_passes_drivers_and_pytest_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the suite itself is another module; this checks the command's plumbing."""
+    import spcore.conformance
+
+    calls: list[tuple[list[str] | None, list[str]]] = []
+
+    def fake_run(drivers: list[str] | None, pytest_args: list[str]) -> int:
+        calls.append((drivers, pytest_args))
+        return 3
+
+    monkeypatch.setattr(spcore.conformance, "run", fake_run, raising=False)
+    assert cli.main(["conformance", "--driver", "selectors", "-k", "tls", "--", "-x"]) == 3
+    assert cli.main(["conformance", "-q"]) == 3
+    assert cli.main(["conformance", "--driver", "all"]) == 3
+    assert cli.main(["conformance", "--driver", "asyncio", "--driver", "mine.io:factory"]) == 3
+    assert calls == [
+        (["selectors"], ["-k", "tls", "-x"]),
+        (None, ["-q"]),
+        (None, []),
+        (["asyncio", "mine.io:factory"], []),
+    ]
+    assert cli.main(["conformance", "--driver", "nope"]) == 2
+    assert len(calls) == 4
+
+
+# -- user errors: one line on stderr, status 2 -----------------------------------------------------
+
+_CANNOT_RUN = "uring" if sys.platform == "win32" else "iocp"
+
+#: Run as real subprocesses: (case id, arguments after ``spcore``, what the message mentions).
+USER_ERRORS = [
+    ("port not a number", ["serve", "--port", "abc"], "'abc' is not a port number"),
+    ("port out of range", ["serve", "--port", "70000"], "out of range"),
+    ("port in use", ["serve", "--port", "{busy}"], "already in use"),
+    ("address not here", ["serve", "--host", "192.0.2.1", "--port", "0"], "not available"),
+    ("cert only", ["serve", "--cert", "{cert}"], "both --cert and --key"),
+    ("cert missing", ["serve", "--cert", "{missing}", "--key", "{key}"], "does not exist"),
+    ("cert key mismatch", ["serve", "--cert", "{cert}", "--key", "{other_key}"], "does not match"),
+    ("unknown driver", ["serve", "--driver", "nope"], "unknown driver 'nope'"),
+    ("driver cannot run", ["serve", "--driver", _CANNOT_RUN], "cannot run here"),
+    ("app import fails", ["serve", "--app", "brokenapp:app"], "ZeroDivisionError"),
+    ("timeout not a number", ["serve", "--timeout", "soon"], "not a number of seconds"),
+]
+
+#: The same checks, run in-process with ``cli.main`` to keep the suite fast.
+MORE_USER_ERRORS = [
+    ("no command", [], "name a command"),
+    ("unknown option", ["serve", "--nope"], "unrecognized arguments: --nope"),
+    ("plain port bad", ["serve", "--plain-port", "-1"], "out of range"),
+    ("plain port equals port", ["serve", "--port", "8443", "--plain-port", "8443"], "two ports"),
+    ("key only", ["serve", "--key", "{key}"], "both --cert and --key"),
+    ("no-tls with cert", ["serve", "--no-tls", "--cert", "{cert}", "--key", "{key}"], "--no-tls"),
+    ("no-tls with plain port", ["serve", "--no-tls", "--plain-port", "0"], "--no-tls"),
+    ("client cert without CA", ["serve", "--client-cert", "required"], "needs --client-ca"),
+    ("client CA missing", ["serve", "--client-ca", "{missing}"], "does not exist"),
+    ("client CA not a CA", ["serve", "--client-ca", "{key}"], "cannot set up TLS"),
+    ("loop for selectors", ["serve", "--driver", "selectors", "--loop", "uvloop"], "--loop"),
+    ("app not module:callable", ["serve", "--app", "nocolon"], "MODULE:CALLABLE"),
+    ("app module missing", ["serve", "--app", "no_such_module_xyz:app"], "no module"),
+    ("app attribute missing", ["serve", "--app", "json:no_such_name"], "no attribute"),
+    ("app not callable", ["serve", "--app", "cli_notcallable:app"], "not a callable"),
+    ("app has a syntax error", ["serve", "--app", "cli_syntax:app"], "SyntaxError"),
+    ("app and line echo", ["serve", "--app", "json:loads", "--line-echo"], "exclude"),
+    ("timeout zero", ["serve", "--timeout", "0"], "greater than 0"),
+    ("timeout infinite", ["serve", "--timeout", "inf"], "greater than 0"),
+    ("max connections zero", ["serve", "--max-connections", "0"], "at least 1"),
+    ("bad log level", ["serve", "--log-level", "loud"], "invalid choice"),
+    ("conformance driver", ["conformance", "--driver", "nope"], "unknown driver"),
+    ("conformance all and more", ["conformance", "--driver", "all", "--driver", "x"], "all"),
+]
+
+
+@pytest.fixture(scope="module")
+def error_values(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Values for the cases' placeholders; ``cwd`` holds the broken apps."""
+    cwd = tmp_path_factory.mktemp("apps")
+    (cwd / "brokenapp.py").write_text("1 / 0\n")
+    (cwd / "cli_notcallable.py").write_text("app = 3\n")
+    (cwd / "cli_syntax.py").write_text("def app(:\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield {
+            "cwd": str(cwd),
+            "busy": str(busy.getsockname()[1]),
+            "cert": str(pki.server.certfile),
+            "key": str(pki.server.keyfile),
+            "other_key": str(pki.other.keyfile),
+            "missing": str(cwd / "missing.pem"),
+        }
+
+
+@pytest.fixture(scope="module")
+def user_error_results(
+    env: dict[str, str], error_values: dict[str, str]
+) -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Every subprocess case at once: interpreter start-up dominates each one."""
+    procs = {}
+    try:
+        for case, args, _ in USER_ERRORS:
+            argv = spcore(*(arg.format(**error_values) for arg in args))
+            procs[case] = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=error_values["cwd"],
+            )
+        results = {}
+        for case, proc in procs.items():
+            out, err = proc.communicate(timeout=60)
+            results[case] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        yield results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize(("case", "mention"), [(c, m) for c, _, m in USER_ERRORS])
+def test_user_errors_are_one_line_and_status_2(
+    user_error_results: dict[str, subprocess.CompletedProcess[str]], case: str, mention: str
+) -> None:
+    result = user_error_results[case]
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("spcore: error: ")
+    assert "Traceback" not in result.stderr
+    assert mention in lines[0]
+
+
+@pytest.mark.parametrize(("args", "mention"), [(a, m) for _, a, m in MORE_USER_ERRORS])
+def test_more_user_errors_in_process(
+    args: list[str],
+    mention: str,
+    error_values: dict[str, str],
+    cache_dir: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SPCORE_CACHE_DIR", str(cache_dir))
+    monkeypatch.chdir(error_values["cwd"])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # --app may add the directory
+    for name in ("cli_notcallable", "cli_syntax"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def serve_instead_of_failing(driver: object) -> None:
+        raise AssertionError("this command should have failed before serving")
+
+    monkeypatch.setattr(cli, "_stop_on_signals", serve_instead_of_failing)
+    assert cli.main([arg.format(**error_values) for arg in args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("spcore: error: ")
+    assert mention in err

@@ -51,6 +51,8 @@ BODY = b"Hello, world!"
 SERVER_CPU, WRK_CPU = "0", "1"
 #: The uvicorn configuration every other server is compared with.
 BASELINE = ("uvicorn", "h11+asyncio")
+#: The share of the server's core that others may take before the run is called noisy.
+NOISY = 0.05
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -211,6 +213,15 @@ def cpu_seconds(session: int) -> float:
     return ticks / _TICK
 
 
+def core_busy(cpu: str) -> float:
+    """Seconds core ``cpu`` has spent running tasks (user, nice, system) since boot."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == f"cpu{cpu}":
+            return sum(int(n) for n in fields[1:4]) / _TICK
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -366,9 +377,16 @@ def measure(
     """Start the server, warm it up, load it for ``s.duration``; one round's numbers."""
     with serve(procs, target, cert, workdir, s.pin) as running:
         run_wrk(procs, running.url, s.warmup, s.connections, workdir, s.pin)
-        cpu_before, started = cpu_seconds(running.proc.pid), time.monotonic()
+        cpu_before, core_before = cpu_seconds(running.proc.pid), core_busy(SERVER_CPU)
+        started = time.monotonic()
         result = run_wrk(procs, running.url, s.duration, s.connections, workdir, s.pin)
-        cpu = (cpu_seconds(running.proc.pid) - cpu_before) / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        cpu = (cpu_seconds(running.proc.pid) - cpu_before) / elapsed
+        # What other processes took of the server's core: the noise this round suffered.
+        others = max(0.0, (core_busy(SERVER_CPU) - core_before) / elapsed - cpu)
+        # Requests per CPU-second of the server: what it costs, whether or not others' processes
+        # took part of its core meanwhile (the requests per second then drop, this does not).
+        per_cpu = result.rps / cpu if cpu > 0 else 0.0
         return {
             "rps": result.rps,
             "p99_ms": result.p99_ms,
@@ -376,6 +394,8 @@ def measure(
             "seconds": result.seconds,
             "errors": result.errors,
             "server_cpu": round(cpu, 3),
+            "per_cpu_second": round(per_cpu),
+            "others_on_server_core": round(others, 3) if s.pin else None,
             "response_headers": running.headers,
             "load": os.getloadavg()[0],
         }
@@ -458,6 +478,8 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace, s: Settings, notes: list[str]) -> dict[str, Any]:
     chosen = targets(args.only)
+    if not chosen:
+        raise SystemExit(f"bench: no server matches --only {' '.join(args.only)}")
     report: dict[str, Any] = {
         "started": now().isoformat(timespec="seconds"),
         "machine": machine(),
@@ -488,7 +510,10 @@ def run(args: argparse.Namespace, s: Settings, notes: list[str]) -> dict[str, An
                     progress(
                         f"round {number + 1}/{s.rounds} {target.label}: "
                         f"{numbers['rps']:,.0f} req/s, p99 {numbers['p99_ms']:.2f} ms, "
-                        f"server CPU {numbers['server_cpu']:.0%}, load {numbers['load']:.2f}"
+                        f"server CPU {numbers['server_cpu']:.0%} "
+                        f"({numbers['per_cpu_second']:,} req/CPU-s), "
+                        f"others {numbers['others_on_server_core'] or 0:.0%} of its core, "
+                        f"load {numbers['load']:.2f}"
                     )
             if s.strace:
                 for target in chosen:
@@ -512,6 +537,13 @@ def run(args: argparse.Namespace, s: Settings, notes: list[str]) -> dict[str, An
     report["load_after"] = os.getloadavg()
     report["finished"] = now().isoformat(timespec="seconds")
     report["results"] = summarise(chosen, rounds, errors, syscalls)
+    shares = [r["others_on_server_core"] for rs in rounds.values() for r in rs]
+    report["others_on_server_core"] = median([x for x in shares if x is not None])
+    if (report["others_on_server_core"] or 0) > NOISY:
+        notes.append(
+            f"other processes took {report['others_on_server_core']:.0%} of the server's core "
+            "(median): not a quiet measurement; compare req/CPU-s, or rerun when idle"
+        )
     return report
 
 
@@ -521,13 +553,11 @@ def summarise(
     errors: dict[str, list[str]],
     syscalls: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Medians per target, and the median of its per-round ratios to the baseline."""
+    """Medians per target, and the medians of its per-round ratios to the baseline."""
     rows = []
     for target in chosen:
         done = rounds[target.label]
-        base = rounds.get(Target(*BASELINE, target.tls).label, [])
-        base_rps = {r["round"]: r["rps"] for r in base}
-        ratios = [r["rps"] / base_rps[r["round"]] for r in done if r["round"] in base_rps]
+        base = {r["round"]: r for r in rounds.get(Target(*BASELINE, target.tls).label, [])}
         rows.append(
             {
                 "server": target.server,
@@ -535,8 +565,10 @@ def summarise(
                 "transport": target.transport,
                 "rps": median([r["rps"] for r in done]),
                 "p99_ms": median([r["p99_ms"] for r in done]),
-                "ratio": median(ratios),
+                "ratio": median(paired_ratios(done, base, "rps")),
                 "server_cpu": median([r["server_cpu"] for r in done]),
+                "per_cpu_second": median([r["per_cpu_second"] for r in done]),
+                "per_cpu_ratio": median(paired_ratios(done, base, "per_cpu_second")),
                 "syscalls_per_request": syscalls.get(target.label, {}).get("per_request"),
                 "syscalls": syscalls.get(target.label),
                 "wrk_errors": sum(r["errors"] for r in done),
@@ -545,6 +577,14 @@ def summarise(
             }
         )
     return rows
+
+
+def paired_ratios(
+    done: list[dict[str, Any]], base: dict[int, dict[str, Any]], key: str
+) -> list[float]:
+    """``key`` of each round divided by the baseline's ``key`` in the same round."""
+    pairs = [(r, base[r["round"]]) for r in done if r["round"] in base]
+    return [r[key] / b[key] for r, b in pairs if b[key]]
 
 
 def median(values: list[float]) -> float | None:
@@ -568,7 +608,9 @@ COLUMNS = (
     "requests/s",
     "p99",
     "vs uvicorn",
-    "CPU",
+    "server CPU",
+    "req/CPU-s",
+    "vs uvicorn",
     "syscalls/req",
 )
 
@@ -585,7 +627,9 @@ def cells(row: dict[str, Any]) -> list[str]:
         number(row["p99_ms"], ".2f", " ms"),
         number(row["ratio"], ".2f", "x"),
         number(row["server_cpu"], ".0%"),
-        number(row["syscalls_per_request"], ".1f"),
+        number(row["per_cpu_second"], ",.0f"),
+        number(row["per_cpu_ratio"], ".2f", "x"),
+        number(row["syscalls_per_request"], ".2f"),
     ]
 
 
@@ -611,6 +655,8 @@ def markdown(report: dict[str, Any]) -> str:
     load = "load average {:.2f} before, {:.2f} after".format(
         report["load_before"][0], report["load_after"][0]
     )
+    if report.get("others_on_server_core") is not None:
+        load += f"; other processes took {report['others_on_server_core']:.0%} of the server's core"
     return "\n".join(
         [
             head,
@@ -681,6 +727,7 @@ def preflight(s: Settings) -> list[str]:
 
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM for a while (the cleanup must finish)."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -718,7 +765,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(report))
     for note in report["notes"]:
         print(f"note: {note}")
-    print(f"load average {report['load_before']} before, {report['load_after']} after")
+    before, after = (
+        ", ".join(f"{x:.2f}" for x in report[k]) for k in ("load_before", "load_after")
+    )
+    print(f"load average {before} before, {after} after")
     print(f"written to {path.relative_to(HERE.parent)}")
     if args.markdown:
         print()

@@ -8,10 +8,12 @@ Choices worth knowing:
 
 * A ``BufferedProtocol`` reading into one buffer of ``READ_SIZE`` shared by all connections
   (every loop, Proactor and uvloop included, fills it and calls ``buffer_updated`` at once),
-  then copied out as ``bytes`` of the size read, since the core keeps what it is given. With a
-  plain ``Protocol`` the selector loop calls ``recv(256 KiB)`` for every read, and CPython
-  allocates (through mmap) and shrinks a 256 KiB object each time: about 28 us per read
-  against 5 us for ``recv_into`` and the copy, measured here; wrk showed the same direction.
+  copied out as ``bytes`` of the size read, since the core keeps what it is given. wrk could
+  not tell it from a plain ``Protocol`` (hello world, within noise), but a plain protocol on
+  the selector loop costs one ``recv(256 KiB)`` object per read, which glibc serves with
+  mmap/mremap/munmap until its mmap threshold has grown (about 28 us per read instead of 5),
+  and the Proactor loop hands a plain protocol ``bytearray`` slices; this way costs one copy
+  of what was read, whatever the loop and the allocator's history.
 * Pausing the accept. ``asyncio.Server`` cannot pause, and ``close()`` closes its sockets. So
   each asyncio server is made on a ``dup()`` of the listening socket: pausing closes the
   asyncio server (only the duplicate), the listening socket itself stays open and the kernel
@@ -47,7 +49,7 @@ from spcore.server import Listener, Server
 
 from .base import READ_SIZE, Driver
 
-__all__ = ["AsyncioDriver"]
+__all__ = ["AsyncioDriver", "LoopName"]
 
 #: The transport's write buffer limit, and the most handed to it in one write.
 _HIGH_WATER = 64 * 1024
@@ -166,7 +168,7 @@ class AsyncioDriver(Driver):
         now = loop.time()
         self.server.start(now, time.time())
         self._serving = True
-        if self._stop_requested.is_set():
+        if self.stop_requested:
             self._begin_stop(now)
         self._after(now)
         assert self._done is not None
@@ -183,7 +185,7 @@ class AsyncioDriver(Driver):
         if not self._serving:
             return  # not started yet (run() looks itself), or already stopping
         now = self._now()
-        if self._stop_requested.is_set():
+        if self.stop_requested:
             self._begin_stop(now)
         self._after(now)
 

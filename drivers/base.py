@@ -55,7 +55,7 @@ def bind_listener(listener: Listener, backlog: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         if sys.platform == "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined, unused-ignore]
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
@@ -190,6 +190,11 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def run(self) -> None:
         """Serve until the server's graceful shutdown has finished."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """``stop()`` was called: the loop should begin the server's graceful shutdown."""
+        return self._stop_requested.is_set()
 
     def stop(self) -> None:
         """Ask for a graceful shutdown; safe from any thread and from signal handlers."""

@@ -62,7 +62,10 @@ _T = TypeVar("_T")
 
 #: After an accept failed for lack of resources (EMFILE...), wait this long before re-posting.
 ACCEPT_RETRY = 0.1
-#: Accept errors that concern one connection only: the accept is re-posted at once.
+#: The pause after an accept failed for one connection's sake (it reset, say): short, but
+#: not zero, so an error that keeps coming cannot spin the loop.
+ACCEPT_RETRY_TRANSIENT = 0.01
+#: Accept errors that concern one connection only: the accept is re-posted soon.
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN})
 #: How long closing the driver waits for the completions of its cancelled operations.
 DRAIN_TIMEOUT = 5.0
@@ -267,7 +270,7 @@ class ProactorBase(Driver):
             link = self._links.get(conn)
             if link is not None:
                 self._sync(link, now)
-        if self._stop_requested.is_set() and not self.server.shutting_down:
+        if self.stop_requested and not self.server.shutting_down:
             self._begin_stop(now)
         self._sync_woken(now)
         if self._follow_accepting(now):
@@ -425,12 +428,17 @@ class ProactorBase(Driver):
             acceptor.bound.sock.close()  # its cancelled accepts are all back
 
     def _accept_failed(self, error: OSError, now: float) -> None:
+        """Schedule the next accept post: soon after a per-connection error, later for the
+        rest. Either way a retry is armed, so a failed post cannot leave nothing pending."""
         self.server.refused()
         if error.errno in _ACCEPT_TRANSIENT:
             log.debug("accept failed: %s", error)
+            retry = now + ACCEPT_RETRY_TRANSIENT
         else:  # out of descriptors or memory, or a broken listener: do not spin on it
             log.warning("accept failed: %s; retrying in %.1f s", error, ACCEPT_RETRY)
-            self._accept_retry = now + ACCEPT_RETRY
+            retry = now + ACCEPT_RETRY
+        if self._accept_retry is None or retry > self._accept_retry:
+            self._accept_retry = retry
 
     # -- accepting --------------------------------------------------------------------------------
 

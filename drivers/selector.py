@@ -8,6 +8,7 @@ pair when one finishes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
@@ -57,10 +58,8 @@ class SelectorsDriver(Driver):
         self._accepting = False
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # BlockingIOError: a wake-up is already pending
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already pending, or closing
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -114,13 +113,13 @@ class SelectorsDriver(Driver):
             link = self._links.get(conn)
             if link is not None:
                 self._sync(link, now)
-        if self._stop_requested.is_set() and not self.server.shutting_down:
+        if self.stop_requested and not self.server.shutting_down:
             self._set_accepting(False)
             self.close_listeners()
             self.server.begin_shutdown(now)
 
     def _set_accepting(self, accepting: bool) -> None:
-        if accepting == self._accepting or self.server.shutting_down and accepting:
+        if accepting == self._accepting or (self.server.shutting_down and accepting):
             return
         self._accepting = accepting
         for bound in self.bound:

@@ -57,8 +57,9 @@ def test_driver_conforms(name: str, tmp_path: pathlib.Path) -> None:
     available, reason = DRIVERS[name].probe()
     if not available:
         pytest.skip(f"{name}: {reason}")
-    result = _run_suite([name], ["-q"], tmp_path)
-    assert result.returncode == 0, _tail(result)
+    # INFO logs are captured, so a failure report shows why the server closed or refused.
+    result = _run_suite([name], ["-q", "--log-level=INFO"], tmp_path)
+    assert result.returncode == 0, _tail(result, 400)
     passed, failed = (int(n) for n in _row(result.stdout, name)[:2])
     assert failed == 0 and passed > 0, _tail(result)
 

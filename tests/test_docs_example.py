@@ -6,7 +6,6 @@ import importlib.util
 import inspect
 import pathlib
 import socket
-import ssl
 import threading
 import time
 
@@ -47,12 +46,14 @@ def test_blocking_loop_serves_https(pki) -> None:
         thread = threading.Thread(target=_example().serve_one, args=(listening, server))
         thread.start()
         ctx = client_context(cafile=pki.ca_file)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(b"GET /docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                response = b""
-                while chunk := tls.recv(65536):
-                    response += chunk
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"GET /docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
         thread.join(10)
     assert not thread.is_alive()
     assert response.startswith(b"HTTP/1.1 200 OK\r\n")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 from conftest import PKI
 from spcore.drivers import choose
-from spcore.drivers.aio import AsyncioDriver
+from spcore.drivers.aio import AsyncioDriver, LoopName
 
 from spcore.config import Limits
 from spcore.framing import RawFraming
@@ -28,7 +28,7 @@ from spcore.http.messages import App, Pipe, Request, Response, blocking
 from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
-from spcore.stream import Session, StreamHandler, StreamProtocol
+from spcore.stream import DeferredSession, Session, StreamHandler, StreamProtocol
 from spcore.tls import client_context, server_context
 
 TIMEOUT = 10.0  # the bound on every wait; tests normally take a fraction of it
@@ -36,10 +36,10 @@ HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
 @pytest.fixture(params=["default", "uvloop"])
-def loop(request: pytest.FixtureRequest) -> str:
+def loop(request: pytest.FixtureRequest) -> LoopName:
     if request.param == "uvloop" and not HAS_UVLOOP:
         pytest.skip("uvloop is not installed (pip install spcore[uvloop])")
-    name: str = request.param
+    name: LoopName = request.param
     return name
 
 
@@ -64,7 +64,7 @@ class Running:
 @contextlib.contextmanager
 def serving(
     protocol: Callable[[], ProtocolLayer],
-    loop: str,
+    loop: LoopName,
     *,
     limits: Limits | None = None,
     tls: ssl.SSLContext | None = None,
@@ -77,7 +77,7 @@ def serving(
     """
     listener = Listener(protocol, host="127.0.0.1", port=0, tls=tls)
     server = Server([listener], limits)
-    driver = AsyncioDriver(server, loop=loop)  # type: ignore[arg-type]
+    driver = AsyncioDriver(server, loop=loop)
     bound = driver.bind()[0]
     if send_buffer is not None:
         bound.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
@@ -244,7 +244,7 @@ def test_uvloop_is_used_when_asked_for() -> None:
         assert running.server.info == {"driver": "asyncio", "loop": "Loop"}
 
 
-def test_plain_request_and_keep_alive(loop: str) -> None:
+def test_plain_request_and_keep_alive(loop: LoopName) -> None:
     with serving(http_app(hello), loop) as running:
         client = http.client.HTTPConnection("127.0.0.1", running.port, timeout=TIMEOUT)
         for path in ("/a", "/b", "/c"):
@@ -257,7 +257,7 @@ def test_plain_request_and_keep_alive(loop: str) -> None:
 
 
 def test_tls_request_and_keep_alive(
-    loop: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    loop: LoopName, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     with serving(http_app(hello), loop, tls=server_tls) as running:
         client = http.client.HTTPSConnection(
@@ -282,7 +282,7 @@ def echo(request: Request) -> Response:
 
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
 def test_ten_megabyte_echo_is_intact(
-    loop: str, use_tls: bool, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    loop: LoopName, use_tls: bool, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     body = random.Random(7).randbytes(10 * 1024 * 1024)
     with serving(http_app(echo), loop, tls=server_tls if use_tls else None) as running:
@@ -301,7 +301,7 @@ CHUNK = 64 * 1024
 TOTAL = 32 * 1024 * 1024
 
 
-def test_a_client_that_stops_reading_stops_the_producer(loop: str) -> None:
+def test_a_client_that_stops_reading_stops_the_producer(loop: LoopName) -> None:
     produced: list[int] = []
 
     def app(request: Request) -> Response:
@@ -315,7 +315,9 @@ def test_a_client_that_stops_reading_stops_the_producer(loop: str) -> None:
     with serving(http_app(app), loop) as running:
         sock = small_window(running.port)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_until(lambda: len(produced) > 0, "the body to start")
+        wait_until(lambda: len(running.server.connections) == 1, "the connection")
+        conn = next(iter(running.server.connections.values()))
+        wait_until(lambda: not conn.writable, "the core to hold output back")
         settled = -1
         while settled != len(produced):  # until the producer has stopped
             settled = len(produced)
@@ -323,7 +325,6 @@ def test_a_client_that_stops_reading_stops_the_producer(loop: str) -> None:
         # Kernel buffers (up to ~4 MiB of autotuned send buffer) + the transport's 64 KiB
         # + the core's 256 KiB high-water mark: far below the whole body.
         assert sum(produced) < 8 * 1024 * 1024
-        conn = next(iter(running.server.connections.values()))
         assert not conn.writable  # the rest waits in the core, not in the transport
         _, received = read_response(sock)
         sock.close()
@@ -340,7 +341,7 @@ def small_window(port: int) -> socket.socket:
     return sock
 
 
-def test_half_close_still_gets_the_whole_response(loop: str) -> None:
+def test_half_close_still_gets_the_whole_response(loop: LoopName) -> None:
     big = random.Random(3).randbytes(2 * 1024 * 1024)
 
     def app(request: Request) -> Response:
@@ -364,11 +365,11 @@ class RawEcho(StreamHandler):
     def framing(self) -> RawFraming:
         return RawFraming()
 
-    def message(self, session: Session | object, message: bytes) -> None:
-        session.send(message)  # type: ignore[attr-defined]
+    def message(self, session: Session | DeferredSession, message: bytes) -> None:
+        session.send(message)
 
 
-def test_the_server_writes_on_after_the_peer_ends_its_side(loop: str) -> None:
+def test_the_server_writes_on_after_the_peer_ends_its_side(loop: LoopName) -> None:
     data = random.Random(5).randbytes(2 * 1024 * 1024)
     with serving(lambda: StreamProtocol(RawEcho()), loop, send_buffer=32 * 1024) as running:
         sock = small_window(running.port)
@@ -378,7 +379,7 @@ def test_the_server_writes_on_after_the_peer_ends_its_side(loop: str) -> None:
 
 
 @pytest.mark.parametrize("size", [240 * 1024, 4 * 1024 * 1024], ids=["240K", "4M"])
-def test_a_peer_that_stops_reading_is_dropped(loop: str, size: int) -> None:
+def test_a_peer_that_stops_reading_is_dropped(loop: LoopName, size: int) -> None:
     # 240K fits in the kernel buffers and the transport: the core closes, waits its close
     # timeout for the peer, then the transport must be aborted, not left flushing forever.
     # 4M does not: the core's send timeout aborts.
@@ -396,7 +397,7 @@ def test_a_peer_that_stops_reading_is_dropped(loop: str, size: int) -> None:
         sock.close()
 
 
-def test_a_peer_reset_ends_the_connection_and_its_response(loop: str) -> None:
+def test_a_peer_reset_ends_the_connection_and_its_response(loop: LoopName) -> None:
     closed = threading.Event()
 
     def app(request: Request) -> Response:
@@ -428,11 +429,11 @@ def test_a_peer_reset_ends_the_connection_and_its_response(loop: str) -> None:
 class Chat(StreamHandler):
     idle_timeout = None
 
-    def message(self, session: Session | object, message: bytes) -> None:
-        session.broadcast(message)  # type: ignore[attr-defined]
+    def message(self, session: Session | DeferredSession, message: bytes) -> None:
+        session.broadcast(message)
 
 
-def test_a_broadcast_reaches_the_other_connections(loop: str) -> None:
+def test_a_broadcast_reaches_the_other_connections(loop: LoopName) -> None:
     with serving(lambda: StreamProtocol(Chat()), loop) as running:
         talker, listener = connect(running.port), connect(running.port)
         wait_until(lambda: len(running.server.sessions) == 2, "both sessions")
@@ -445,7 +446,7 @@ def test_a_broadcast_reaches_the_other_connections(loop: str) -> None:
 # -- timers, jobs, admission ------------------------------------------------------------------
 
 
-def test_idle_connections_are_closed_on_time(loop: str) -> None:
+def test_idle_connections_are_closed_on_time(loop: LoopName) -> None:
     with serving(http_app(hello), loop, limits=Limits(idle_timeout=0.2)) as running:
         silent = connect(running.port)
         used = connect(running.port)
@@ -460,7 +461,7 @@ def test_idle_connections_are_closed_on_time(loop: str) -> None:
     assert elapsed < 0.2 + 2.0
 
 
-def test_a_blocking_app_runs_as_a_job_off_the_loop(loop: str) -> None:
+def test_a_blocking_app_runs_as_a_job_off_the_loop(loop: LoopName) -> None:
     release = threading.Event()
     threads: list[str] = []
 
@@ -487,7 +488,7 @@ def test_a_blocking_app_runs_as_a_job_off_the_loop(loop: str) -> None:
     assert all(name.startswith("spcore-job") for name in threads), threads
 
 
-def test_at_max_connections_the_next_client_waits_for_a_free_slot(loop: str) -> None:
+def test_at_max_connections_the_next_client_waits_for_a_free_slot(loop: LoopName) -> None:
     with serving(http_app(hello), loop, limits=Limits(max_connections=1)) as running:
         first = connect(running.port)
         first.sendall(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -507,7 +508,7 @@ def test_at_max_connections_the_next_client_waits_for_a_free_slot(loop: str) -> 
 # -- shutdown -----------------------------------------------------------------------------------
 
 
-def test_stop_lets_the_request_in_flight_finish(loop: str) -> None:
+def test_stop_lets_the_request_in_flight_finish(loop: LoopName) -> None:
     started = threading.Event()
     release = threading.Event()
 
@@ -544,7 +545,7 @@ def test_stop_lets_the_request_in_flight_finish(loop: str) -> None:
 
 
 @pytest.mark.parametrize("size", [240 * 1024, 4 * 1024 * 1024], ids=["240K", "4M"])
-def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: str, size: int) -> None:
+def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: LoopName, size: int) -> None:
     # 240K with close_timeout=0: the core has closed and the transport is still flushing to
     # a peer that does not read. 4M: the core itself still holds output.
     limits = Limits(shutdown_grace=0.3, close_timeout=0, send_timeout=60)
@@ -563,3 +564,43 @@ def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: str, size: int)
         assert not running.thread.is_alive()
         assert time.monotonic() - started < 0.3 + 2.0
         sock.close()
+
+
+def test_a_dying_loop_still_ends_each_connection_once(loop: LoopName) -> None:
+    lost: list[BaseException | None] = []
+
+    class Counting(HTTPProtocol):
+        def connection_lost(self, error: BaseException | None) -> None:
+            lost.append(error)
+            super().connection_lost(error)
+
+    server = Server([Listener(lambda: Counting(hello), host="127.0.0.1", port=0)])
+    driver = AsyncioDriver(server, loop=loop)
+    port = driver.bind()[0].address[1]
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            driver.run()
+        except BaseException as exc:
+            failures.append(exc)
+
+    def die() -> None:
+        raise KeyboardInterrupt  # escapes the loop, as Ctrl-C does
+
+    thread = threading.Thread(target=run, name="aio-driver", daemon=True)
+    thread.start()
+    sock = connect(port)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(sock)[1] == b"hello http /"  # the loop runs; the connection stays
+    assert driver._loop is not None
+    driver._loop.call_soon_threadsafe(die)
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert [type(exc) for exc in failures] == [KeyboardInterrupt]
+    assert len(lost) == 1
+    assert isinstance(lost[0], ConnectionAbortedError)
+    assert not server.connections
+    with contextlib.suppress(ConnectionResetError):
+        assert sock.recv(1) == b""
+    sock.close()

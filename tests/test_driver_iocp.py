@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import os
 import pathlib
 import select
 import signal
@@ -94,8 +93,8 @@ class Recording(DoubledIocpDriver):
         self.cancels: list[tuple[Operation[Any], bool, bool]] = []
         self.recv_results: list[tuple[Operation[Any], int, bool]] = []
         self.sends: list[tuple[int, int]] = []  # (bytes posted, bytes completed)
-        self._posted: dict[Link, int] = {}
-        self.most_sends_in_flight = 0
+        self._posted: dict[Link, list[int]] = {}  # bytes of each send in flight, per socket
+        self.most_sends_in_flight = 0  # on one socket
         self.lost: list[BaseException | None] = []
 
     def _cancel(self, op: Operation[Any]) -> None:
@@ -109,11 +108,12 @@ class Recording(DoubledIocpDriver):
 
     def _post_send(self, op: Operation[Link], buffers: Sequence[Buffer]) -> None:
         super()._post_send(op, buffers)
-        self._posted[op.owner] = sum(b.len for b in op.keep[1])  # type: ignore[index]
-        self.most_sends_in_flight = max(self.most_sends_in_flight, len(self._posted))
+        posted = self._posted.setdefault(op.owner, [])
+        posted.append(sum(b.len for b in op.keep[1]))  # type: ignore[index]
+        self.most_sends_in_flight = max(self.most_sends_in_flight, len(posted))
 
     def _sent(self, op: Operation[Link], result: int, now: float) -> None:
-        self.sends.append((self._posted.pop(op.owner), result))
+        self.sends.append((self._posted[op.owner].pop(0), result))
         super()._sent(op, result, now)
 
     def _close(self, link: Link, error: BaseException | None, now: float) -> None:
@@ -194,8 +194,9 @@ class EnginePause:
         self.double = double
         self.paused = True
         advance, heads = double._advance, double._heads
-        monkeypatch.setattr(double, "_advance", lambda: None if self.paused else advance())
-        monkeypatch.setattr(double, "_heads", lambda: [] if self.paused else heads())
+        with double._lock:  # the engine is not inside _advance: it sees the pause from now on
+            monkeypatch.setattr(double, "_advance", lambda: None if self.paused else advance())
+            monkeypatch.setattr(double, "_heads", lambda: [] if self.paused else heads())
 
     def resume(self) -> None:
         self.paused = False
@@ -276,7 +277,7 @@ def only_link(driver: IocpDriver) -> Link:
     return next(iter(driver._links.values()))
 
 
-def pending_recv(driver: IocpDriver, link: Link) -> Operation[Link]:
+def pending_recv(link: Link) -> Operation[Link]:
     wait_for(lambda: link.recv_op is not None, "a pending receive")
     op = link.recv_op
     assert op is not None
@@ -434,7 +435,7 @@ def test_a_receive_passes_its_flags_by_pointer_and_keeps_everything_it_handed_ov
         client.sendall(b"a\n")
         assert read_line(client) == b"a\r\n"
         link = only_link(driver)
-        op = pending_recv(driver, link)
+        op = pending_recv(link)
         overlapped, buffers, flags, buffer = op.keep  # type: ignore[misc]
         assert op.key == ctypes.addressof(overlapped) and driver._ops[op.key] is op
         assert overlapped.Internal == win32.STATUS_PENDING
@@ -526,7 +527,7 @@ def test_a_cancelled_receive_keeps_its_memory_registered_until_its_packet(
         client.sendall(b"hi\n")
         assert read_line(client) == b"hi\r\n"
         link = only_link(driver)
-        op = pending_recv(driver, link)
+        op = pending_recv(link)
         pause = EnginePause(driver.double, monkeypatch)
         driver.stop()  # the idle connection is closed at once: its receive is cancelled
         wait_for(lambda: any(o is op for o, _, _ in driver.cancels), "the cancel")
@@ -553,7 +554,7 @@ def test_a_cancel_that_races_with_data_completes_with_the_data(
         client.sendall(b"hi\n")
         assert read_line(client) == b"hi\r\n"
         link = only_link(driver)
-        op = pending_recv(driver, link)
+        op = pending_recv(link)
         pause = EnginePause(driver.double, monkeypatch)
         client.sendall(b"late\n")
         assert select.select([link.sock], [], [], WAIT)[0]  # there, but not received yet
@@ -898,16 +899,17 @@ FACTORY = "tests.iocp_double.driver:make_driver"
 
 
 def test_the_whole_conformance_suite_passes_through_the_double(tmp_path: pathlib.Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # The repository root goes at the end of sys.path, after spcore was imported: on it are
+    # tests.iocp_double and the source-tree drivers package the double imports, while spcore
+    # (and spcore.drivers) stay the installed ones, editable or not.
     code = (
-        "import sys, spcore.conformance as c;"
-        f"sys.exit(c.run([{FACTORY!r}], ['-p', 'no:cacheprovider', '-q']))"
+        "import sys, spcore.conformance as c\n"
+        f"sys.path.append({str(ROOT)!r})\n"
+        f"sys.exit(c.run([{FACTORY!r}], ['-p', 'no:cacheprovider', '-q']))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=300,

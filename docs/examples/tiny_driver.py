@@ -67,7 +67,7 @@ class TinyDriver(Driver):
                     else:
                         self.ready(key.data, events, now)
                 now = time.monotonic()
-                if self._stop_requested.is_set() and not server.shutting_down:
+                if self.stop_requested and not server.shutting_down:
                     self.listen(False)
                     self.close_listeners()
                     server.begin_shutdown(now)

@@ -141,7 +141,11 @@ def _pin(buf: Buffer) -> tuple[int, int, object]:
 
 
 class IocpDriver(ProactorBase):
+    """The proactor base on an I/O completion port; ``api`` defaults to ``win32.load()``."""
+
     name = "iocp"
+    #: AcceptEx is single-shot: several pending take a burst of connections without waiting
+    #: for the loop to post the next one.
     accepts_per_listener = 8
 
     @classmethod
@@ -212,22 +216,13 @@ class IocpDriver(ProactorBase):
             except win32.Win32Error as exc:
                 raise self._error(-exc.winerror) from exc
             block = _AcceptBlock(sock)
-            for _ in range(_ACCEPT_TRIES):
-                rc = self._api.AcceptEx(
-                    op.owner.fd,
-                    sock.fileno(),
-                    block.output,
-                    0,  # no data: complete as soon as the connection is there
-                    _SLOT,
-                    _SLOT,
-                    ctypes.byref(block.received),
-                    ctypes.byref(block.overlapped),
-                )
-                code = self._failure(rc, win32.TRUE)
+            code = self._accept_ex(op.owner.fd, block)
+            for _ in range(_ACCEPT_TRIES - 1):
                 if code != win32.WSAECONNRESET:
                     break
                 # A client that reset before we took it; the accept socket is still unused.
                 self.server.refused()
+                code = self._accept_ex(op.owner.fd, block)
             if code:
                 raise self._error(-code)
         except BaseException:
@@ -235,6 +230,20 @@ class IocpDriver(ProactorBase):
             raise
         op.key = ctypes.addressof(block.overlapped)
         op.keep = block
+
+    def _accept_ex(self, listening: int, block: _AcceptBlock) -> int:
+        """Post AcceptEx; 0 or the Windows error it failed with at once."""
+        rc = self._api.AcceptEx(
+            listening,
+            block.sock.fileno(),
+            block.output,
+            0,  # no data: complete as soon as the connection is there
+            _SLOT,
+            _SLOT,
+            ctypes.byref(block.received),
+            ctypes.byref(block.overlapped),
+        )
+        return self._failure(rc, win32.TRUE)
 
     def _accepted_socket(self, op: Operation[Acceptor], result: int) -> socket.socket:
         block = op.keep

@@ -687,12 +687,17 @@ _FEATURE_NAMES = {
 }
 
 
+#: The feature bits the driver benefits from, named in ``probe()``'s sentence.
+_USED_FEATURES = (
+    IORING_FEAT_SINGLE_MMAP,
+    IORING_FEAT_NODROP,
+    IORING_FEAT_FAST_POLL,
+    IORING_FEAT_EXT_ARG,
+)
+
+
 def _feature_names(features: int) -> str:
-    names = [name for bit, name in _FEATURE_NAMES.items() if features & bit]
-    rest = features & ~sum(_FEATURE_NAMES)
-    if rest:
-        names.append(hex(rest))
-    return " ".join(names)
+    return " ".join(_FEATURE_NAMES[bit] for bit in _USED_FEATURES if features & bit) or "none"
 
 
 def _kernel_release() -> str:

@@ -9,8 +9,9 @@ the server holds, and must stay within the high-water mark plus a few chunks.
 from __future__ import annotations
 
 import hashlib
+import select
 import socket
-import threading
+import ssl
 import time
 from collections.abc import Callable, Iterator
 
@@ -134,35 +135,70 @@ class CountingEcho(StreamHandler):
 @pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 def test_echo_flood_from_a_peer_that_does_not_read(serve: Serve, transport: Transport) -> None:
     """A peer sending lines without reading the echoes: the server stops reading too (its
-    memory stays bounded), and when the peer reads again every echo arrives in order."""
+    memory stays bounded), and when the peer reads again every echo arrives in order.
+
+    One thread drives the client socket (an ``SSLSocket`` must never be used from two
+    threads at once): it writes until the server stops taking bytes, then reads and writes
+    as the socket allows.
+    """
     CountingEcho.echoed = 0
     line = pattern(0, 1000).replace(b"\n", b"n").replace(b"\r", b"r") + b"\n"
-    lines = TOTAL // len(line) // 100 * 100  # sent 100 at a time
+    lines = TOTAL // len(line)
+    flood = memoryview(line * lines)
+    expected = (line[:-1] + b"\r\n") * lines
     with (
         serve(handler=CountingEcho, transport=transport, limits=FLOW_LIMITS) as served,
         _small_receive_buffer(served, transport) as client,
     ):
-        failure: list[BaseException] = []
-
-        def flood() -> None:
-            try:
-                for _ in range(lines // 100):
-                    client.send(line * 100)
-            except BaseException as exc:
-                failure.append(exc)
-
-        sender = threading.Thread(target=flood, daemon=True)
-        sender.start()
+        sock = client.sock
+        sock.setblocking(False)
+        sent = 0
+        while sent < len(flood) and _wait_for(sock, read=False, write=True, timeout=0.5):
+            sent += _send_some(sock, flood[sent : sent + 65536])
+        assert sent < len(flood), "the server read everything from a peer that does not read"
         echoed = _stalled(lambda: CountingEcho.echoed)
-        assert echoed < lines * (len(line) + 1), "everything was echoed to a non-reader"
         held = echoed - served.server.stats.bytes_sent
         # Lines already read are echoed even past the high-water mark: one read's worth.
         assert held <= HIGH_WATER + MAX_READ + SLACK, f"the server holds {held} bytes"
-        expected = line[:-1] + b"\r\n"
-        for i in range(lines):
-            assert client.read_exact(len(expected)) == expected, f"echo {i} differs"
-        sender.join(10)
-        assert not failure, failure
+        received = bytearray()
+        deadline = time.monotonic() + 60
+        while len(received) < len(expected):
+            assert time.monotonic() < deadline, f"stuck after {len(received)} echoed bytes"
+            want_write = sent < len(flood)
+            if not _wait_for(sock, read=True, write=want_write, timeout=10.0):
+                raise AssertionError(f"nothing moved for 10 s after {len(received)} bytes")
+            if want_write:
+                sent += _send_some(sock, flood[sent : sent + 65536])
+            received += _recv_some(sock)
+        assert received == expected
+
+
+def _wait_for(sock: socket.socket, *, read: bool, write: bool, timeout: float) -> bool:
+    """Until the socket can be read (if ``read``; decrypted bytes count) or written (if
+    ``write``)."""
+    if read and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    readable, writable, _ = select.select(
+        [sock] if read else [], [sock] if write else [], [], timeout
+    )
+    return bool(readable or writable)
+
+
+def _send_some(sock: socket.socket, data: memoryview) -> int:
+    try:
+        return sock.send(data)
+    except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+        return 0
+
+
+def _recv_some(sock: socket.socket) -> bytes:
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return b""
+    if not data:
+        raise AssertionError("the server closed the connection during the echo flood")
+    return data
 
 
 def test_send_timeout_drops_a_peer_that_never_reads(serve: Serve) -> None:

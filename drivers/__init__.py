@@ -46,6 +46,7 @@ DRIVERS: dict[str, DriverSpec] = {
         DriverSpec("iocp", "iocp.driver", "IocpDriver", "completion (IOCP)"),
         DriverSpec("selectors", "selector", "SelectorsDriver", "readiness (selectors)"),
         DriverSpec("asyncio", "aio", "AsyncioDriver", "asyncio Protocol/Transport"),
+        DriverSpec("uvloop", "aio", "UvloopDriver", "asyncio Protocol/Transport on uvloop"),
     )
 }
 

@@ -49,7 +49,7 @@ from spcore.server import Listener, Server
 
 from .base import READ_SIZE, Driver
 
-__all__ = ["AsyncioDriver", "LoopName"]
+__all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
 #: The transport's write buffer limit, and the most handed to it in one write.
 _HIGH_WATER = 64 * 1024
@@ -439,6 +439,23 @@ def _batch(out: Sequence[bytes | memoryview], limit: int) -> tuple[list[bytes | 
         if size == limit:
             break
     return batch, size
+
+
+class UvloopDriver(AsyncioDriver):
+    """The asyncio driver on uvloop, registered under its own name so that it can be chosen,
+    probed and certified like any other driver (``AsyncioDriver(server, loop="uvloop")``
+    is the same thing)."""
+
+    name = "uvloop"
+
+    @classmethod
+    def probe(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("uvloop") is None:
+            return False, "uvloop is not installed (pip install spcore[uvloop])"
+        return True, "asyncio Protocol/Transport on uvloop (libuv)"
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server, loop="uvloop")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

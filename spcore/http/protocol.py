@@ -63,11 +63,24 @@ def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
     return any(key == name for key, _ in headers)
 
 
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)  # h11 has validated it
-    return None
+class _Head:
+    """What one pass over a request head tells: its headers as a list, its size on the wire
+    (give or take whitespace h11 dropped) and its body framing."""
+
+    __slots__ = ("chunked", "headers", "length", "size")
+
+    def __init__(self, event: h11.Request) -> None:
+        self.headers: list[tuple[bytes, bytes]] = list(event.headers)
+        size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+        self.length: int | None = None  # Content-Length, validated by h11
+        self.chunked = False
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                self.length = int(value)
+            elif name == b"transfer-encoding":
+                self.chunked = True
+        self.size = size
 
 
 class HTTPProtocol(ProtocolLayer):
@@ -83,6 +96,7 @@ class HTTPProtocol(ProtocolLayer):
         self._job: Job | None = None
         # per-request state, reset by _reset_request
         self._request: Request | None = None
+        self._head: _Head | None = None
         self._reader: BodyReader | None = None
         self._body_size = 0
         self._response_started = False
@@ -254,6 +268,7 @@ class HTTPProtocol(ProtocolLayer):
     def _reset_request(self) -> None:
         self._close_source()
         self._request = None
+        self._head = None
         self._reader = None
         self._body_size = 0
         self._response_started = False
@@ -271,20 +286,21 @@ class HTTPProtocol(ProtocolLayer):
         if len(event.target) > limits.max_url_length:
             self._error(414, _URL_TOO_LONG, now)
             return
-        if _head_size(event) > limits.max_header_size:  # it came in one piece, or h11 had 431'd
+        head = _Head(event)
+        if head.size > limits.max_header_size:  # it came in one piece, or h11 had 431'd
             self._error(431, _HEAD_TOO_LARGE, now)
             return
         if event.method == b"CONNECT":  # h11 would switch protocols on any 2xx answer
             self._error(501, "CONNECT tunnels are not supported by this server", now)
             return
-        length = _content_length(event)
-        if length is not None and length > limits.max_body_size:
+        self._head = head
+        if head.length is not None and head.length > limits.max_body_size:
             self._error(413, f"the request body exceeds {limits.max_body_size} bytes", now)
             return
         request = Request(
             event.method.decode("ascii"),
             event.target.decode("latin-1"),
-            event.headers,
+            head.headers,
             event.http_version.decode("ascii"),
             client=conn.peer[:2] if conn.peer else None,
             server=conn.local[:2] if conn.local else None,
@@ -416,12 +432,11 @@ class HTTPProtocol(ProtocolLayer):
         # The app answered without reading the body: drain a small rest, else close.
         if h.they_are_waiting_for_100_continue:
             return True
-        request = self._request
-        assert request is not None
-        if request.header("transfer-encoding") is not None:
-            return True  # chunked: the rest's size is unknown
-        length = int(request.header("content-length") or 0)
-        return length - self._body_size > DRAIN_LIMIT
+        head = self._head
+        assert head is not None
+        if head.chunked:
+            return True  # the rest's size is unknown
+        return (head.length or 0) - self._body_size > DRAIN_LIMIT
 
     def _start_response(self, response: Response, now: float) -> None:
         h = self._h11
@@ -624,12 +639,6 @@ class HTTPProtocol(ProtocolLayer):
 def _without_echo(message: str) -> str:
     """h11's message minus the peer's bytes it quotes (never reflect input into a response)."""
     return _QUOTED_BYTES.sub("", message).rstrip() or "malformed request"
-
-
-def _head_size(event: h11.Request) -> int:
-    """The size of the request head on the wire (give or take whitespace h11 dropped)."""
-    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
-    return size + sum(len(name) + len(value) + 4 for name, value in event.headers)
 
 
 def _fixed_length(

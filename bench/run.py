@@ -39,9 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from spcore.drivers import probe_all
-
 from spcore.certs import CertPair, dev_certificate
+from spcore.drivers import probe_all
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -475,6 +475,8 @@ def _conformance(args: argparse.Namespace, extra: list[str]) -> int:
     pytest_args = list(extra)
     if "--" in pytest_args:
         pytest_args.remove("--")  # the first one only: it separated our options from pytest's
+    if importlib.util.find_spec("pytest") is None:
+        raise UsageError("the conformance suite runs on pytest: pip install 'spcore[conformance]'")
     from .conformance import run  # imported late: it pulls in pytest
 
     return int(run(drivers, pytest_args))

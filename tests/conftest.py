@@ -1,14 +1,16 @@
-"""Shared fixtures: a throwaway PKI built once per test session."""
+"""Shared fixtures: a throwaway PKI built once per test session, and TLS contexts from it."""
 
 from __future__ import annotations
 
 import datetime
 import pathlib
+import ssl
 from dataclasses import dataclass
 
 import pytest
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
+from spcore.tls import client_context, server_context
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
             rogue_dir, "rogue-client", ["rogue-client.test"], now, client=True
         ),
     )
+
+
+# Module-scoped, not session-scoped: a test module may change its contexts (ALPN, versions...)
+# without reaching into another module's.
+@pytest.fixture(scope="module")
+def server_tls(pki: PKI) -> ssl.SSLContext:
+    """The server side for ``localhost``, ``127.0.0.1`` and ``::1``."""
+    return server_context(pki.server.certfile, pki.server.keyfile)
+
+
+@pytest.fixture(scope="module")
+def client_tls(pki: PKI) -> ssl.SSLContext:
+    """A client that trusts the test CA (and nothing else)."""
+    return client_context(cafile=pki.ca_file)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 
 import h11
 import pytest
-from conftest import PKI
 from memlink import PEER, MemLink, http_server
 
 from spcore.app import STREAM_CHUNK, STREAM_MAX, LineEcho, builtin_app, stream_pattern
@@ -15,7 +15,6 @@ from spcore.config import Limits
 from spcore.http.messages import App, Request
 from spcore.server import Listener, Server
 from spcore.stream import StreamProtocol
-from spcore.tls import client_context, server_context
 
 
 @dataclass
@@ -146,10 +145,11 @@ def test_index_rejects_an_unknown_format(client: Client) -> None:
     assert b"format must be html or json" in reply.body
 
 
-def test_index_reports_the_tls_session(pki: PKI) -> None:
-    tls = server_context(pki.server.certfile, pki.server.keyfile)
-    server = builtin_server(tls=tls)
-    client = Client(server, client_context=client_context(cafile=pki.ca_file))
+def test_index_reports_the_tls_session(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = builtin_server(tls=server_tls)
+    client = Client(server, client_context=client_tls)
     info = json.loads(client.request("GET", "/?format=json").body)
     assert info["scheme"] == "https"
     assert info["tls"]["version"] == "TLSv1.3"

@@ -18,14 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from conftest import PKI
+from netkit import wait_for
 
 from spcore import cli
 from spcore.certs import dev_certificate
+from spcore.drivers import DRIVERS
 
 STARTUP_TIMEOUT = 20.0  # a cold interpreter on a busy CI machine
 BANNER = re.compile(r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver(?P<rest>.*)$")
@@ -195,6 +197,32 @@ def test_serve_prints_its_url_and_serves_the_builtin_page(
 
 
 @needs_signals
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_serve_with_each_driver_gives_curl_the_page_over_tls(
+    driver: str, env: dict[str, str]
+) -> None:
+    available, reason = DRIVERS[driver].probe()
+    if not available:
+        pytest.skip(f"{driver}: {reason}")
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    with served(["--port", "0", "--driver", driver], env) as server:
+        assert server.driver == driver
+        url = f"https://127.0.0.1:{server.endpoints[0].port}/"
+        page = subprocess.run(
+            [curl, "-sSk", "--max-time", "10", "-w", "%{http_version}", url],
+            capture_output=True,
+            timeout=15,
+        )
+        assert page.returncode == 0, page.stderr
+        assert b"<h1>spcore</h1>" in page.stdout
+        assert f"<td>{driver}</td>".encode() in page.stdout
+        assert page.stdout.endswith(b"1.1")
+        assert server.stop() == 0
+
+
+@needs_signals
 def test_serve_without_tls_behind_a_proxy(env: dict[str, str]) -> None:
     args = ["--port", "0", "--no-tls", "--proxy-protocol", "--timeout", "3"]
     with served(args, env) as server:
@@ -278,11 +306,14 @@ def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+def slow_request(
+    port: int, context: ssl.SSLContext, slow_app: pathlib.Path, chunks: int
+) -> http.client.HTTPSConnection:
+    """A request for ``chunks`` chunks from ``slowapp:app``, returned once its body began."""
+    busy = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    busy.request("GET", f"/?chunks={chunks}")
+    wait_for((slow_app / "started").exists, "the slow app to start", 10.0)
+    return busy
 
 
 @needs_signals
@@ -296,9 +327,7 @@ def test_sigterm_lets_the_request_in_flight_finish(
             socket.create_connection(("127.0.0.1", endpoint.port), timeout=10),
             server_hostname="127.0.0.1",
         )
-        busy = http.client.HTTPSConnection("127.0.0.1", endpoint.port, timeout=10, context=context)
-        busy.request("GET", "/?chunks=5")
-        wait_for((slow_app / "started").exists, "the slow app to start")
+        busy = slow_request(endpoint.port, context, slow_app, 5)
         stopped_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert idle.recv(100) == b""  # the idle keep-alive connection is closed at once
@@ -318,11 +347,9 @@ def test_a_second_signal_exits_at_once(
     with served(["--port", "0", "--app", "slowapp:app"], env, cwd=slow_app) as server:
         [endpoint] = server.endpoints
         context = tls_client(cache_dir)
-        busy = http.client.HTTPSConnection("127.0.0.1", endpoint.port, timeout=10, context=context)
-        busy.request("GET", "/?chunks=300")  # 30 s: far beyond this test
-        wait_for((slow_app / "started").exists, "the slow app to start")
+        busy = slow_request(endpoint.port, context, slow_app, 300)  # 30 s: far beyond this test
         server.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "shutting down" in server.errors(), "the first signal to be handled")
+        wait_for(lambda: "shutting down" in server.errors(), "the first signal to be handled", 10.0)
         server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(5) == 1
         assert "exiting at once" in server.errors()

@@ -17,17 +17,9 @@ import subprocess
 import sys
 
 import pytest
+from suiterun import run_python, table_row, tail
+
 from spcore.drivers import DRIVERS
-
-
-def _python(code: str, cwd: pathlib.Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _run_suite(
@@ -37,19 +29,7 @@ def _run_suite(
         "import sys, spcore.conformance as suite; "
         f"sys.exit(suite.run({drivers!r}, {['-p', 'no:cacheprovider', *pytest_args]!r}))"
     )
-    return _python(code, cwd, timeout)
-
-
-def _tail(result: subprocess.CompletedProcess[str], lines: int = 80) -> str:
-    return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])
-
-
-def _row(output: str, driver: str) -> list[str]:
-    """The driver's row of the results table: [passed, failed, skipped, ...]."""
-    for line in output.splitlines():
-        if line.startswith(driver + " "):
-            return line.split()[1:]
-    raise AssertionError(f"no table row for {driver}:\n{output}")
+    return run_python(code, cwd, timeout)
 
 
 @pytest.mark.parametrize("name", list(DRIVERS))
@@ -59,9 +39,9 @@ def test_driver_conforms(name: str, tmp_path: pathlib.Path) -> None:
         pytest.skip(f"{name}: {reason}")
     # INFO logs are captured, so a failure report shows why the server closed or refused.
     result = _run_suite([name], ["-q", "--log-level=INFO"], tmp_path)
-    assert result.returncode == 0, _tail(result, 400)
-    passed, failed = (int(n) for n in _row(result.stdout, name)[:2])
-    assert failed == 0 and passed > 0, _tail(result)
+    assert result.returncode == 0, tail(result, 400)
+    passed, failed = (int(n) for n in table_row(result.stdout, name)[:2])
+    assert failed == 0 and passed > 0, tail(result)
 
 
 def test_a_driver_that_cannot_run_is_reported_skipped(tmp_path: pathlib.Path) -> None:
@@ -70,20 +50,20 @@ def test_a_driver_that_cannot_run_is_reported_skipped(tmp_path: pathlib.Path) ->
         pytest.skip("every registered driver runs here")
     name, reason = unavailable[0]
     result = _run_suite([name], ["-q", "-rs", "-k", "test_one_request"], tmp_path)
-    assert result.returncode == 0, _tail(result)
-    assert _row(result.stdout, name)[:3] == ["0", "0", "3"], _tail(result)
-    assert "SKIPPED [3] " in result.stdout and reason in result.stdout, _tail(result)
+    assert result.returncode == 0, tail(result)
+    assert table_row(result.stdout, name)[:3] == ["0", "0", "3"], tail(result)
+    assert "SKIPPED [3] " in result.stdout and reason in result.stdout, tail(result)
 
 
 def test_an_unknown_driver_is_a_usage_error(tmp_path: pathlib.Path) -> None:
     result = _run_suite(["no-such-driver"], ["-q"], tmp_path, timeout=60)
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, _tail(result)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, tail(result)
     assert "unknown driver 'no-such-driver'" in result.stderr
 
 
 def test_a_bad_factory_is_a_usage_error(tmp_path: pathlib.Path) -> None:
     result = _run_suite(["no_such_module:make"], ["-q"], tmp_path, timeout=60)
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, _tail(result)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, tail(result)
     assert "--spcore-driver-factory 'no_such_module:make'" in result.stderr
 
 
@@ -105,6 +85,6 @@ def test_the_plugin_is_inert_in_other_projects(tmp_path: pathlib.Path) -> None:
         timeout=60,
         env=env,
     )
-    assert result.returncode == 0, _tail(result)
+    assert result.returncode == 0, tail(result)
     assert "1 passed" in result.stdout
     assert "spcore conformance" not in result.stdout

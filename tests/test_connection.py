@@ -16,7 +16,7 @@ from spcore.config import Limits
 from spcore.connection import Connection
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
-from spcore.tls import client_context, server_context
+from spcore.tls import client_context
 from spcore.tls.engine import (
     ApplicationData,
     CloseNotify,
@@ -30,16 +30,6 @@ from spcore.tls.records import AlertDescription, alert_record
 NOW = 1000.0
 CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
 ALERT = 21
-
-
-@pytest.fixture(scope="module")
-def server_tls(pki: PKI) -> ssl.SSLContext:
-    return server_context(pki.server.certfile, pki.server.keyfile)
-
-
-@pytest.fixture(scope="module")
-def client_tls(pki: PKI) -> ssl.SSLContext:
-    return client_context(cafile=pki.ca_file)
 
 
 class Recorder(ProtocolLayer):

@@ -10,7 +10,6 @@ import threading
 import time
 
 import spcore
-from spcore.tls import client_context, server_context
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
@@ -31,13 +30,11 @@ def test_the_documented_code_is_the_tested_code() -> None:
     assert len(source.splitlines()) <= 25
 
 
-def test_blocking_loop_serves_https(pki) -> None:
+def test_blocking_loop_serves_https(server_tls, client_tls) -> None:
     def app(request: spcore.Request) -> spcore.Response:
         return spcore.Response(200, body=f"hello {request.path}\n")
 
-    listener = spcore.http_listener(
-        app, tls=server_context(pki.server.certfile, pki.server.keyfile)
-    )
+    listener = spcore.http_listener(app, tls=server_tls)
     server = spcore.Server([listener])
     server.start(time.monotonic(), time.time())
     with socket.create_server(("127.0.0.1", 0)) as listening:
@@ -45,10 +42,9 @@ def test_blocking_loop_serves_https(pki) -> None:
         port = listening.getsockname()[1]
         thread = threading.Thread(target=_example().serve_one, args=(listening, server))
         thread.start()
-        ctx = client_context(cafile=pki.ca_file)
         with (
             socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+            client_tls.wrap_socket(raw, server_hostname="localhost") as tls,
         ):
             tls.sendall(b"GET /docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             response = b""

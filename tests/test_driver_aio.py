@@ -10,7 +10,6 @@ import random
 import selectors
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
@@ -18,18 +17,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import PKI
-from spcore.drivers import choose
-from spcore.drivers.aio import AsyncioDriver, LoopName
+from netkit import connect as connect_to
+from netkit import rst_close, run_in_thread, start_in_thread, wait_for
 
 from spcore.config import Limits
+from spcore.drivers import choose
+from spcore.drivers.aio import AsyncioDriver, LoopName
 from spcore.framing import RawFraming
 from spcore.http.messages import App, Pipe, Request, Response, blocking
 from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
 from spcore.stream import DeferredSession, Session, StreamHandler, StreamProtocol
-from spcore.tls import client_context, server_context
 
 TIMEOUT = 10.0  # the bound on every wait; tests normally take a fraction of it
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -41,16 +40,6 @@ def loop(request: pytest.FixtureRequest) -> LoopName:
         pytest.skip("uvloop is not installed (pip install spcore[uvloop])")
     name: LoopName = request.param
     return name
-
-
-@pytest.fixture(scope="module")
-def server_tls(pki: PKI) -> ssl.SSLContext:
-    return server_context(pki.server.certfile, pki.server.keyfile)
-
-
-@pytest.fixture(scope="module")
-def client_tls(pki: PKI) -> ssl.SSLContext:
-    return client_context(cafile=pki.ca_file)
 
 
 @dataclass
@@ -82,23 +71,8 @@ def serving(
     if send_buffer is not None:
         bound.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     port = bound.address[1]
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            driver.run()
-        except BaseException as exc:
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="aio-driver", daemon=True)
-    thread.start()
-    try:
+    with run_in_thread(driver, "aio-driver", join=TIMEOUT) as thread:
         yield Running(server, driver, port, thread)
-    finally:
-        driver.stop()
-        thread.join(TIMEOUT)
-        assert not thread.is_alive(), "the driver did not stop"
-    assert not failures, failures
 
 
 def http_app(app: App) -> Callable[[], ProtocolLayer]:
@@ -110,17 +84,8 @@ def hello(request: Request) -> Response:
 
 
 def connect(port: int, tls: ssl.SSLContext | None = None) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    if tls is not None:
-        return tls.wrap_socket(sock, server_hostname="localhost")
-    return sock
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    """A client of the server on ``port``, bounded by this file's longer timeout."""
+    return connect_to(("127.0.0.1", port), tls, TIMEOUT)
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -146,13 +111,6 @@ def header(head: bytes, name: bytes) -> bytes:
         if key.strip().lower() == name:
             return value.strip()
     raise AssertionError(f"no {name!r} header in {head!r}")
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(1 << 20):
-        data += chunk
-    return bytes(data)
 
 
 def exchange(
@@ -202,11 +160,6 @@ def response_complete(data: bytearray) -> bool:
     if end < 0:
         return False
     return len(data) - end - 4 >= int(header(bytes(data[:end]), b"content-length"))
-
-
-def rst_close(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 # -- the basics -------------------------------------------------------------------------------
@@ -315,9 +268,9 @@ def test_a_client_that_stops_reading_stops_the_producer(loop: LoopName) -> None:
     with serving(http_app(app), loop) as running:
         sock = small_window(running.port)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_until(lambda: len(running.server.connections) == 1, "the connection")
+        wait_for(lambda: len(running.server.connections) == 1, "the connection", TIMEOUT)
         conn = next(iter(running.server.connections.values()))
-        wait_until(lambda: not conn.writable, "the core to hold output back")
+        wait_for(lambda: not conn.writable, "the core to hold output back", TIMEOUT)
         settled = -1
         while settled != len(produced):  # until the producer has stopped
             settled = len(produced)
@@ -392,8 +345,8 @@ def test_a_peer_that_stops_reading_is_dropped(loop: LoopName, size: int) -> None
         sock = small_window(running.port)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         stats = running.server.stats
-        wait_until(lambda: stats.requests == 1, "the request")
-        wait_until(lambda: stats.connections_open == 0, "the peer to be dropped")
+        wait_for(lambda: stats.requests == 1, "the request", TIMEOUT)
+        wait_for(lambda: stats.connections_open == 0, "the peer to be dropped", TIMEOUT)
         sock.close()
 
 
@@ -419,7 +372,7 @@ def test_a_peer_reset_ends_the_connection_and_its_response(loop: LoopName) -> No
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         rst_close(sock)
         assert closed.wait(TIMEOUT), "the response body was not closed"
-        wait_until(lambda: not running.server.connections, "the connection to be released")
+        wait_for(lambda: not running.server.connections, "the connection to be released", TIMEOUT)
         sock = connect(running.port)  # and the server goes on serving
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[1] == b"ok"
@@ -436,7 +389,7 @@ class Chat(StreamHandler):
 def test_a_broadcast_reaches_the_other_connections(loop: LoopName) -> None:
     with serving(lambda: StreamProtocol(Chat()), loop) as running:
         talker, listener = connect(running.port), connect(running.port)
-        wait_until(lambda: len(running.server.sessions) == 2, "both sessions")
+        wait_for(lambda: len(running.server.sessions) == 2, "both sessions", TIMEOUT)
         talker.sendall(b"hello\n")
         assert listener.recv(100) == b"hello\r\n"  # synced as woken, not on its own event
         talker.close()
@@ -477,7 +430,7 @@ def test_a_blocking_app_runs_as_a_job_off_the_loop(loop: LoopName) -> None:
     with serving(http_app(app), loop) as running:
         waiting = connect(running.port)
         waiting.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_until(lambda: len(threads) == 1, "the first job")
+        wait_for(lambda: len(threads) == 1, "the first job", TIMEOUT)
         # The first job blocks a worker; the loop still serves the second connection.
         other = connect(running.port)
         other.sendall(b"GET /release HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -532,7 +485,7 @@ def test_stop_lets_the_request_in_flight_finish(loop: LoopName) -> None:
                 return True
             return False
 
-        wait_until(refused, "the listener to close")
+        wait_for(refused, "the listener to close", TIMEOUT)
         assert idle.recv(1) == b""  # an idle connection is closed at once
         release.set()
         head, body = read_response(sock)
@@ -556,7 +509,7 @@ def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: LoopName, size:
     with serving(http_app(app), loop, limits=limits, send_buffer=32 * 1024) as running:
         sock = small_window(running.port)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        wait_until(lambda: running.server.stats.requests == 1, "the request")
+        wait_for(lambda: running.server.stats.requests == 1, "the request", TIMEOUT)
         time.sleep(0.1)  # let the output back up
         started = time.monotonic()
         running.driver.stop()
@@ -577,19 +530,11 @@ def test_a_dying_loop_still_ends_each_connection_once(loop: LoopName) -> None:
     server = Server([Listener(lambda: Counting(hello), host="127.0.0.1", port=0)])
     driver = AsyncioDriver(server, loop=loop)
     port = driver.bind()[0].address[1]
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            driver.run()
-        except BaseException as exc:
-            failures.append(exc)
 
     def die() -> None:
         raise KeyboardInterrupt  # escapes the loop, as Ctrl-C does
 
-    thread = threading.Thread(target=run, name="aio-driver", daemon=True)
-    thread.start()
+    thread, failures = start_in_thread(driver, "aio-driver")
     sock = connect(port)
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_response(sock)[1] == b"hello http /"  # the loop runs; the connection stays

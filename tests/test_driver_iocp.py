@@ -13,8 +13,6 @@ import pathlib
 import select
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import threading
 import time
@@ -22,26 +20,40 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from netkit import (
+    WAIT,
+    Echo,
+    SlowEcho,
+    big_download,
+    connect,
+    connect_echoed,
+    download,
+    flood_lines,
+    read_line,
+    receive_flood,
+    rst_close,
+    run_in_thread,
+    stop_during_a_job,
+    wait_for,
+)
+from suiterun import assert_whole_suite_passed, run_python
 
 # The repository root: for tests.iocp_double, and the drivers package the double imports.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from spcore.config import Limits
 from spcore.drivers import UnknownDriver, choose
 from spcore.drivers.iocp import driver as iocp_driver
 from spcore.drivers.iocp import win32
 from spcore.drivers.iocp.driver import AcceptSocket, IocpDriver, _pin
 from spcore.drivers.proactor import Buffer, Link, Operation
-
-from spcore.config import Limits
-from spcore.http.messages import Request, Response
-from spcore.listeners import http_listener, stream_listener
+from spcore.listeners import stream_listener
 from spcore.server import Listener, Server
-from spcore.stream import DeferredSession, Session, StreamHandler
+from spcore.stream import StreamHandler
 from tests.iocp_double.driver import DoubledIocpDriver
 from tests.iocp_double.win32_double import Win32Double, make_double
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WAIT = 5.0  # upper bound for anything that should be quick
 
 
 # -- instruments ------------------------------------------------------------------------------
@@ -122,29 +134,6 @@ class Recording(DoubledIocpDriver):
         super()._close(link, error, now)
 
 
-class Echo(StreamHandler):
-    """Echoes lines; ``flood N`` sends N lines of 60 000 bytes."""
-
-    idle_timeout = None
-
-    def message(self, session: Session | DeferredSession, message: bytes) -> None:
-        if message.startswith(b"flood "):
-            for i in range(int(message.split()[1])):
-                session.send(b"%05d" % i + b"x" * 59_995)
-        else:
-            session.send(message)
-
-
-class SlowEcho(Echo):
-    """Echoes after a pause, on a worker thread."""
-
-    blocking = True
-
-    def message(self, session: Session | DeferredSession, message: bytes) -> None:
-        time.sleep(0.3)
-        super().message(session, message)
-
-
 @contextlib.contextmanager
 def serving(
     handler: type[StreamHandler] = Echo,
@@ -167,23 +156,8 @@ def serving(
     address = driver.bind()[0].address
     if prepare is not None:
         prepare(spy, driver)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            driver.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="iocp-loop", daemon=True)
-    thread.start()
-    try:
+    with run_in_thread(driver, "iocp-loop"):
         yield driver, spy, (address[0], address[1])
-    finally:
-        driver.stop()
-        thread.join(WAIT + 5)
-    assert not thread.is_alive(), "run() did not return after stop()"
-    assert not errors, errors
 
 
 class EnginePause:
@@ -243,35 +217,6 @@ def fail_first(
     return override_once(spy, name, failing, when)
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def connect(address: tuple[str, int]) -> socket.socket:
-    return socket.create_connection(address, timeout=WAIT)
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def only_link(driver: IocpDriver) -> Link:
     wait_for(lambda: len(driver._links) == 1, "one connection")
     return next(iter(driver._links.values()))
@@ -311,9 +256,7 @@ def test_the_factory_fails_loudly_on_a_violation() -> None:
 
 def test_accept_updates_the_context_first_then_reads_the_addresses() -> None:
     with serving() as (driver, spy, address):
-        client = connect(address)
-        client.sendall(b"hi\n")
-        assert read_line(client) == b"hi\r\n"
+        client = connect_echoed(address, b"hi")
         link = only_link(driver)
         listening = driver.bound[0].sock.fileno()
         assert len(spy.named("AcceptEx")) >= IocpDriver.accepts_per_listener
@@ -350,9 +293,7 @@ def test_the_peer_address_is_what_getacceptexsockaddrs_read() -> None:
 
     with serving() as (driver, spy, address):
         spy.override["GetAcceptExSockaddrs"] = rewrite_remote
-        client = connect(address)
-        client.sendall(b"who\n")
-        assert read_line(client) == b"who\r\n"
+        client = connect_echoed(address, b"who")
         link = only_link(driver)
         assert link.conn.peer == ("10.9.8.7", 4242)
         assert link.conn.local == client.getpeername()
@@ -362,9 +303,7 @@ def test_the_peer_address_is_what_getacceptexsockaddrs_read() -> None:
 def test_an_acceptex_whose_client_reset_at_once_is_posted_again_at_once() -> None:
     with serving() as (driver, spy, address):
         failed = fail_first(spy, "AcceptEx", win32.WSAECONNRESET, win32.FALSE)
-        client = connect(address)
-        client.sendall(b"x\n")
-        assert read_line(client) == b"x\r\n"
+        client = connect_echoed(address, b"x")
         wait_for(lambda: bool(failed), "the failed AcceptEx")
         retried = [a for a in spy.named("AcceptEx") if a[1] == failed[0][1]]
         assert retried[-1][7]._obj is failed[0][7]._obj  # the same socket and OVERLAPPED
@@ -390,9 +329,7 @@ def test_an_acceptex_reset_storm_backs_off_after_a_bounded_number_of_tries(
         spy.override["AcceptEx"] = reset
 
     with serving(prepare=prepare) as (driver, _spy, address):
-        client = connect(address)
-        client.sendall(b"x\n")
-        assert read_line(client) == b"x\r\n"
+        client = connect_echoed(address, b"x")
         assert driver.server.stats.connections_refused == resets  # 15 retried, 1 failed
         assert "retrying in 0.1 s" in caplog.text
         client.close()
@@ -400,9 +337,7 @@ def test_an_acceptex_reset_storm_backs_off_after_a_bounded_number_of_tries(
 
 def test_accepts_are_cancelled_at_the_limit_and_their_sockets_closed() -> None:
     with serving(max_connections=1) as (driver, spy, address):
-        first = connect(address)
-        first.sendall(b"1\n")
-        assert read_line(first) == b"1\r\n"
+        first = connect_echoed(address, b"1")
         wait_for(
             lambda: not any(op.kind == "accept" for op in list(driver._ops.values())),
             "the accepts to be cancelled and reaped",
@@ -431,9 +366,7 @@ def test_accepts_are_cancelled_at_the_limit_and_their_sockets_closed() -> None:
 
 def test_a_receive_passes_its_flags_by_pointer_and_keeps_everything_it_handed_over() -> None:
     with serving() as (driver, spy, address):
-        client = connect(address)
-        client.sendall(b"a\n")
-        assert read_line(client) == b"a\r\n"
+        client = connect_echoed(address, b"a")
         link = only_link(driver)
         op = pending_recv(link)
         overlapped, buffers, flags, buffer = op.keep  # type: ignore[misc]
@@ -448,21 +381,10 @@ def test_a_receive_passes_its_flags_by_pointer_and_keeps_everything_it_handed_ov
 
 
 def test_gathered_sends_one_in_flight_all_bytes_in_order() -> None:
-    chunks = [b"%06d" % i + b"x" * 65_530 for i in range(200)]  # 13 MB: more than the
-    body = b"".join(chunks)  # socket buffers hold, so sends stay pending while more queues
-
-    def app(request: Request) -> Response:
-        return Response(200, headers=[("content-length", str(len(body)))], body=iter(chunks))
-
-    with serving(listener=http_listener(app)) as (driver, spy, address):
-        client = connect(address)
-        client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        time.sleep(0.3)  # let the core queue several chunks behind a pending send
-        data = read_all(client)
-        client.close()
-    head, _, received = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert received == body
+    # 13 MB: more than the socket buffers hold, so sends stay pending while more queues
+    listener, body = big_download(200)
+    with serving(listener=listener) as (driver, spy, address):
+        data = download(address, body)
     assert driver.most_sends_in_flight == 1
     sends = spy.named("WSASend")
     assert max(args[2] for args in sends) > 1  # several of the core's buffers in one WSASend
@@ -484,15 +406,10 @@ def test_a_partial_send_completion_is_reported_and_the_rest_reposted() -> None:
                 break
         return function(s, (win32.WSABUF * len(cut))(*cut), len(cut), *rest)
 
-    expected = b"".join(b"%05d" % i + b"x" * 59_995 + b"\r\n" for i in range(20))
+    expected = flood_lines(20)
     with serving() as (driver, spy, address):
         spy.override["WSASend"] = half
-        client = connect(address)
-        client.sendall(b"flood 20\n")
-        received = b""
-        while len(received) < len(expected):
-            received += client.recv(1 << 20)
-        client.close()
+        received = receive_flood(address, 20)
     assert received == expected
     partial = [(posted, done) for posted, done in driver.sends if done < posted]
     assert partial and all(done > 0 for _, done in partial)
@@ -523,9 +440,7 @@ def test_a_cancelled_receive_keeps_its_memory_registered_until_its_packet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with serving() as (driver, spy, address):
-        client = connect(address)
-        client.sendall(b"hi\n")
-        assert read_line(client) == b"hi\r\n"
+        client = connect_echoed(address, b"hi")
         link = only_link(driver)
         op = pending_recv(link)
         pause = EnginePause(driver.double, monkeypatch)
@@ -550,9 +465,7 @@ def test_a_cancel_that_races_with_data_completes_with_the_data(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with serving(cancel_race_rate=1.0) as (driver, _spy, address):
-        client = connect(address)
-        client.sendall(b"hi\n")
-        assert read_line(client) == b"hi\r\n"
+        client = connect_echoed(address, b"hi")
         link = only_link(driver)
         op = pending_recv(link)
         pause = EnginePause(driver.double, monkeypatch)
@@ -571,11 +484,8 @@ def test_a_cancel_that_races_with_data_completes_with_the_data(
 
 def test_a_reset_peer_ends_the_connection_with_connection_reset_error() -> None:
     with serving() as (driver, _spy, address):
-        client = connect(address)
-        client.sendall(b"x\n")
-        assert read_line(client) == b"x\r\n"
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()  # RST: the pending WSARecv fails with ERROR_NETNAME_DELETED
+        client = connect_echoed(address, b"x")
+        rst_close(client)  # the pending WSARecv fails with ERROR_NETNAME_DELETED
         wait_for(lambda: driver.lost, "the reset")
         assert isinstance(driver.lost[0], ConnectionResetError)
         wait_for(lambda: not driver.server.connections, "the connection to be gone")
@@ -692,9 +602,7 @@ def test_an_accept_that_cannot_be_posted_is_retried_after_a_pause(
             )
 
     with serving(prepare=prepare) as (driver, _spy, address):
-        client = connect(address)
-        client.sendall(b"later\n")
-        assert read_line(client) == b"later\r\n"
+        client = connect_echoed(address, b"later")
         assert driver.server.stats.connections_refused == 1
         assert "accept failed" in caplog.text and "retrying in 0.1 s" in caplog.text
         client.close()
@@ -726,9 +634,7 @@ def test_an_accepted_socket_that_cannot_be_set_up_is_refused(failure: str) -> No
         first = connect(address)
         assert first.recv(10) == b""  # closed by the server, never served
         wait_for(lambda: driver.server.stats.connections_refused == 1, "the refusal")
-        second = connect(address)
-        second.sendall(b"ok\n")
-        assert read_line(second) == b"ok\r\n"
+        second = connect_echoed(address, b"ok")
         assert driver.server.stats.connections_total == 1
         first.close()
         second.close()
@@ -752,15 +658,10 @@ def test_no_send_hands_windows_more_than_the_limit(monkeypatch: pytest.MonkeyPat
         sizes.append(sum(b.len for b in args[1][: args[2]]))
         return function(*args)
 
-    expected = b"".join(b"%05d" % i + b"x" * 59_995 + b"\r\n" for i in range(3))
+    expected = flood_lines(3)
     with serving() as (_driver, spy, address):
         spy.override["WSASend"] = measure
-        client = connect(address)
-        client.sendall(b"flood 3\n")
-        received = b""
-        while len(received) < len(expected):
-            received += client.recv(1 << 20)
-        client.close()
+        received = receive_flood(address, 3)
     assert received == expected
     assert max(sizes) == 1000 and len(sizes) >= len(expected) // 1000
 
@@ -779,9 +680,7 @@ def test_cancel_and_close_failures_are_tolerated(
     with serving() as (driver, spy, address):
         # The call still happens: only its answer says it failed.
         fail_first(spy, function, code, win32.FALSE, call_through=True)
-        client = connect(address)
-        client.sendall(b"x\n")
-        assert read_line(client) == b"x\r\n"
+        client = connect_echoed(address, b"x")
         client.close()
     assert driver._ops == {} and spy.named(function)
     warnings = [r.getMessage() for r in caplog.records if r.name == "spcore.driver"]
@@ -827,14 +726,7 @@ def test_a_finished_job_wakes_the_loop_with_a_posted_packet() -> None:
 
 def test_graceful_stop_finishes_the_job_in_flight_then_releases_everything() -> None:
     with serving(SlowEcho) as (driver, spy, address):
-        client = connect(address)
-        client.sendall(b"last\n")
-        time.sleep(0.1)  # the job is running
-        driver.stop()
-        assert read_line(client) == b"last\r\n"
-        assert client.recv(10) == b""  # then the server closes
-        with pytest.raises(OSError):
-            connect(address)  # the listening socket is closed
+        client = stop_during_a_job(driver, address)
         link_socks = [op.owner.sock for op, _, _ in driver.cancels if op.kind != "accept"]
         port = driver._port
         client.close()
@@ -850,9 +742,7 @@ def test_graceful_stop_finishes_the_job_in_flight_then_releases_everything() -> 
 def test_immediate_completions_still_arrive_as_packets() -> None:
     with serving(immediate_rate=1.0) as (driver, spy, address):
         for n in range(3):
-            client = connect(address)
-            client.sendall(b"%d\n" % n)
-            assert read_line(client) == b"%d\r\n" % n
+            client = connect_echoed(address, b"%d" % n)
             client.close()
         assert driver.server.stats.connections_total == 3
     assert spy.named("SetFileCompletionNotificationModes") == []
@@ -907,15 +797,4 @@ def test_the_whole_conformance_suite_passes_through_the_double(tmp_path: pathlib
         f"sys.path.append({str(ROOT)!r})\n"
         f"sys.exit(c.run([{FACTORY!r}], ['-p', 'no:cacheprovider', '-q']))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, "\n".join(output.splitlines()[-80:])
-    row = next(line for line in result.stdout.splitlines() if line.startswith(FACTORY))
-    passed, failed, skipped = (int(n) for n in row.split()[1:4])
-    assert (failed, skipped) == (0, 0) and passed > 90, row
+    assert_whole_suite_passed(run_python(code, tmp_path, 300), FACTORY)

@@ -9,28 +9,37 @@ import errno
 import itertools
 import signal
 import socket
-import struct
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from netkit import (
+    WAIT,
+    Echo,
+    SlowEcho,
+    big_download,
+    connect,
+    connect_echoed,
+    download,
+    read_line,
+    rst_close,
+    run_in_thread,
+    stop_during_a_job,
+    wait_for,
+)
+
+from spcore.config import Limits
 from spcore.drivers import choose
 from spcore.drivers.proactor import Acceptor, Buffer, Link, Operation, RecvBuffer
 from spcore.drivers.uring import ring as uring
 from spcore.drivers.uring.driver import UringDriver
-
-from spcore.config import Limits
-from spcore.http.messages import Request, Response
-from spcore.listeners import http_listener, stream_listener
+from spcore.listeners import stream_listener
 from spcore.server import Listener, Server
-from spcore.stream import DeferredSession, Session, StreamHandler
+from spcore.stream import StreamHandler
 
 AVAILABLE, REASON = uring.probe()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"io_uring unavailable: {REASON}")
-
-WAIT = 5.0  # upper bound for anything that should be quick
 
 
 class Recording(UringDriver):
@@ -87,39 +96,6 @@ class Recording(UringDriver):
         super()._woke(op, result, now)
 
 
-class Echo(StreamHandler):
-    """Echoes lines; ``bye`` closes; ``flood N`` sends N lines of 60 000 bytes."""
-
-    idle_timeout = None
-
-    def message(self, session: Session | DeferredSession, message: bytes) -> None:
-        if message == b"bye":
-            session.close()
-        elif message.startswith(b"flood "):
-            for i in range(int(message.split()[1])):
-                session.send(b"%05d" % i + b"x" * 59_995)
-        else:
-            session.send(message)
-
-
-class SlowEcho(Echo):
-    """Echoes after a pause, on a worker thread."""
-
-    blocking = True
-
-    def message(self, session: Session | DeferredSession, message: bytes) -> None:
-        time.sleep(0.3)
-        super().message(session, message)
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def serving(
     handler: type[StreamHandler] = Echo,
@@ -136,44 +112,8 @@ def serving(
     address = driver.bind()[0].address
     if before_run is not None:
         before_run((address[0], address[1]))
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            driver.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with run_in_thread(driver, "uring-loop"):
         yield driver, (address[0], address[1])
-    finally:
-        driver.stop()
-        thread.join(WAIT + 5)
-    assert not thread.is_alive(), "run() did not return after stop()"
-    assert not errors, errors
-
-
-def connect(address: tuple[str, int]) -> socket.socket:
-    return socket.create_connection(address, timeout=WAIT)
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # -- the registry and buffer lifetime ---------------------------------------------------------
@@ -181,9 +121,7 @@ def read_all(sock: socket.socket) -> bytes:
 
 def test_a_cancelled_recv_keeps_its_buffer_until_its_completion_is_reaped() -> None:
     with serving(close_timeout=0.2) as (driver, address):
-        client = connect(address)
-        client.sendall(b"hi\n")
-        assert read_line(client) == b"hi\r\n"
+        client = connect_echoed(address, b"hi")
         client.sendall(b"bye\n")  # the server shuts its side, then waits for ours...
         assert client.recv(10) == b""
         wait_for(lambda: driver.lost, "the close timeout to end the connection")
@@ -207,9 +145,7 @@ def test_a_cancelled_recv_keeps_its_buffer_until_its_completion_is_reaped() -> N
 
 def test_every_operation_keeps_what_the_kernel_uses() -> None:
     with serving() as (driver, address):
-        client = connect(address)
-        client.sendall(b"hello\n")
-        assert read_line(client) == b"hello\r\n"
+        client = connect_echoed(address, b"hello")
         wait_for(lambda: driver.send_results, "the send's completion")
         ops = list(driver._ops.values())
         kinds = sorted(op.kind for op in ops)
@@ -223,21 +159,10 @@ def test_every_operation_keeps_what_the_kernel_uses() -> None:
 
 
 def test_gathered_partial_sends_one_in_flight_per_socket() -> None:
-    chunks = [b"%06d" % i + b"x" * 65_530 for i in range(300)]  # 20 MB: more than the socket
-    body = b"".join(chunks)  # buffers hold, so the kernel takes the sends in parts
-
-    def app(request: Request) -> Response:
-        return Response(200, headers=[("content-length", str(len(body)))], body=iter(chunks))
-
-    with serving(listener=http_listener(app)) as (driver, address):
-        client = connect(address)
-        client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        time.sleep(0.3)  # let the server fill the socket buffers and wait on a send
-        data = read_all(client)
-        client.close()
-    head, _, received = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert received == body
+    # 20 MB: more than the socket buffers hold, so the kernel takes the sends in parts
+    listener, body = big_download(300)
+    with serving(listener=listener) as (driver, address):
+        data = download(address, body)
     assert driver.most_sends_in_flight == 1
     assert max(driver.send_sizes) > 1  # SENDMSG gathered several of the core's buffers
     sends = zip(driver.send_results, driver.send_posted, strict=True)
@@ -249,11 +174,8 @@ def test_gathered_partial_sends_one_in_flight_per_socket() -> None:
 
 def test_a_reset_peer_ends_the_connection_with_connection_reset_error() -> None:
     with serving() as (driver, address):
-        client = connect(address)
-        client.sendall(b"x\n")
-        assert read_line(client) == b"x\r\n"
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()  # RST
+        client = connect_echoed(address, b"x")
+        rst_close(client)
         wait_for(lambda: driver.lost, "the reset to be noticed")
         assert isinstance(driver.lost[0], ConnectionResetError)
         wait_for(lambda: not driver.server.connections, "the connection to be gone")
@@ -313,9 +235,7 @@ def test_plain_accept_is_reposted_after_each_connection(monkeypatch: pytest.Monk
     with serving() as (driver, address):
         assert not driver._multishot
         for n in range(3):
-            client = connect(address)
-            client.sendall(b"%d\n" % n)
-            assert read_line(client) == b"%d\r\n" % n
+            client = connect_echoed(address, b"%d" % n)
             client.close()
         assert driver.server.stats.connections_total == 3
 
@@ -337,22 +257,13 @@ def test_a_finished_job_wakes_the_loop() -> None:
 
 def test_graceful_stop_finishes_the_request_in_flight() -> None:
     with serving(SlowEcho) as (driver, address):
-        client = connect(address)
-        client.sendall(b"last\n")
-        time.sleep(0.1)  # the job is running
-        driver.stop()
-        assert read_line(client) == b"last\r\n"
-        assert client.recv(10) == b""  # then the server closes
-        with pytest.raises(OSError):
-            connect(address)  # the listening socket is closed
+        client = stop_during_a_job(driver, address)
         client.close()
 
 
 def test_stop_leaves_no_operation_and_closes_everything() -> None:
     with serving(close_timeout=0.2) as (driver, address):
-        idle = connect(address)
-        idle.sendall(b"ping\n")
-        assert read_line(idle) == b"ping\r\n"
+        idle = connect_echoed(address, b"ping")
         link = next(iter(driver._links.values()))
     assert driver._ops == {}
     assert driver._ring is not None and driver._ring.closed

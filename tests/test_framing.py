@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable
 
 import pytest
+from bytekit import split
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,11 +30,6 @@ def feed_all(framing: Framing, chunks: list[bytes]) -> list[bytes]:
 
 def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 # --- the error type ---------------------------------------------------------------------------
@@ -322,7 +317,7 @@ def test_round_trip_in_any_chunking(name: str, data: st.DataObject) -> None:
     wire = b"".join(encoder.frame(m) for m in messages)
     cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=10))
     decoder = FACTORIES[name]()
-    assert feed_all(decoder, split_at(wire, cuts)) == messages
+    assert feed_all(decoder, split(wire, cuts)) == messages
     assert decoder.buffered == 0
     decoder.eof()
 

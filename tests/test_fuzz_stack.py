@@ -9,16 +9,15 @@ connection is closed.
 
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import h11
 import hypothesis
 import pytest
+from errorlog import no_error_logs
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from memlink import MemLink, http_server
@@ -27,7 +26,7 @@ from spcore.http.messages import Pipe, Request, Response, buffered
 from spcore.http.protocol import HTTPProtocol
 from spcore.preamble import plaintext_http_rejection
 from spcore.server import Server
-from spcore.tls import ApplicationData, OpenSSLEngine, TLSError, client_context, server_context
+from spcore.tls import ApplicationData, OpenSSLEngine, TLSError, client_context
 
 LIMITS: dict[str, Any] = {
     "max_header_size": 2048,
@@ -201,31 +200,6 @@ def split(data: bytes, sizes: list[int]) -> Iterator[bytes]:
 # --- checks -----------------------------------------------------------------------------------
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def no_error_logs() -> Iterator[None]:
-    """Nothing logged at ERROR (so nothing reached the "internal error" catch-all either).
-
-    A handler of our own rather than ``caplog``, which hypothesis would share across examples.
-    """
-    handler = _Collect()
-    logger = logging.getLogger("spcore")
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-    assert [r.getMessage() for r in handler.records] == []
-
-
 def note(outcome: str) -> None:
     """Tally an outcome for ``--hypothesis-show-statistics`` (what the fuzzing reached)."""
     if hypothesis.currently_in_test_context():
@@ -373,10 +347,12 @@ def test_the_seeds_themselves_are_served() -> None:
 
 
 @pytest.fixture(scope="module")
-def contexts(pki: Any) -> dict[str, ssl.SSLContext]:
+def contexts(
+    pki: Any, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> dict[str, ssl.SSLContext]:
     return {
-        "server": server_context(pki.server.certfile, pki.server.keyfile),
-        "1.3": client_context(cafile=pki.ca_file),
+        "server": server_tls,
+        "1.3": client_tls,
         "1.2": client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2),
     }
 

@@ -23,7 +23,6 @@ from memlink import MemLink, http_server
 from spcore.config import KiB, MiB
 from spcore.http.messages import Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
-from spcore.tls import client_context, server_context
 
 # --- a parsing client ---------------------------------------------------------------------------
 
@@ -196,11 +195,10 @@ Connect = Callable[..., MemLink]
 
 
 @pytest.fixture(scope="module")
-def tls_contexts(pki: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    return (
-        server_context(pki.server.certfile, pki.server.keyfile),
-        client_context(cafile=pki.ca_file),
-    )
+def tls_contexts(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    return server_tls, client_tls
 
 
 def _connector(transport: Transport, contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Connect:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
+import pathlib
 import select
 import socket
 import struct
@@ -16,10 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from ctypes import addressof, byref
+from dataclasses import dataclass
 
 import pytest
+from netkit import rst_close
 
-sys.path.insert(0, "/work/main")
+# The repository root: for tests.iocp_double, and the drivers package the double imports.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from drivers.iocp import win32
 from tests.iocp_double import Win32Double, make_double
 
@@ -27,10 +31,12 @@ TIMEOUT = 5.0
 LISTEN_KEY, CONN_KEY = 11, 22
 SLOT = win32.ACCEPT_ADDRESS_LENGTH
 Packet = tuple[int, int, int, int]  # completion key, OVERLAPPED address, NTSTATUS, bytes
+Track = Callable[[socket.socket], socket.socket]  # the ``sockets`` fixture: closed after the test
+Doubles = Callable[..., Win32Double]  # the ``doubles`` fixture: make_double with options
 
 
 @pytest.fixture
-def sockets() -> Iterator[Callable[[socket.socket], socket.socket]]:
+def sockets() -> Iterator[Track]:
     opened: list[socket.socket] = []
 
     def track(sock: socket.socket) -> socket.socket:
@@ -44,7 +50,7 @@ def sockets() -> Iterator[Callable[[socket.socket], socket.socket]]:
 
 
 @pytest.fixture
-def doubles(sockets: object) -> Iterator[Callable[..., Win32Double]]:
+def doubles(sockets: object) -> Iterator[Doubles]:
     """Doubles stopped before the sockets close (engine first), then checked for violations."""
     made: list[Win32Double] = []
 
@@ -61,7 +67,7 @@ def doubles(sockets: object) -> Iterator[Callable[..., Win32Double]]:
 
 
 @pytest.fixture
-def api(doubles: Callable[..., Win32Double]) -> Win32Double:
+def api(doubles: Doubles) -> Win32Double:
     return doubles()
 
 
@@ -125,7 +131,7 @@ def status_error(api: win32.Win32Api, packet: Packet) -> int:
 def accept_one(
     api: win32.Win32Api,
     port: int,
-    track: Callable[[socket.socket], socket.socket],
+    track: Track,
     *,
     update: bool = True,
     family: socket.AddressFamily = socket.AF_INET,
@@ -177,10 +183,37 @@ def sockaddrs(
     )
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with an RST instead of a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+@dataclass
+class PendingRecv:
+    """A WSARecv pending on an accepted connection, with all that must outlive it."""
+
+    api: Win32Double
+    port: int
+    acceptor: socket.socket
+    client: socket.socket
+    ov: win32.OVERLAPPED
+    keep: tuple[object, ...]
+
+    def packet(self) -> Packet:
+        """The one packet that came, checked to be this receive's."""
+        [packet] = reap(self.api, self.port, 1)
+        assert packet[:2] == (CONN_KEY, addressof(self.ov))
+        return packet
+
+
+def pending_recv(
+    api: Win32Double,
+    track: Track,
+    *buffers: ctypes.Array[ctypes.c_char],
+    update: bool = True,
+) -> PendingRecv:
+    """Accept a connection on a new port and post a WSARecv into ``buffers`` (one of 8 bytes
+    if none): nothing was sent yet, so it must be left pending."""
+    port = new_port(api)
+    acceptor, client, _, _ = accept_one(api, port, track, update=update)
+    rc, ov, keep = recv(api, acceptor, *(buffers or (ctypes.create_string_buffer(8),)))
+    assert not started(api, rc, 0)
+    return PendingRecv(api, port, acceptor, client, ov, keep)
 
 
 # -- drivers/iocp/win32.py on Linux --------------------------------------------------------------
@@ -312,7 +345,7 @@ def test_arguments_are_checked_like_ctypes(api: Win32Double) -> None:
 
 
 def test_extensions_are_bound_by_the_wsaioctl_lookup(
-    sockets: Callable[[socket.socket], socket.socket],
+    sockets: Track,
 ) -> None:
     with Win32Double() as fresh:
         lookup = sockets(socket.socket())
@@ -391,9 +424,7 @@ def test_closing_the_port_abandons_a_waiter(api: Win32Double) -> None:
     assert api.get_last_error() == win32.ERROR_INVALID_HANDLE
 
 
-def test_a_socket_joins_only_one_port(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_a_socket_joins_only_one_port(api: Win32Double, sockets: Track) -> None:
     first, second = new_port(api), new_port(api)
     sock = sockets(socket.socket())
     assert api.CreateIoCompletionPort(sock.fileno(), first, 1, 0) == first
@@ -411,18 +442,14 @@ def test_a_socket_joins_only_one_port(
 # -- AcceptEx, WSARecv, WSASend, ConnectEx ---------------------------------------------------------
 
 
-def test_acceptex_gives_the_connection_and_both_addresses(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_acceptex_gives_the_connection_and_both_addresses(api: Win32Double, sockets: Track) -> None:
     port = new_port(api)
     acceptor, client, listener, output = accept_one(api, port, sockets)
     assert acceptor.getpeername() == client.getsockname()  # the accept socket is the connection
     assert sockaddrs(api, output) == (listener.getsockname(), client.getsockname())
 
 
-def test_acceptex_on_ipv6(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_acceptex_on_ipv6(api: Win32Double, sockets: Track) -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
@@ -435,26 +462,17 @@ def test_acceptex_on_ipv6(
     assert remote[:2] == client.getsockname()[:2]
 
 
-def test_wsarecv_scatters_into_two_buffers(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_wsarecv_scatters_into_two_buffers(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets)
     first, second = ctypes.create_string_buffer(4), ctypes.create_string_buffer(16)
-    rc, ov, keep = recv(api, acceptor, first, second)
-    assert not started(api, rc, 0)
-    client.sendall(b"0123456789")
-    [packet] = reap(api, port, 1)
-    assert packet == (CONN_KEY, addressof(ov), win32.STATUS_SUCCESS, 10)
+    pending = pending_recv(api, sockets, first, second)
+    pending.client.sendall(b"0123456789")
+    assert pending.packet()[2:] == (win32.STATUS_SUCCESS, 10)
     assert (first.raw, second.raw[:6]) == (b"0123", b"456789")
-    assert ov.InternalHigh == 10
-    del keep
+    assert pending.ov.InternalHigh == 10
 
 
-def test_wsasend_gathers_three_buffers_in_order(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_wsasend_gathers_three_buffers_in_order(api: Win32Double, sockets: Track) -> None:
     port = new_port(api)
     acceptor, client, _, _ = accept_one(api, port, sockets)
     parts = [ctypes.create_string_buffer(p, len(p)) for p in (b"alpha-", b"beta-", b"gamma")]
@@ -470,7 +488,7 @@ def test_wsasend_gathers_three_buffers_in_order(
 
 
 def test_immediate_success_still_posts_a_packet_unless_skipped(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
+    doubles: Doubles, sockets: Track
 ) -> None:
     api = doubles(immediate_rate=1.0)
     port = new_port(api)
@@ -495,7 +513,7 @@ def test_immediate_success_still_posts_a_packet_unless_skipped(
 
 
 def test_connectex_connects_a_bound_socket_and_sends_first_data(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
+    api: Win32Double, sockets: Track
 ) -> None:
     port = new_port(api)
     server = sockets(socket.create_server(("127.0.0.1", 0)))
@@ -520,7 +538,7 @@ def test_connectex_connects_a_bound_socket_and_sends_first_data(
 
 
 def test_connectex_refused_completes_with_connection_refused(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
+    api: Win32Double, sockets: Track
 ) -> None:
     port = new_port(api)
     closed = socket.socket()
@@ -538,9 +556,7 @@ def test_connectex_refused_completes_with_connection_refused(
     assert status_error(api, packet) == win32.ERROR_CONNECTION_REFUSED
 
 
-def test_connectex_needs_a_bound_socket(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_connectex_needs_a_bound_socket(api: Win32Double, sockets: Track) -> None:
     port = new_port(api)
     sock = sockets(socket.socket())
     api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
@@ -551,9 +567,7 @@ def test_connectex_needs_a_bound_socket(
     assert_no_packet(api, port)
 
 
-def test_immediate_failures_post_no_packet(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_immediate_failures_post_no_packet(api: Win32Double, sockets: Track) -> None:
     port = new_port(api)
     unconnected = sockets(socket.socket())
     api.CreateIoCompletionPort(unconnected.fileno(), port, CONN_KEY, 0)
@@ -568,45 +582,30 @@ def test_immediate_failures_post_no_packet(
     assert_no_packet(api, port)
 
 
-def test_zero_byte_recv_completes_when_data_arrives(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_zero_byte_recv_completes_when_data_arrives(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets)
-    empty = ctypes.create_string_buffer(0)
-    rc, ov, keep = recv(api, acceptor, empty)
-    assert not started(api, rc, 0)
-    assert_no_packet(api, port)
-    client.sendall(b"x")
-    assert reap(api, port, 1) == [(CONN_KEY, addressof(ov), win32.STATUS_SUCCESS, 0)]
-    assert acceptor.recv(4) == b"x"  # the byte is still there for the real read
-    del keep
+    pending = pending_recv(api, sockets, ctypes.create_string_buffer(0))
+    assert_no_packet(api, pending.port)
+    pending.client.sendall(b"x")
+    assert pending.packet()[2:] == (win32.STATUS_SUCCESS, 0)
+    assert pending.acceptor.recv(4) == b"x"  # the byte is still there for the real read
 
 
 # -- cancellation, close, reset --------------------------------------------------------------------
 
 
 def test_cancel_completes_a_pending_recv_with_operation_aborted(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
+    doubles: Doubles, sockets: Track
 ) -> None:
     api = doubles(immediate_rate=0.0, cancel_race_rate=0.0)
-    port = new_port(api)
-    acceptor, _, _, _ = accept_one(api, port, sockets)
-    rc, ov, keep = recv(api, acceptor, ctypes.create_string_buffer(8))
-    assert not started(api, rc, 0)
-    assert ov.Internal == win32.STATUS_PENDING
-    assert api.CancelIoEx(acceptor.fileno(), byref(ov))
-    [packet] = reap(api, port, 1)
-    assert packet[:2] == (CONN_KEY, addressof(ov))
-    assert status_error(api, packet) == win32.ERROR_OPERATION_ABORTED
-    assert ov.Internal == win32.STATUS_CANCELLED
-    del keep
+    pending = pending_recv(api, sockets)
+    assert pending.ov.Internal == win32.STATUS_PENDING
+    assert api.CancelIoEx(pending.acceptor.fileno(), byref(pending.ov))
+    assert status_error(api, pending.packet()) == win32.ERROR_OPERATION_ABORTED
+    assert pending.ov.Internal == win32.STATUS_CANCELLED
 
 
-def test_cancel_with_nothing_pending_is_not_found(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_cancel_with_nothing_pending_is_not_found(api: Win32Double, sockets: Track) -> None:
     port = new_port(api)
     acceptor, _, _, _ = accept_one(api, port, sockets)
     ov = win32.OVERLAPPED()
@@ -617,7 +616,7 @@ def test_cancel_with_nothing_pending_is_not_found(
 
 
 def test_cancel_all_on_the_listener_aborts_a_pending_acceptex(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
+    api: Win32Double, sockets: Track
 ) -> None:
     port = new_port(api)
     listener = sockets(socket.create_server(("127.0.0.1", 0)))
@@ -633,62 +632,40 @@ def test_cancel_all_on_the_listener_aborts_a_pending_acceptex(
     assert status_error(api, packet) == win32.ERROR_OPERATION_ABORTED
 
 
-def test_a_cancel_racing_with_data_may_deliver_the_data(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_a_cancel_racing_with_data_may_deliver_the_data(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0, cancel_race_rate=1.0)
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets)
     buffer = ctypes.create_string_buffer(8)
-    rc, ov, keep = recv(api, acceptor, buffer)
-    assert not started(api, rc, 0)
-    client.sendall(b"late")
-    if not api.CancelIoEx(acceptor.fileno(), byref(ov)):  # unless it completed first
+    pending = pending_recv(api, sockets, buffer)
+    pending.client.sendall(b"late")
+    if not api.CancelIoEx(pending.acceptor.fileno(), byref(pending.ov)):  # unless it completed
         assert api.get_last_error() == win32.ERROR_NOT_FOUND
-    [packet] = reap(api, port, 1)
-    assert packet == (CONN_KEY, addressof(ov), win32.STATUS_SUCCESS, 4)
+    assert pending.packet()[2:] == (win32.STATUS_SUCCESS, 4)
     assert buffer.raw[:4] == b"late"
-    del keep
 
 
-def test_closing_a_socket_aborts_its_pending_recv(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_closing_a_socket_aborts_its_pending_recv(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, _, _, _ = accept_one(api, port, sockets)
-    rc, ov, keep = recv(api, acceptor, ctypes.create_string_buffer(8))
-    assert not started(api, rc, 0)
-    acceptor.close()
-    [packet] = reap(api, port, 1)
-    assert packet[:2] == (CONN_KEY, addressof(ov))
-    assert status_error(api, packet) == win32.ERROR_OPERATION_ABORTED
-    del keep
+    pending = pending_recv(api, sockets)
+    pending.acceptor.close()
+    assert status_error(api, pending.packet()) == win32.ERROR_OPERATION_ABORTED
 
 
 def test_peer_reset_completes_a_pending_recv_with_netname_deleted(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
+    doubles: Doubles, sockets: Track
 ) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets)
-    rc, ov, keep = recv(api, acceptor, ctypes.create_string_buffer(8))
-    assert not started(api, rc, 0)
-    reset(client)
-    [packet] = reap(api, port, 1)
-    assert packet[:2] == (CONN_KEY, addressof(ov))
-    assert status_error(api, packet) == win32.ERROR_NETNAME_DELETED == 64
-    assert win32.winerror_is_disconnect(status_error(api, packet))
-    del keep
+    pending = pending_recv(api, sockets)
+    rst_close(pending.client)
+    error = status_error(api, pending.packet())
+    assert error == win32.ERROR_NETNAME_DELETED == 64
+    assert win32.winerror_is_disconnect(error)
 
 
-def test_recv_on_a_reset_connection_fails_at_once(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_recv_on_a_reset_connection_fails_at_once(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=1.0)
     port = new_port(api)
     acceptor, client, _, _ = accept_one(api, port, sockets)
-    reset(client)
+    rst_close(client)
     assert select.select([acceptor], [], [], TIMEOUT)[0]
     for _ in range(2):  # Windows keeps saying so; Linux forgets after the first read
         rc, _, _ = recv(api, acceptor, ctypes.create_string_buffer(8))
@@ -696,47 +673,30 @@ def test_recv_on_a_reset_connection_fails_at_once(
     assert_no_packet(api, port)
 
 
-def test_graceful_close_completes_a_recv_with_zero_bytes(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_graceful_close_completes_a_recv_with_zero_bytes(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets)
-    rc, ov, keep = recv(api, acceptor, ctypes.create_string_buffer(8))
-    assert not started(api, rc, 0)
-    client.close()
-    assert reap(api, port, 1) == [(CONN_KEY, addressof(ov), win32.STATUS_SUCCESS, 0)]
-    del keep
+    pending = pending_recv(api, sockets)
+    pending.client.close()
+    assert pending.packet()[2:] == (win32.STATUS_SUCCESS, 0)
 
 
 # -- driver mistakes are recorded ------------------------------------------------------------------
 
 
-def test_recv_before_update_accept_context_is_a_violation(
-    api: Win32Double, sockets: Callable[[socket.socket], socket.socket]
-) -> None:
-    port = new_port(api)
-    acceptor, client, _, _ = accept_one(api, port, sockets, update=False)
-    buffer = ctypes.create_string_buffer(8)
-    rc, ov, keep = recv(api, acceptor, buffer)
-    assert not started(api, rc, 0)  # no data yet
-    client.sendall(b"data")
-    assert reap(api, port, 1) == [(CONN_KEY, addressof(ov), win32.STATUS_SUCCESS, 4)]
+def test_recv_before_update_accept_context_is_a_violation(api: Win32Double, sockets: Track) -> None:
+    pending = pending_recv(api, sockets, update=False)  # pending: no data yet
+    pending.client.sendall(b"data")
+    assert pending.packet()[2:] == (win32.STATUS_SUCCESS, 4)
     assert len(api.violations) == 1
     assert "before setsockopt(SO_UPDATE_ACCEPT_CONTEXT)" in api.violations[0]
     api.violations.clear()
-    del keep
 
 
-def test_reusing_pending_memory_is_a_violation(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
-) -> None:
+def test_reusing_pending_memory_is_a_violation(doubles: Doubles, sockets: Track) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
-    acceptor, _, _, _ = accept_one(api, port, sockets)
     buffer = ctypes.create_string_buffer(8)
-    rc, ov, keep = recv(api, acceptor, buffer)
-    assert not started(api, rc, 0)
+    pending = pending_recv(api, sockets, buffer)
+    port, acceptor, ov = pending.port, pending.acceptor, pending.ov
     bufs, flags = wsabufs(ctypes.create_string_buffer(8)), win32.DWORD()
     rc = api.WSARecv(acceptor.fileno(), bufs, 1, None, byref(flags), byref(ov), None)
     assert rc == win32.SOCKET_ERROR and api.get_last_error() == win32.WSAEINVAL
@@ -749,11 +709,10 @@ def test_reusing_pending_memory_is_a_violation(
     assert api.CancelIoEx(acceptor.fileno(), byref(ov))
     assert {p[1] for p in reap(api, port, 2)} == {addressof(ov), addressof(send_ov)}
     api.violations.clear()
-    del keep
 
 
 def test_two_pending_sends_and_a_socket_without_port_are_violations(
-    doubles: Callable[..., Win32Double], sockets: Callable[[socket.socket], socket.socket]
+    doubles: Doubles, sockets: Track
 ) -> None:
     api = doubles(immediate_rate=0.0)
     port = new_port(api)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-import ssl
 import struct
 
 import h11
 import pytest
+from bytekit import FUZZ, cut_lists, mutate, mutation_lists, split, tls_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,19 +20,7 @@ from spcore.preamble import (
     sniff,
 )
 
-
-def _openssl_client_hello() -> bytes:
-    ctx = ssl.create_default_context()
-    outgoing = ssl.MemoryBIO()
-    client = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="example.com")
-    try:
-        client.do_handshake()
-    except ssl.SSLWantReadError:
-        return outgoing.read()
-    raise AssertionError("a client handshake cannot finish without a server")
-
-
-CLIENT_HELLO = _openssl_client_hello()
+CLIENT_HELLO = tls_client()[2].read()
 
 # --- sniffing -------------------------------------------------------------------------------
 
@@ -300,19 +287,8 @@ def test_proxy_error_is_a_remote_protocol_error_with_status_400() -> None:
 
 
 # --- fuzzing --------------------------------------------------------------------------------
-# Strategies are built once, at import: drawing positions modulo the input's length keeps
-# Hypothesis from validating a fresh strategy on every example.
-
-_FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-_CUTS = st.lists(st.integers(0, 2**10), max_size=8)
-_MUTATIONS = st.lists(
-    st.tuples(
-        st.sampled_from(["flip", "insert", "delete", "truncate"]),
-        st.integers(0, 2**10),
-        st.binary(min_size=1, max_size=3),
-    ),
-    max_size=3,
-)
+_CUTS = cut_lists(2**10)
+_MUTATIONS = mutation_lists(2**10, blob_size=3, count=3)
 _PROXY_SEEDS = [
     b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n",
     b"PROXY TCP6 2001:db8::1 ::ffff:192.0.2.9 1 2\r\n",
@@ -321,26 +297,6 @@ _PROXY_SEEDS = [
     V2_TCP6,
     _v2(b"", command=0, family=0),
 ]
-
-
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = sorted(cut % (len(data) + 1) for cut in cuts)
-    return [data[a:b] for a, b in itertools.pairwise([0, *bounds, len(data)])]
-
-
-def _mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
-    out = bytearray(data)
-    for op, where, blob in mutations:
-        at = where % (len(out) + 1)
-        if op == "flip" and at < len(out):
-            out[at] ^= 1 << (blob[0] % 8)
-        elif op == "insert":
-            out[at:at] = blob
-        elif op == "delete":
-            del out[at : at + len(blob)]
-        elif op == "truncate":
-            del out[at:]
-    return bytes(out)
 
 
 def _proxy_outcome(chunks: list[bytes]) -> tuple[ProxyInfo, bytes] | str | None:
@@ -357,7 +313,7 @@ def _proxy_outcome(chunks: list[bytes]) -> tuple[ProxyInfo, bytes] | str | None:
     return None
 
 
-@settings(_FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=200)
 @given(
     base=st.sampled_from([b"", b"GET / ", b"OPTIONS * ", b"PRI * ", b"\x16\x03\x01\x02\x00"]),
     mutations=_MUTATIONS,
@@ -366,7 +322,7 @@ def _proxy_outcome(chunks: list[bytes]) -> tuple[ProxyInfo, bytes] | str | None:
 def test_sniff_decides_early_and_never_changes_its_mind(
     base: bytes, mutations: list[tuple[str, int, bytes]], extra: bytes
 ) -> None:
-    first = _mutate(base, mutations) + extra
+    first = mutate(base, mutations) + extra
     verdict = sniff(first)
     assert verdict is None or isinstance(verdict, Sniff)
     if len(first) >= 8:
@@ -376,7 +332,7 @@ def test_sniff_decides_early_and_never_changes_its_mind(
         assert earlier is None or earlier is verdict
 
 
-@_FUZZ
+@FUZZ
 @given(
     base=st.sampled_from([b"", b"PROXY ", V2_SIGNATURE, *_PROXY_SEEDS]),
     mutations=_MUTATIONS,
@@ -386,8 +342,8 @@ def test_sniff_decides_early_and_never_changes_its_mind(
 def test_proxy_reader_only_raises_proxy_error(
     base: bytes, mutations: list[tuple[str, int, bytes]], extra: bytes, cuts: list[int]
 ) -> None:
-    wire = _mutate(base, mutations) + extra
-    outcome = _proxy_outcome(_split(wire, cuts))
+    wire = mutate(base, mutations) + extra
+    outcome = _proxy_outcome(split(wire, cuts))
     assert outcome == _proxy_outcome([wire])
     if isinstance(outcome, tuple):
         assert wire.endswith(outcome[1])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import ssl
 import struct
 import time
 
 import pytest
+from bytekit import FUZZ, cut_lists, mutate, mutation_lists, split, tls_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,32 +25,9 @@ from spcore.tls.records import (
 # --- building ClientHellos -------------------------------------------------------------------
 
 
-def _client(
-    *,
-    server_hostname: str | None = "example.com",
-    alpn: list[str] | None = None,
-    maximum_version: ssl.TLSVersion | None = None,
-) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
-    """A stdlib TLS client over memory BIOs that has just sent its ClientHello."""
-    ctx = ssl.create_default_context()
-    if server_hostname is None:
-        ctx.check_hostname = False
-    if alpn is not None:
-        ctx.set_alpn_protocols(alpn)
-    if maximum_version is not None:
-        ctx.maximum_version = maximum_version
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    try:
-        client.do_handshake()
-    except ssl.SSLWantReadError:
-        return client, incoming, outgoing
-    raise AssertionError("a client handshake cannot finish without a server")
-
-
-TLS13 = _client(alpn=["h2", "http/1.1"])[2].read()
-TLS12 = _client(alpn=["http/1.1"], maximum_version=ssl.TLSVersion.TLSv1_2)[2].read()
-NO_SNI = _client(server_hostname=None)[2].read()
+TLS13 = tls_client(alpn=["h2", "http/1.1"])[2].read()
+TLS12 = tls_client(alpn=["http/1.1"], maximum_version=ssl.TLSVersion.TLSv1_2)[2].read()
+NO_SNI = tls_client(server_hostname=None)[2].read()
 REAL_HELLOS = [TLS13, TLS12, NO_SNI]
 
 
@@ -444,47 +421,16 @@ def test_alert_record_layout() -> None:
 
 
 def test_openssl_client_understands_our_alert() -> None:
-    client, incoming, _ = _client()
+    client, incoming, _ = tls_client()
     incoming.write(alert_record(AlertDescription.UNRECOGNIZED_NAME))
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         client.do_handshake()
 
 
 # --- fuzzing --------------------------------------------------------------------------------
-# Strategies are built once, at import: drawing positions modulo the input's length keeps
-# Hypothesis from validating a fresh strategy on every example.
-
-_FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-_CUTS = st.lists(st.integers(0, 2**17), max_size=8)
-_MUTATIONS = st.lists(
-    st.tuples(
-        st.sampled_from(["flip", "insert", "delete", "truncate"]),
-        st.integers(0, 2**17),
-        st.binary(min_size=1, max_size=4),
-    ),
-    max_size=4,
-)
+_CUTS = cut_lists(2**17)
+_MUTATIONS = mutation_lists(2**17, blob_size=4, count=4)
 _FUZZ_BASES = [*REAL_HELLOS, *(_fragment(_message(TLS13), size) for size in (1, 9, 200))]
-
-
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = sorted(cut % (len(data) + 1) for cut in cuts)
-    return [data[a:b] for a, b in itertools.pairwise([0, *bounds, len(data)])]
-
-
-def _mutate(data: bytes, mutations: list[tuple[str, int, bytes]]) -> bytes:
-    out = bytearray(data)
-    for op, where, blob in mutations:
-        at = where % (len(out) + 1)
-        if op == "flip" and at < len(out):
-            out[at] ^= 1 << (blob[0] % 8)
-        elif op == "insert":
-            out[at:at] = blob
-        elif op == "delete":
-            del out[at : at + len(blob)]
-        elif op == "truncate":
-            del out[at:]
-    return bytes(out)
 
 
 def _outcome(chunks: list[bytes]) -> ClientHello | AlertDescription | None:
@@ -501,7 +447,7 @@ def _outcome(chunks: list[bytes]) -> ClientHello | AlertDescription | None:
     return None
 
 
-@_FUZZ
+@FUZZ
 @given(
     wire=st.one_of(
         st.binary(max_size=300),
@@ -511,19 +457,19 @@ def _outcome(chunks: list[bytes]) -> ClientHello | AlertDescription | None:
     cuts=_CUTS,
 )
 def test_arbitrary_bytes_only_raise_record_error(wire: bytes, cuts: list[int]) -> None:
-    assert _outcome(_split(wire, cuts)) == _outcome([wire])
+    assert _outcome(split(wire, cuts)) == _outcome([wire])
 
 
-@_FUZZ
+@FUZZ
 @given(base=st.sampled_from(_FUZZ_BASES), mutations=_MUTATIONS, cuts=_CUTS)
 def test_mutated_real_hellos_only_raise_record_error(
     base: bytes, mutations: list[tuple[str, int, bytes]], cuts: list[int]
 ) -> None:
-    wire = _mutate(base, mutations)
-    assert _outcome(_split(wire, cuts)) == _outcome([wire])
+    wire = mutate(base, mutations)
+    assert _outcome(split(wire, cuts)) == _outcome([wire])
 
 
-@settings(_FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=100)
 @given(wire=st.sampled_from(REAL_HELLOS), cuts=_CUTS)
 def test_valid_hello_parses_the_same_whatever_the_chunking(wire: bytes, cuts: list[int]) -> None:
-    assert _outcome(_split(wire, cuts)) == _parse(wire)
+    assert _outcome(split(wire, cuts)) == _parse(wire)

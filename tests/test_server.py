@@ -5,28 +5,16 @@ from __future__ import annotations
 import ssl
 
 import pytest
-from conftest import PKI
 from memlink import LOCAL, PEER, MemLink
 
 from spcore.config import Limits
 from spcore.connection import Connection
 from spcore.server import Listener, Server
 from spcore.stream import Session, StreamHandler, StreamProtocol
-from spcore.tls import client_context, server_context
 from spcore.tls.openssl import OpenSSLEngine
 
 NOW = 1000.0
 WALL = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
-
-
-@pytest.fixture(scope="module")
-def server_tls(pki: PKI) -> ssl.SSLContext:
-    return server_context(pki.server.certfile, pki.server.keyfile)
-
-
-@pytest.fixture(scope="module")
-def client_tls(pki: PKI) -> ssl.SSLContext:
-    return client_context(cafile=pki.ca_file)
 
 
 class Echo(StreamHandler):

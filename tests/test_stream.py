@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Callable
 
 import pytest
-from conftest import PKI
+from errorlog import no_error_logs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memlink import LOCAL, PEER, MemLink
@@ -24,7 +24,6 @@ from spcore.framing import (
 )
 from spcore.server import Listener, Server
 from spcore.stream import DeferredSession, Session, StreamHandler, StreamProtocol
-from spcore.tls import client_context, server_context
 
 NOW = 1000.0
 CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
@@ -32,16 +31,6 @@ TLS = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 
 Event = tuple[str, object]
 AnySession = Session | DeferredSession
-
-
-@pytest.fixture(scope="module")
-def server_tls(pki: PKI) -> ssl.SSLContext:
-    return server_context(pki.server.certfile, pki.server.keyfile)
-
-
-@pytest.fixture(scope="module")
-def client_tls(pki: PKI) -> ssl.SSLContext:
-    return client_context(cafile=pki.ca_file)
 
 
 class Journal(StreamHandler):
@@ -522,24 +511,6 @@ LIMITS = {"write_high_water": 512, "write_low_water": 128}
 steps = st.lists(st.tuples(st.binary(min_size=1, max_size=48), st.booleans()), max_size=40)
 
 
-class ErrorLog(logging.Handler):
-    """Collects ERROR records: an internal error or a failing handler is logged there."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __enter__(self) -> ErrorLog:
-        logging.getLogger("spcore").addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("spcore").removeHandler(self)
-
-
 class Echo(StreamHandler):
     def __init__(self, framings: list[LineFraming]) -> None:
         self.framings = framings
@@ -573,7 +544,7 @@ def test_arbitrary_bytes_never_escape_and_memory_stays_bounded(
     framings: list[LineFraming] = []
     server = bounded_server(framings, server_tls if tls else None)
     conn = server.accept(server.listeners[0], PEER, LOCAL, NOW)
-    with ErrorLog() as errors:
+    with no_error_logs():
         for data, peer_reads in steps:
             if conn.should_close:
                 break
@@ -587,7 +558,6 @@ def test_arbitrary_bytes_never_escape_and_memory_stays_bounded(
             check_bounded(framings, server)
         conn.receive_data(b"", NOW)
         conn.connection_lost(None, NOW)
-    assert errors.records == []
     assert not server.connections and not server.sessions
 
 
@@ -598,13 +568,13 @@ def test_tls_line_echo_survives_any_plaintext_and_chunking(
 ) -> None:
     framings: list[LineFraming] = []
     server = bounded_server(framings, server_tls)
-    with ErrorLog() as errors:
+    with no_error_logs():
         link = MemLink(server, client_context=client_tls, chunk=chunk)
         for start in range(0, len(data), cut):
             link.send(data[start : start + cut])
             check_bounded(framings, server)
         link.client_close()
-    assert errors.records == [] and link.closed
+    assert link.closed
     # Echoes of the complete lines, in order, up to the first one too long (which closes).
     *complete, rest = data.split(b"\n")
     expected = bytearray()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import pathlib
 import signal
 import socket
 import sys
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-sys.path.insert(0, "/work/main")
+# The repository root: the source-tree drivers package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from drivers.uring import ring as uring
 

@@ -14,9 +14,8 @@ import selectors
 import socket
 import time
 
-from spcore.drivers.base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, prepare_accepted
-
 from spcore import Connection, Server
+from spcore.drivers.base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, prepare_accepted
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 

@@ -16,7 +16,6 @@ import os
 
 from spcore.drivers.iocp.driver import IocpDriver
 from spcore.drivers.iocp.win32 import Win32Api
-
 from spcore.server import Server
 
 from .win32_double import Win32Double, make_double

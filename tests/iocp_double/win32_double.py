@@ -690,25 +690,18 @@ class Win32Double:
         routine: int,
     ) -> int:
         with self._lock:
-            handle = self._lookup(s)
-            if handle is None:
-                return self._fail(win32.WSAENOTSOCK, win32.SOCKET_ERROR)
-            refused = self._refuse(handle, overlapped, routine, "WSARecv")
-            if refused:
-                return self._fail(refused, win32.SOCKET_ERROR)
+            handle = self._claim(s, overlapped, routine, "WSARecv")
+            if isinstance(handle, int):
+                return self._fail(handle, win32.SOCKET_ERROR)
             if not flags:
                 self.violations.append("WSARecv without lpFlags")
                 return self._fail(win32.WSAEFAULT, win32.SOCKET_ERROR)
             if win32.DWORD.from_address(flags).value:
                 self.violations.append("WSARecv flags are not emulated (the driver passes 0)")
                 return self._fail(win32.WSAEOPNOTSUPP, win32.SOCKET_ERROR)
-            spans = self._wsabufs(buffers, count)
-            if spans is None:
-                return self._fail(win32.WSAEFAULT, win32.SOCKET_ERROR)
-            unusable = _connection_error(handle)
-            if unusable:
-                return self._fail(unusable, win32.SOCKET_ERROR)
-            self._check_context(handle, "WSARecv")
+            spans = self._transfer_spans(handle, buffers, count, "WSARecv")
+            if isinstance(spans, int):
+                return self._fail(spans, win32.SOCKET_ERROR)
             op = _Recv(handle, overlapped, spans)
             return self._start(op, received, flags, win32.SOCKET_ERROR)
 
@@ -724,22 +717,15 @@ class Win32Double:
         routine: int,
     ) -> int:
         with self._lock:
-            handle = self._lookup(s)
-            if handle is None:
-                return self._fail(win32.WSAENOTSOCK, win32.SOCKET_ERROR)
-            refused = self._refuse(handle, overlapped, routine, "WSASend")
-            if refused:
-                return self._fail(refused, win32.SOCKET_ERROR)
+            handle = self._claim(s, overlapped, routine, "WSASend")
+            if isinstance(handle, int):
+                return self._fail(handle, win32.SOCKET_ERROR)
             if flags:
                 self.violations.append("WSASend flags are not emulated (the driver passes 0)")
                 return self._fail(win32.WSAEOPNOTSUPP, win32.SOCKET_ERROR)
-            spans = self._wsabufs(buffers, count)
-            if spans is None:
-                return self._fail(win32.WSAEFAULT, win32.SOCKET_ERROR)
-            unusable = _connection_error(handle)
-            if unusable:
-                return self._fail(unusable, win32.SOCKET_ERROR)
-            self._check_context(handle, "WSASend")
+            spans = self._transfer_spans(handle, buffers, count, "WSASend")
+            if isinstance(spans, int):
+                return self._fail(spans, win32.SOCKET_ERROR)
             if any(op.kind == "WSASend" and op.handle is handle for op in self._ops):
                 self.violations.append(f"two WSASend pending on socket {s}")
             op = _Send(handle, overlapped, spans)
@@ -824,12 +810,9 @@ class Win32Double:
         overlapped: int,
     ) -> int:
         with self._lock:
-            handle = self._lookup(s)
-            if handle is None:
-                return self._fail(win32.WSAENOTSOCK, win32.FALSE)
-            refused = self._refuse(handle, overlapped, 0, "ConnectEx")
-            if refused:
-                return self._fail(refused, win32.FALSE)
+            handle = self._claim(s, overlapped, 0, "ConnectEx")
+            if isinstance(handle, int):
+                return self._fail(handle, win32.FALSE)
             port, connected, listening = _socket_state(s)
             if not port or listening:
                 return self._fail(win32.WSAEINVAL, win32.FALSE)
@@ -891,6 +874,13 @@ class Win32Double:
         for op in [op for op in self._ops if op.touches(handle)]:
             self._complete(op, win32.STATUS_CANCELLED, op.done_bytes())
 
+    def _claim(self, s: int, overlapped: int, routine: int, function: str) -> _Handle | int:
+        """The handle of socket ``s`` for an overlapped call, or the WSA error refusing it."""
+        handle = self._lookup(s)
+        if handle is None:
+            return win32.WSAENOTSOCK
+        return self._refuse(handle, overlapped, routine, function) or handle
+
     def _refuse(self, handle: _Handle, overlapped: int, routine: int, function: str) -> int:
         """The WSA error for a call the double cannot accept (0 if acceptable)."""
         if not overlapped:
@@ -919,6 +909,20 @@ class Win32Double:
                 f"{function} on socket {handle.fd} from {handle.origin} before"
                 f" setsockopt(SO_UPDATE_{option}_CONTEXT)"
             )
+
+    def _transfer_spans(
+        self, handle: _Handle, buffers: int, count: int, function: str
+    ) -> list[tuple[int, int]] | int:
+        """The buffers of a WSARecv or WSASend on a usable connection, or the WSA error refusing
+        the call; a call before SO_UPDATE_*_CONTEXT is recorded as a violation."""
+        spans = self._wsabufs(buffers, count)
+        if spans is None:
+            return win32.WSAEFAULT
+        unusable = _connection_error(handle)
+        if unusable:
+            return unusable
+        self._check_context(handle, function)
+        return spans
 
     def _wsabufs(self, buffers: int, count: int) -> list[tuple[int, int]] | None:
         """The (address, length) spans of a WSABUF array, captured at call time."""

@@ -1,0 +1,40 @@
+"""Running the conformance suite in a subprocess and reading its results table."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+
+def run_python(code: str, cwd: pathlib.Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in ``cwd``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tail(result: subprocess.CompletedProcess[str], lines: int = 80) -> str:
+    """The end of a run's output (stdout, then stderr): enough to see why it failed."""
+    return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])
+
+
+def table_row(output: str, driver: str) -> list[str]:
+    """The driver's row of the results table: [passed, failed, skipped, ...]."""
+    for line in output.splitlines():
+        if line.startswith(driver + " "):
+            return line.split()[1:]
+    raise AssertionError(f"no table row for {driver}:\n{output}")
+
+
+def assert_whole_suite_passed(result: subprocess.CompletedProcess[str], driver: str) -> None:
+    """The run succeeded, and every scenario (more than 90) passed for ``driver``: none failed,
+    none was skipped."""
+    assert result.returncode == 0, tail(result)
+    row = table_row(result.stdout, driver)
+    passed, failed, skipped = (int(n) for n in row[:3])
+    assert (failed, skipped) == (0, 0) and passed > 90, row

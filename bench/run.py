@@ -89,10 +89,8 @@ class Target:
     def command(self, port: int, cert: CertPair) -> list[str]:
         python = sys.executable
         if self.server == "spcore":
-            driver, _, loop = self.driver.partition("+")
-            argv = [python, "-m", "spcore", "serve", "--driver", driver, "--host", HOST]
+            argv = [python, "-m", "spcore", "serve", "--driver", self.driver, "--host", HOST]
             argv += ["--port", str(port), "--app", "spcore_hello:app", "--log-level", "warning"]
-            argv += ["--loop", loop] if loop else []
             tls = ["--cert", str(cert.certfile), "--key", str(cert.keyfile)]
             return argv + (tls if self.tls else ["--no-tls"])
         if self.server == "uvicorn":
@@ -111,9 +109,7 @@ class Target:
 def targets(only: Sequence[str]) -> list[Target]:
     """Every spcore driver available here, uvicorn and hypercorn; plain, then TLS."""
     uvloop = importlib.util.find_spec("uvloop") is not None
-    stacks = [("spcore", spec.name) for spec, ok, _why in probe_all() if ok]
-    if uvloop and ("spcore", "asyncio") in stacks:
-        stacks.append(("spcore", "asyncio+uvloop"))
+    stacks = [("spcore", spec.name) for spec, ok, _why in probe_all() if ok]  # uvloop is one
     stacks.append(BASELINE)
     if uvloop:
         stacks.append(("uvicorn", "h11+uvloop"))

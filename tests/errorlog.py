@@ -6,14 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from spcore.conformance.harness import ErrorLog
 
 
 @contextmanager
@@ -23,7 +16,7 @@ def no_error_logs() -> Iterator[None]:
 
     A handler of our own rather than ``caplog``, which hypothesis would share across examples.
     """
-    handler = _Collect()
+    handler = ErrorLog()
     logger = logging.getLogger("spcore")
     logger.addHandler(handler)
     try:

@@ -34,6 +34,7 @@ __all__ = [
     "PKI",
     "SUITE_LIMITS",
     "DriverLike",
+    "ErrorLog",
     "Serve",
     "Served",
     "Transport",
@@ -143,7 +144,7 @@ def make_pki(directory: pathlib.Path) -> PKI:
 # --- serving ----------------------------------------------------------------------------------
 
 
-class _ErrorLog(logging.Handler):
+class ErrorLog(logging.Handler):
     """Collects the ERROR records spcore logs while a scenario serves."""
 
     def __init__(self) -> None:
@@ -300,7 +301,7 @@ class Serve:
         addresses = [tuple(b.address) for b in bound]
         if len(addresses) != len(listeners):
             raise AssertionError(f"bind() returned {len(addresses)} sockets for {len(listeners)}")
-        errors = _ErrorLog()
+        errors = ErrorLog()
         spcore_log = logging.getLogger("spcore")
         spcore_log.addHandler(errors)
         served = Served(server, driver, addresses, transport, pki)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 
+import h11
+
 from spcore.server import Listener, Server
 from spcore.tls.engine import ApplicationData, CloseNotify, HandshakeComplete, RaggedEOF, TLSInfo
 from spcore.tls.openssl import OpenSSLEngine
@@ -238,3 +240,23 @@ def http_server(
     server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(1000.0, 1_700_000_000.0)
     return server
+
+
+def read_response(client: h11.Connection) -> tuple[list[int], h11.Response, bytes]:
+    """The next complete response from the data ``client`` was given: its informational
+    statuses, its head and its body; an incomplete one fails the test."""
+    informational: list[int] = []
+    body = bytearray()
+    head: h11.Response | None = None
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.InformationalResponse):
+            informational.append(event.status_code)
+        elif isinstance(event, h11.Response):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage) and head is not None:
+            return informational, head, bytes(body)
+        else:
+            raise AssertionError(f"incomplete response: {event!r}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from memlink import PEER, MemLink, http_server
+from memlink import PEER, MemLink, http_server, read_response
 
 from spcore.app import STREAM_CHUNK, STREAM_MAX, LineEcho, builtin_app, stream_pattern
 from spcore.config import Limits
@@ -58,23 +58,11 @@ class Client:
 
     def response(self) -> Reply:
         self.h11.receive_data(self.link.take())
-        head: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = self.h11.next_event()
-            if isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise AssertionError(f"incomplete response: {event!r}")
-        assert head is not None
+        _, head, body = read_response(self.h11)
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
         headers = {k.decode(): v.decode() for k, v in head.headers}
-        return Reply(head.status_code, headers, bytes(body))
+        return Reply(head.status_code, headers, body)
 
 
 def builtin_server(**options: object) -> Server:

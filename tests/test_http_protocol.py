@@ -18,7 +18,7 @@ from typing import Any
 
 import h11
 import pytest
-from memlink import MemLink, http_server
+from memlink import MemLink, http_server, read_response
 
 from spcore.config import KiB, MiB
 from spcore.http.messages import Pipe, Request, Response, blocking, buffered
@@ -55,24 +55,8 @@ def parse_replies(data: bytes, methods: Sequence[str], *, eof: bool = False) -> 
         client.receive_data(data)
         if eof:
             client.receive_data(b"")
-        reply: Reply | None = None
-        informational: list[int] = []
-        body = bytearray()
-        while True:
-            event = client.next_event()
-            if isinstance(event, h11.InformationalResponse):
-                informational.append(event.status_code)
-            elif isinstance(event, h11.Response):
-                reply = Reply(event.status_code, list(event.headers))
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise AssertionError(f"incomplete response ({event!r}) in {data[:200]!r}")
-        assert reply is not None
-        reply.body = bytes(body)
-        reply.informational = informational
+        informational, head, body = read_response(client)
+        reply = Reply(head.status_code, list(head.headers), body, informational)
         replies.append(reply)
         data = client.trailing_data[0]
     assert data == b"", f"unexpected output after the responses: {data[:200]!r}"

@@ -38,14 +38,14 @@ from netkit import (
 )
 from suiterun import assert_whole_suite_passed, run_python
 
-# The repository root: for tests.iocp_double, and the drivers package the double imports.
+# The repository root, for tests.iocp_double.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from spcore.config import Limits
 from spcore.drivers import UnknownDriver, choose
 from spcore.drivers.iocp import driver as iocp_driver
 from spcore.drivers.iocp import win32
-from spcore.drivers.iocp.driver import AcceptSocket, IocpDriver, _pin
+from spcore.drivers.iocp.driver import AcceptSocket, IocpDriver
 from spcore.drivers.proactor import Buffer, Link, Operation
 from spcore.listeners import stream_listener
 from spcore.server import Listener, Server
@@ -414,23 +414,6 @@ def test_a_partial_send_completion_is_reported_and_the_rest_reposted() -> None:
     partial = [(posted, done) for posted, done in driver.sends if done < posted]
     assert partial and all(done > 0 for _, done in partial)
     assert sum(done for _, done in driver.sends) == len(expected)
-
-
-def test_send_buffers_are_used_in_place_and_a_bytearray_stays_pinned() -> None:
-    data = b"immutable bytes"
-    address, length, keeper = _pin(data)
-    assert (length, ctypes.string_at(address, length)) == (len(data), data)
-    assert isinstance(keeper, ctypes.c_char_p) and keeper.value == data
-    growing = bytearray(b"mutable")
-    address, length, keeper = _pin(memoryview(growing))
-    assert address == ctypes.addressof(ctypes.c_char.from_buffer(growing))
-    with pytest.raises(BufferError):
-        growing.extend(b"!")  # Windows may still read it: it cannot move
-    del keeper
-    rest = memoryview(b"0123456789")[4:]
-    address, length, copy = _pin(rest)
-    assert ctypes.string_at(address, length) == b"456789" and copy.value == b"456789"
-    assert _pin(memoryview(bytearray()))[:2] == (0, 0)
 
 
 # -- cancellation and errors ------------------------------------------------------------------

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import pytest
 from netkit import rst_close
 
-# The repository root: for tests.iocp_double, and the drivers package the double imports.
+# The repository root, for tests.iocp_double.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from drivers.iocp import win32
+from spcore.drivers.iocp import win32
 from tests.iocp_double import Win32Double, make_double
 
 TIMEOUT = 5.0

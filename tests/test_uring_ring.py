@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import pathlib
 import signal
 import socket
 import sys
@@ -15,10 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-# The repository root: the source-tree drivers package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from drivers.uring import ring as uring
+from spcore.drivers.pinned import pin
+from spcore.drivers.uring import ring as uring
 
 AVAILABLE, REASON = uring.probe()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"io_uring unavailable: {REASON}")
@@ -129,7 +126,7 @@ def test_send_and_recv_on_a_socketpair(
 ) -> None:
     a, b = pair
     payload = b"hello, ring"
-    address, length, _owner = uring.buffer_address(payload)
+    address, length, _owner = pin(payload)
     sink = ctypes.create_string_buffer(64)
     ring.recv(b.fileno(), ctypes.addressof(sink), 64, 1)
     ring.send(a.fileno(), address, length, 2)
@@ -143,7 +140,7 @@ def test_recv_lands_in_a_bytearray_in_place(
 ) -> None:
     a, b = pair
     target = bytearray(16)
-    address, length, owner = uring.buffer_address(target)
+    address, length, owner = pin(target)
     ring.recv(b.fileno(), address, length, 1)
     a.sendall(b"in place")
     assert collect(ring, 1) == [(1, 8, 0)]
@@ -167,7 +164,7 @@ def test_send_to_a_closed_peer_is_epipe_without_sigpipe(
 ) -> None:
     a, b = pair
     b.close()
-    address, length, _owner = uring.buffer_address(b"x")
+    address, length, _owner = pin(b"x")
     ring.send(a.fileno(), address, length, 1)
     assert collect(ring, 1) == [(1, -errno.EPIPE, 0)]
 

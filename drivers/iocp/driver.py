@@ -48,6 +48,7 @@ from typing import Any
 
 from spcore.server import Server
 
+from ..pinned import pin
 from ..proactor import Acceptor, Buffer, Completion, Link, Operation, ProactorBase
 from . import win32
 
@@ -119,25 +120,6 @@ class _AcceptBlock:
         self.output = ctypes.create_string_buffer(2 * _SLOT)
         self.received = win32.DWORD()
         self.overlapped = win32.OVERLAPPED()
-
-
-def _pin(buf: Buffer) -> tuple[int, int, object]:
-    """``(address, length, keeper)`` of a buffer Windows reads until the send completes.
-
-    ``bytes`` and writable buffers are used in place (the keeper holds the object, or the
-    buffer export that stops a bytearray from being resized); a read-only memoryview, such as
-    the rest of a partly sent ``bytes``, is copied once.
-    """
-    if not isinstance(buf, bytes):
-        view = memoryview(buf).cast("B")
-        if not view.readonly:
-            if not view.nbytes:
-                return 0, 0, None
-            block = (ctypes.c_char * view.nbytes).from_buffer(view)
-            return ctypes.addressof(block), view.nbytes, block
-        buf = view.tobytes()
-    pointer = ctypes.c_char_p(buf)  # no copy: points into the bytes object, which it holds
-    return ctypes.c_void_p.from_buffer(pointer).value or 0, len(buf), pointer
 
 
 class IocpDriver(ProactorBase):
@@ -317,7 +299,7 @@ class IocpDriver(ProactorBase):
         keepers = []
         count = total = 0
         for slot, buf in zip(wsabufs, batch, strict=True):
-            address, length, keeper = _pin(buf)
+            address, length, keeper = pin(buf)
             length = min(length, _MAX_SEND - total)
             slot.len, slot.buf = length, address or None
             keepers.append(keeper)

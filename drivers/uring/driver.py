@@ -32,6 +32,7 @@ from typing import Any
 
 from spcore.server import Server
 
+from ..pinned import pin
 from ..proactor import Acceptor, Buffer, Completion, Link, Operation, ProactorBase
 from . import ring as uring
 
@@ -121,7 +122,7 @@ class UringDriver(ProactorBase):
         assert ring is not None
         fd = op.owner.fd
         if len(buffers) == 1:
-            address, nbytes, owner = uring.buffer_address(buffers[0])
+            address, nbytes, owner = pin(buffers[0])
             ring.send(fd, address, nbytes, op.key)
             op.keep = (buffers[0], owner)
         else:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..pinned import Pinnable, pin
+
 # --- kernel ABI (include/uapi/linux/io_uring.h); opcodes checked against the header ----------
 
 IORING_OP_NOP = 0
@@ -116,8 +118,6 @@ _BIG_ENDIAN = sys.byteorder == "big"
 Completion = tuple[int, int, int]
 """``(user_data, res, flags)`` of one CQE."""
 
-BufferLike = bytes | bytearray | memoryview
-
 
 class KernelTimespec(ctypes.Structure):
     """``struct __kernel_timespec``: 64-bit seconds and nanoseconds on every architecture."""
@@ -161,25 +161,6 @@ def timespec(seconds: float) -> KernelTimespec:
     return KernelTimespec(*_split_ns(seconds))
 
 
-def buffer_address(buf: BufferLike) -> tuple[int, int, object]:
-    """Return ``(address, nbytes, owner)`` for *buf*; keep *owner* alive until completion.
-
-    ``bytes`` and writable buffers are used in place (a writable buffer stays exported, so a
-    bytearray cannot be resized under the kernel); other read-only buffers are copied once.
-    """
-    if not isinstance(buf, bytes):
-        view = memoryview(buf).cast("B")
-        if not view.nbytes:
-            return 0, 0, None
-        if not view.readonly:
-            first = ctypes.c_char.from_buffer(view)
-            return ctypes.addressof(first), view.nbytes, first
-        buf = view.tobytes()
-    pointer = ctypes.c_char_p(buf)
-    address = ctypes.c_void_p.from_buffer(pointer).value
-    return address or 0, len(buf), pointer
-
-
 class MsgHdr:
     """A ``sendmsg`` argument: msghdr, iovec array and the buffers, kept alive together.
 
@@ -189,14 +170,14 @@ class MsgHdr:
 
     __slots__ = ("_hdr", "_iov", "_owners", "address", "nbytes")
 
-    def __init__(self, buffers: Sequence[BufferLike]) -> None:
+    def __init__(self, buffers: Sequence[Pinnable]) -> None:
         if len(buffers) > _IOV_MAX:
             raise ValueError(f"sendmsg takes at most {_IOV_MAX} buffers, got {len(buffers)}")
         self._iov = (_IoVec * len(buffers))()
         self._owners: list[object] = []
         total = 0
         for slot, buf in zip(self._iov, buffers, strict=True):
-            address, nbytes, owner = buffer_address(buf)
+            address, nbytes, owner = pin(buf)
             slot.iov_base = address
             slot.iov_len = nbytes
             self._owners.append(owner)

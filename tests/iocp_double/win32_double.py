@@ -75,7 +75,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from drivers.iocp import win32
+from spcore.drivers.iocp import win32
 
 _T = TypeVar("_T")
 _TICK_MS = 20  # how often the engine looks for closed sockets when nothing else wakes it

@@ -141,8 +141,8 @@ class AsyncioDriver(Driver):
         self._epoch = 0  # bumped when accepting flips, so a late server creation backs off
         self._serving = False  # started, not stopping: accepting may be on
         self._done: asyncio.Future[None] | None = None
-        self._grace: asyncio.TimerHandle | None = None
-        self._grace_at: float | None = None
+        self._server_timer: asyncio.TimerHandle | None = None
+        self._server_timer_at: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class AsyncioDriver(Driver):
         return self._loop.time()
 
     def _after(self, now: float) -> None:
-        """After every callback: sync the woken, follow ``accepting``, the grace timer, exit."""
+        """After every callback: sync the woken, follow ``accepting``, the server's timer, exit."""
         server = self.server
         for conn in server.take_woken():
             link = self._links.get(conn)
@@ -210,25 +210,29 @@ class AsyncioDriver(Driver):
                 self._sync(link, now)
         self._set_accepting(server.accepting)
         deadline = server.deadline
-        if deadline is not None and deadline != self._grace_at:
-            if self._grace is not None:
-                self._grace.cancel()
+        if deadline is not None and deadline != self._server_timer_at:
+            if self._server_timer is not None:
+                self._server_timer.cancel()
             assert self._loop is not None
-            self._grace = self._loop.call_at(deadline, self._grace_over)
-            self._grace_at = deadline
+            self._server_timer = self._loop.call_at(deadline, self._server_deadline)
+            self._server_timer_at = deadline
         if server.finished and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    def _grace_over(self) -> None:
-        self._grace = None
+    def _server_deadline(self) -> None:
+        """The server's deadline: the end of a pause in accepting or of the grace period."""
+        self._server_timer = None
         now = self._now()
-        if self._grace_at is not None and now < self._grace_at:
-            self._grace_at = None  # fired early (uvloop rounds to milliseconds): re-arm
+        at, self._server_timer_at = self._server_timer_at, None
+        if at is not None and now < at:
+            self._after(now)  # fired early (uvloop rounds to milliseconds): re-arm
+            return
         self.server.on_deadline(now)
         self._after(now)
-        for link in self._links.values():
-            if link.closing and link.transport is not None:
-                link.transport.abort()  # still flushing a tail: the grace period is over
+        if self.server.shutting_down:
+            for link in self._links.values():
+                if link.closing and link.transport is not None:
+                    link.transport.abort()  # still flushing a tail: the grace period is over
 
     # -- accepting ------------------------------------------------------------------------------
 
@@ -418,8 +422,8 @@ class AsyncioDriver(Driver):
             if link.transport is not None:
                 link.transport.abort()
             self._end(link, conn, ConnectionAbortedError("driver stopped"), now)
-        if self._grace is not None:
-            self._grace.cancel()
+        if self._server_timer is not None:
+            self._server_timer.cancel()
         if self._jobs:
             loop.run_until_complete(asyncio.wait(list(self._jobs)))
         loop.run_until_complete(asyncio.sleep(0))  # let the transports finish closing

@@ -14,6 +14,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -76,12 +77,18 @@ def prepare_accepted(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+#: Stale timer entries tolerated beyond twice the live ones before the heap is rebuilt.
+_STALE_SLACK = 64
+
+
 class TimerHeap:
     """One lazily re-armed timer per connection.
 
     ``arm`` pushes only when a deadline moves earlier; a timer that fires before the
     connection's current deadline costs one harmless early ``on_deadline`` call and is
-    re-armed by the sync that follows.
+    re-armed by the sync that follows. Entries left behind (moved, forgotten) are dropped
+    when they reach the top, and the heap is rebuilt from the armed timers whenever they
+    outnumber the live ones, so memory follows the live connections, never the closed ones.
     """
 
     def __init__(self) -> None:
@@ -97,9 +104,21 @@ class TimerHeap:
         if current is None or deadline < current:
             self._armed[conn] = deadline
             heapq.heappush(self._heap, (deadline, next(self._seq), conn))
+            self._compact()
 
     def forget(self, conn: Connection) -> None:
-        self._armed.pop(conn, None)
+        if self._armed.pop(conn, None) is not None:
+            self._compact()
+
+    def _compact(self) -> None:
+        if len(self._heap) > 2 * len(self._armed) + _STALE_SLACK:
+            seq = self._seq
+            self._heap = [(deadline, next(seq), conn) for conn, deadline in self._armed.items()]
+            heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        """Entries held, stale ones included (what the compaction bounds)."""
+        return len(self._heap)
 
     def next_deadline(self) -> float | None:
         heap = self._heap
@@ -148,9 +167,13 @@ class JobPool:
                 return done
 
     def shutdown(self) -> None:
+        """Wait for the running jobs, then hand every finished one back to its connection
+        (the contract: every job taken comes back, even when the driver is stopping)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=False)
             self._executor = None
+        for conn, job in self.finished():
+            conn.job_done(job, time.monotonic())
 
 
 class Driver(abc.ABC):

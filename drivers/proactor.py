@@ -34,7 +34,6 @@ from __future__ import annotations
 import abc
 import collections
 import ctypes
-import errno
 import itertools
 import logging
 import mmap
@@ -60,13 +59,6 @@ Buffer = bytes | memoryview
 
 _T = TypeVar("_T")
 
-#: After an accept failed for lack of resources (EMFILE...), wait this long before re-posting.
-ACCEPT_RETRY = 0.1
-#: The pause after an accept failed for one connection's sake (it reset, say): short, but
-#: not zero, so an error that keeps coming cannot spin the loop.
-ACCEPT_RETRY_TRANSIENT = 0.01
-#: Accept errors that concern one connection only: the accept is re-posted soon.
-_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR, errno.EAGAIN})
 #: How long closing the driver waits for the completions of its cancelled operations.
 DRAIN_TIMEOUT = 5.0
 #: Receive buffers kept for reuse when their connection ends.
@@ -193,7 +185,6 @@ class ProactorBase(Driver):
         self._free_buffers: list[RecvBuffer] = []
         self._timers = TimerHeap()
         self._jobs = JobPool(server.limits.worker_threads, self.wake)
-        self._accept_retry: float | None = None
         self._closing = False
 
     # -- the hooks a completion driver implements ------------------------------------------------
@@ -284,9 +275,7 @@ class ProactorBase(Driver):
         if self._parked and self.server.accepting:
             return 0.0
         deadlines = [
-            d
-            for d in (self._timers.next_deadline(), self.server.deadline, self._accept_retry)
-            if d is not None
+            d for d in (self._timers.next_deadline(), self.server.deadline) if d is not None
         ]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
@@ -423,22 +412,9 @@ class ProactorBase(Driver):
         else:
             self._release_accept(op)
             if not op.cancelled:
-                self._accept_failed(self._error(result), now)
+                self.server.accept_failed(self._error(result), now)
         if not acceptor.ops and (self.server.shutting_down or self._closing):
             acceptor.bound.sock.close()  # its cancelled accepts are all back
-
-    def _accept_failed(self, error: OSError, now: float) -> None:
-        """Schedule the next accept post: soon after a per-connection error, later for the
-        rest. Either way a retry is armed, so a failed post cannot leave nothing pending."""
-        self.server.refused()
-        if error.errno in _ACCEPT_TRANSIENT:
-            log.debug("accept failed: %s", error)
-            retry = now + ACCEPT_RETRY_TRANSIENT
-        else:  # out of descriptors or memory, or a broken listener: do not spin on it
-            log.warning("accept failed: %s; retrying in %.1f s", error, ACCEPT_RETRY)
-            retry = now + ACCEPT_RETRY
-        if self._accept_retry is None or retry > self._accept_retry:
-            self._accept_retry = retry
 
     # -- accepting --------------------------------------------------------------------------------
 
@@ -458,10 +434,6 @@ class ProactorBase(Driver):
                 for op in list(acceptor.ops):
                     self._cancel_op(op)
             return admitted
-        if self._accept_retry is not None:
-            if now < self._accept_retry:
-                return admitted
-            self._accept_retry = None
         for acceptor in self._acceptors:
             for _ in range(self.accepts_per_listener - acceptor.live):
                 if not self._start_accept(acceptor, now):
@@ -473,7 +445,7 @@ class ProactorBase(Driver):
         try:
             self._post_accept(op)
         except OSError as exc:
-            self._accept_failed(exc, now)
+            self.server.accept_failed(exc, now)  # it pauses accepting: its deadline retries
             return False
         self._register(op)
         acceptor.ops.add(op)
@@ -563,8 +535,6 @@ class ProactorBase(Driver):
                 self._close_resources()
             self.close_listeners()
             self._jobs.shutdown()
-            for conn, job in self._jobs.finished():
-                conn.job_done(job, time.monotonic())
 
     def _drain(self) -> None:
         for op in list(self._ops.values()):

@@ -9,7 +9,6 @@ pair when one finishes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import selectors
 import socket
 import time
@@ -139,10 +138,8 @@ class SelectorsDriver(Driver):
                 sock, peer = bound.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE, ECONNABORTED...: keep serving the others
-                server.refused()
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    return
+            except OSError as exc:  # the core decides: accept on, or pause (EMFILE...)
+                server.accept_failed(exc, now)
                 continue
             prepare_accepted(sock)
             conn = server.accept(bound.listener, peer, sock.getsockname(), now)

@@ -48,6 +48,8 @@ class Limits:
     worker_threads: int = 16
     #: The listen() backlog drivers use.
     listen_backlog: int = 1024
+    #: After an accept failed for lack of descriptors or memory, accepting stops this long.
+    accept_pause: float = 0.1
 
     def __post_init__(self) -> None:
         if self.write_low_water > self.write_high_water:
@@ -60,6 +62,7 @@ class Limits:
             "send_timeout",
             "close_timeout",
             "shutdown_grace",
+            "accept_pause",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -81,7 +81,7 @@ class Connection:
         self.tls: TLSEngine | None = None
         self.tls_info: TLSInfo | None = None
         self.protocol: ProtocolLayer = ProtocolLayer()
-        self._now = now
+        server.now = now
         self._out: deque[bytes | memoryview] = deque()
         self._out_size = 0
         self._pre = bytearray()  # raw bytes held while sniffing and reading the ClientHello
@@ -161,11 +161,19 @@ class Connection:
         for candidate in (
             self._send_deadline,
             self._close_deadline,
-            self.protocol.deadline if self._stage in (_Stage.TLS, _Stage.PLAIN) else None,
+            self._protocol_deadline,
         ):
             if candidate is not None and (best is None or candidate < best):
                 best = candidate
         return best
+
+    @property
+    def _protocol_deadline(self) -> float | None:
+        """The protocol's timer, which does not run while reading is held back for our own
+        output (the send timeout runs then); ``resume_writing`` lets it restart its time."""
+        if self._paused_writing or self._stage not in (_Stage.TLS, _Stage.PLAIN):
+            return None
+        return self.protocol.deadline
 
     @property
     def output_size(self) -> int:
@@ -190,6 +198,7 @@ class Connection:
             else:
                 self._transport_eof = True
             self._dispatch(data, now)
+            self._check_high_water()  # TLS answers input by itself (KeyUpdate, alerts)
         except Exception:
             self._internal_error()
         finally:
@@ -255,8 +264,8 @@ class Connection:
                 self.abort("peer stopped reading our output")
             elif self._close_deadline is not None and now >= self._close_deadline:
                 self._should_close = True
-            elif self._stage in (_Stage.TLS, _Stage.PLAIN):
-                protocol_deadline = self.protocol.deadline
+            else:
+                protocol_deadline = self._protocol_deadline
                 if protocol_deadline is not None and now >= protocol_deadline:
                     self.protocol.timer_expired(now)
         except Exception:
@@ -289,7 +298,7 @@ class Connection:
         self._should_close = True
         self._out.clear()
         self._out_size = 0
-        self._now = now
+        self.server.now = now
         try:
             self.protocol.connection_lost(error)
         except Exception:
@@ -301,7 +310,6 @@ class Connection:
 
         Called by the server, outside any driver call, so changes wake the driver.
         """
-        self._now = now
         try:
             if self._stage in (_Stage.TLS, _Stage.PLAIN) and self.protocol_started:
                 self.protocol.shutdown(now)
@@ -322,8 +330,9 @@ class Connection:
 
     @property
     def now(self) -> float:
-        """The time of the driver call in progress."""
-        return self._now
+        """The time of the driver call in progress (``server.now``): a change made from
+        another connection's call is timed by that call."""
+        return self.server.now
 
     def write(self, data: bytes) -> None:
         """Queue plaintext for the peer. Ignored once the connection is closing."""
@@ -336,8 +345,7 @@ class Connection:
         else:
             self._queue(data)
         self._arm_send_deadline()
-        if not self._paused_writing and self.output_size >= self.limits.write_high_water:
-            self._paused_writing = True
+        self._check_high_water()
         self._touch()
 
     def close(self) -> None:
@@ -348,7 +356,7 @@ class Connection:
         self._handshake_deadline = None
         if self.tls is not None:
             self.tls.close()  # close_notify, or an abort if the handshake is unfinished
-        self._maybe_finish_close(self._now)
+        self._maybe_finish_close(self.server.now)
         self._touch()
 
     def abort(self, reason: str) -> None:
@@ -370,7 +378,7 @@ class Connection:
     # -- internals ---------------------------------------------------------------------------
 
     def _enter(self, now: float) -> None:
-        self._now = now
+        self.server.now = now
         self.server.current = self
 
     def _leave(self) -> None:
@@ -391,9 +399,14 @@ class Connection:
         self._out_size += len(data)
         self._arm_send_deadline()  # any output, even an alert, must not wait forever
 
+    def _check_high_water(self) -> None:
+        """Output at the high-water mark, whoever produced it, pauses producing and reading."""
+        if not self._paused_writing and self.output_size >= self.limits.write_high_water:
+            self._paused_writing = True
+
     def _arm_send_deadline(self) -> None:
         if self._send_deadline is None:
-            self._send_deadline = self._now + self.limits.send_timeout
+            self._send_deadline = self.server.now + self.limits.send_timeout
 
     def _start_stream(self, now: float) -> None:
         """After any PROXY header: sniff for TLS, or start the plaintext protocol."""

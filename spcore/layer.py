@@ -19,7 +19,9 @@ __all__ = ["ProtocolLayer"]
 class ProtocolLayer:
     """Base class: override what the protocol needs; the defaults do nothing."""
 
-    #: When ``timer_expired`` should be called, in the driver's clock (None: never).
+    #: When ``timer_expired`` should be called, in the driver's clock (None: never). It does
+    #: not run while ``conn.writable`` is False: the connection then holds reading back for
+    #: its own output, so a read timeout would blame the client for the server's pause.
     deadline: float | None = None
 
     @property
@@ -38,7 +40,8 @@ class ProtocolLayer:
         """The peer ended its side; ``clean`` is False for a TLS EOF without close_notify."""
 
     def resume_writing(self, now: float) -> None:
-        """Output fell below the low-water mark after ``conn.writable`` was False."""
+        """Output fell below the low-water mark after ``conn.writable`` was False (restart a
+        read timeout here: none ran meanwhile)."""
 
     def timer_expired(self, now: float) -> None:
         """``deadline`` has passed."""

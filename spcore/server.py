@@ -11,6 +11,7 @@ driver may exit.
 from __future__ import annotations
 
 import email.utils
+import errno
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -26,6 +27,12 @@ from .tls.openssl import OpenSSLEngine
 __all__ = ["Listener", "Server", "Stats"]
 
 log = logging.getLogger("spcore.server")
+
+#: Accept errors about one connection only (reset before it was taken, a signal): accepting
+#: pauses only for ``_ONE_CONNECTION_PAUSE``. Any other (out of descriptors or memory) pauses
+#: it for ``Limits.accept_pause``.
+_ONE_CONNECTION_ERRORS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO})
+_ONE_CONNECTION_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,15 @@ class Server:
         self.sessions: dict[int, Any] = {}
         #: The connection whose driver call is under way (so changes elsewhere are woken).
         self.current: Connection | None = None
+        #: The driver's clock at its latest call into the core: what a change made during
+        #: that call is timed by, whichever connection it lands on (a broadcast's deadlines).
+        self.now = 0.0
         #: Free for the driver and applications (e.g. the driver's name for /stats).
         self.info: dict[str, Any] = {}
         self._next_id = 1
         self._woken: dict[Connection, None] = {}
         self._shutdown_deadline: float | None = None
+        self._accept_paused_until: float | None = None
         self._wall_offset = 0.0
         self._date = _DateCache()
 
@@ -117,13 +128,17 @@ class Server:
 
         The core never reads a clock; the offset between the two dates HTTP responses.
         """
+        self.now = now
         self._wall_offset = wall_time - now
 
     @property
     def accepting(self) -> bool:
-        """Accept new connections now? False at the connection limit and while shutting down."""
+        """Accept new connections now? False at the connection limit, for ``accept_pause``
+        after the system ran out of resources, and while shutting down."""
         return (
-            self._shutdown_deadline is None and len(self.connections) < self.limits.max_connections
+            self._shutdown_deadline is None
+            and self._accept_paused_until is None
+            and len(self.connections) < self.limits.max_connections
         )
 
     @property
@@ -146,6 +161,23 @@ class Server:
         """The driver dropped a connection it could not take (limit reached, accept error)."""
         self.stats.connections_refused += 1
 
+    def accept_failed(self, error: OSError, now: float) -> None:
+        """An accept failed (at once, or in its completion). The driver reports it here and
+        follows ``accepting``, which pauses: briefly after an error about one connection,
+        for ``Limits.accept_pause`` after running out of descriptors or memory. Either way
+        ``deadline`` brings the driver back, so it neither spins on a listener the kernel
+        keeps reporting ready nor is left with no accept pending."""
+        self.refused()
+        if error.errno in _ONE_CONNECTION_ERRORS:
+            log.debug("accept failed: %s", error)
+            pause = _ONE_CONNECTION_PAUSE
+        else:
+            pause = self.limits.accept_pause
+            log.warning("accept failed: %s; pausing accepts for %.2f s", error, pause)
+        until = now + pause
+        if self._accept_paused_until is None or until > self._accept_paused_until:
+            self._accept_paused_until = until
+
     def connection_ended(self, conn: Connection) -> None:
         """Called by ``Connection.connection_lost``: forget the connection."""
         self.connections.pop(conn.id, None)
@@ -157,6 +189,7 @@ class Server:
         """Stop accepting; finish in-flight requests, close idle connections, then exit."""
         if self._shutdown_deadline is not None:
             return
+        self.now = now
         log.info("shutting down: %d connection(s) open", len(self.connections))
         self._shutdown_deadline = now + self.limits.shutdown_grace
         for conn in list(self.connections.values()):
@@ -165,10 +198,17 @@ class Server:
 
     @property
     def deadline(self) -> float | None:
-        """When to call ``on_deadline`` (the end of the shutdown grace period)."""
-        return self._shutdown_deadline if self.connections else None
+        """When to call ``on_deadline``: the end of the shutdown grace period, or of a pause
+        in accepting."""
+        if self._shutdown_deadline is not None:
+            return self._shutdown_deadline if self.connections else None
+        return self._accept_paused_until
 
     def on_deadline(self, now: float) -> None:
+        self.now = now
+        paused_until = self._accept_paused_until
+        if paused_until is not None and now >= paused_until:
+            self._accept_paused_until = None
         if self._shutdown_deadline is None or now < self._shutdown_deadline:
             return
         for conn in list(self.connections.values()):

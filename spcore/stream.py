@@ -56,7 +56,9 @@ class StreamHandler:
         """The peer broke the framing or truncated the stream; the connection closes next."""
 
     def close(self, session: Session) -> None:
-        """The connection is gone. Always called inline (even for blocking handlers)."""
+        """The connection is gone: the last call, after every ``message``. Called on the
+        loop thread (even for blocking handlers), once a job of this handler still running
+        has come back."""
 
 
 class Session:
@@ -208,6 +210,10 @@ class StreamProtocol(ProtocolLayer):
         self._eof_pending = True
         self._close_when_idle()
 
+    def resume_writing(self, now: float) -> None:
+        if self.deadline is not None:
+            self._touch_idle(now)  # idle time restarts: we were not reading, the peer was not idle
+
     def timer_expired(self, now: float) -> None:
         self.deadline = None
         self._call("timeout")
@@ -222,6 +228,11 @@ class StreamProtocol(ProtocolLayer):
             return  # the handshake never finished: the handler never started
         conn.server.sessions.pop(conn.id, None)
         self._queue.clear()
+        if self._job is None:
+            self._close_handler(conn, session)
+        # else the job's return closes the handler: close() must follow the last message()
+
+    def _close_handler(self, conn: Connection, session: Session) -> None:
         try:
             self.handler.close(session)
         except Exception:
@@ -285,17 +296,19 @@ class StreamProtocol(ProtocolLayer):
 
         def done(job: Job, now: float) -> None:
             self._job = None
-            if conn.closed:
-                return
-            if self._idle_after_job:
-                self._idle_after_job = False
-                self._touch_idle(now)
-            deferred.apply(session)
+            deferred.apply(session)  # even if this connection has gone: sends to the others
             if job.error is not None:
                 log.error("%r: blocking handler failed", conn, exc_info=job.error)
                 conn.server.stats.errors += 1
                 conn.close()
+            if conn.closed:
+                self._close_handler(conn, session)  # connection_lost left it to this job
                 return
+            if job.error is not None:
+                return
+            if self._idle_after_job:
+                self._idle_after_job = False
+                self._touch_idle(now)
             self._run_queue()
             self._close_when_idle()
 

@@ -172,6 +172,7 @@ class MemLink:
         if out:
             data = b"".join(bytes(b) for b in out)
             total = len(data) if self.window is None else min(len(data), self.window)
+            data = data[:total]
             if total:
                 step = total if self.chunk is None else self.chunk
                 for start in range(0, total, step):

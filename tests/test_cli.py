@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -20,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from conftest import PKI
@@ -76,11 +78,23 @@ class Endpoint:
 class Served:
     """A running ``spcore serve`` and what its first line said; always stopped on exit."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        cwd: pathlib.Path | None = None,
+        *,
+        max_files: int | None = None,
+    ):
         # A file, not a pipe: nobody reads stderr while the server runs, and a pipe could fill.
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
-            spcore("serve", *args), stdout=subprocess.PIPE, stderr=self.stderr, env=env, cwd=cwd
+            spcore("serve", *args),
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            cwd=cwd,
+            preexec_fn=None if max_files is None else lambda: _limit_files(max_files),
         )
         try:
             self.line = self._first_line()
@@ -132,11 +146,21 @@ class Served:
         self.stderr.close()
 
 
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def served(
-    args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None
+    args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None, **options: Any
 ) -> Iterator[Served]:
-    server = Served(args, env, cwd)
+    server = Served(args, env, cwd, **options)
     try:
         yield server
     finally:
@@ -219,6 +243,41 @@ def test_serve_with_each_driver_gives_curl_the_page_over_tls(
         assert b"<h1>spcore</h1>" in page.stdout
         assert f"<td>{driver}</td>".encode() in page.stdout
         assert page.stdout.endswith(b"1.1")
+        assert server.stop() == 0
+
+
+@needs_signals
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads CPU time from /proc")
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_out_of_descriptors_the_server_pauses_accepting_without_spinning(
+    driver: str, env: dict[str, str]
+) -> None:
+    available, reason = DRIVERS[driver].probe()
+    if not available:
+        pytest.skip(f"{driver}: {reason}")
+    args = ["--port", "0", "--no-tls", "--line-echo", "--driver", driver]
+    with served(args, env, max_files=64) as server:
+        port = server.endpoints[0].port
+        clients = []
+        try:
+            for _ in range(80):  # more than the server has descriptors for
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            time.sleep(0.3)  # the server takes what it can, then runs out
+            before = cpu_seconds(server.proc.pid)
+            time.sleep(1.0)
+            used = cpu_seconds(server.proc.pid) - before
+            assert used < 0.5, f"{used:.2f} s of CPU in 1 s while out of descriptors"
+            for client in clients[:40]:
+                client.close()
+            last = clients[-1]  # waited in the backlog: served once descriptors are free
+            last.sendall(b"still there\n")
+            # libuv (uvloop) does not leave such connections queued: with a spare descriptor
+            # it accepts and closes them at once. Every other driver serves them later.
+            expected = b"" if driver == "uvloop" else b"still there\r\n"
+            assert last.recv(100) == expected
+        finally:
+            for client in clients:
+                client.close()
         assert server.stop() == 0
 
 

@@ -580,6 +580,21 @@ def test_deadline_is_the_earliest_of_all_timers() -> None:
     assert conn.should_close and layer.timers == 0  # the send timeout fired, not the protocol
 
 
+def test_the_protocol_timer_does_not_run_while_our_output_holds_reading_back() -> None:
+    server, made = recording_server(echo=True, send_timeout=60.0, **FLOW)
+    conn = accept(server)
+    layer = made[0]
+    layer.deadline = NOW + 5.0
+    conn.receive_data(b"x" * 5000, NOW)  # echoed: above high water, reading stops
+    assert not conn.reading and conn.deadline == NOW + 60.0  # only the send timeout runs
+    conn.on_deadline(NOW + 30.0)
+    assert layer.timers == 0 and not conn.closing  # the client was not idle: we were
+    conn.sent(4000, NOW + 30.0)
+    assert conn.reading and layer.resumed == 1 and conn.deadline == NOW + 5.0
+    conn.on_deadline(NOW + 30.0)
+    assert layer.timers == 1  # the layer restarts its time in resume_writing (this one did not)
+
+
 def test_early_and_stale_deadline_calls_are_harmless() -> None:
     server, made = recording_server()
     conn = accept(server)
@@ -656,9 +671,9 @@ def test_an_exception_in_the_protocol_aborts_only_that_connection(
     with caplog.at_level(logging.ERROR, logger="spcore.connection"):
         conn = accept(server)
         conn.receive_data(b"data", NOW)
+        drain(conn)  # (no protocol timer runs while its output holds reading back)
         layers[1].deadline = NOW + 1
         conn.on_deadline(NOW + 1)
-        drain(conn)
         server.begin_shutdown(NOW + 2)
         conn.receive_data(b"", NOW + 2)
     assert conn.should_close
@@ -800,6 +815,36 @@ def test_application_data_after_close_notify_never_reaches_the_protocol(
     conn.receive_data(b"records", NOW)
     conn.receive_data(b"more records", NOW)
     assert made[0].data == b"one" and made[0].eofs == [True]
+
+
+class Answering(ScriptedEngine):
+    """An engine that answers every record by itself (as TLS does a KeyUpdate request)."""
+
+    ANSWER = b"k" * 100
+
+    def receive_data(self, data: bytes) -> list[TLSEvent]:
+        events = super().receive_data(data)
+        self.pending_output += len(self.ANSWER)
+        return events
+
+    def data_to_send(self) -> bytes:
+        out, self.pending_output = self.ANSWER * (self.pending_output // 100), 0
+        return out
+
+
+def test_output_the_engine_makes_by_itself_stops_reading_too(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server, _ = recording_server(tls=server_tls, engine=lambda _ctx: Answering([]), **FLOW)
+    conn = accept(server)
+    conn.receive_data(client_hello(client_tls), NOW)
+    for _ in range(100):  # a peer that floods KeyUpdate requests and reads nothing
+        if not conn.reading:
+            break
+        conn.receive_data(b"record", NOW)
+    assert not conn.reading and conn.output_size < 4096 + 100
+    drain(conn)
+    assert conn.reading
 
 
 @CHUNKS

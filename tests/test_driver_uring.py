@@ -32,6 +32,7 @@ from netkit import (
 from spcore.config import Limits
 from spcore.drivers import choose
 from spcore.drivers.proactor import Acceptor, Buffer, Link, Operation, RecvBuffer
+from spcore.drivers.uring import driver as uring_driver
 from spcore.drivers.uring import ring as uring
 from spcore.drivers.uring.driver import UringDriver
 from spcore.listeners import stream_listener
@@ -170,6 +171,18 @@ def test_gathered_partial_sends_one_in_flight_per_socket() -> None:
         got < posted for got, posted in sends
     )  # the kernel took some sends only in part: the rest was re-posted
     assert sum(driver.send_results) == len(data)
+
+
+def test_a_buffer_larger_than_one_send_goes_out_in_several(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(uring_driver, "_MAX_SEND", 1000)  # stands in for an SQE's 32-bit length
+    with serving() as (driver, address):
+        line = b"y" * 5000  # echoed in one buffer: one SEND, in six parts
+        connect_echoed(address, line).close()
+    sends = zip(driver.send_results, driver.send_sizes, strict=True)
+    single = [got for got, count in sends if count == 1]
+    assert single and max(single) <= 1000
 
 
 def test_a_reset_peer_ends_the_connection_with_connection_reset_error() -> None:

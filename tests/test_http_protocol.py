@@ -12,6 +12,7 @@ import email.utils
 import logging
 import re
 import ssl
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,10 @@ def hello(req: Request) -> Response:
 
 def echo(req: Request, body: bytes) -> Response:
     return Response(200, [("x-length", str(len(body)))], body)
+
+
+def raises(req: Request) -> Response:
+    raise ValueError("app bug")
 
 
 class Probe:
@@ -613,6 +618,23 @@ class TestBodilessResponses:
         assert probe.position == 0
         assert probe.closed
 
+    @pytest.mark.parametrize(
+        ("app", "target", "status"),
+        [
+            pytest.param(raises, "/", 500, id="app-exception"),
+            pytest.param(lambda req: Response(99, [], b""), "/", 500, id="invalid-response"),
+            pytest.param(hello, "/" + "a" * 200, 414, id="long-target"),
+        ],
+    )
+    def test_errors_answer_head_with_a_head(
+        self, connect: Connect, app: Any, target: str, status: int
+    ) -> None:
+        link = connect(app, max_url_length=100)
+        link.send(request("HEAD", target))
+        reply = parse_one(link.take(), "HEAD")
+        assert (reply.status, reply.body) == (status, b"")  # h11 parsed it as a HEAD reply
+        assert link.client_got_eof
+
 
 # --- Date and Server ----------------------------------------------------------------------------
 
@@ -898,12 +920,31 @@ class TestTimeouts:
         assert parse_one(link.take()).body == b"1" * 10 + b"2" * 10 + b"3" * 10
         assert not link.client_got_eof
 
+    def test_no_body_timeout_while_our_output_holds_reading_back(self) -> None:
+        def pipe_echo(req: Request) -> Response:
+            pipe = Pipe()
+            req.read_body(pipe)
+            return Response(200, [], pipe)
+
+        size = 256 * KiB
+        marks = {"write_high_water": 64 * KiB, "write_low_water": 16 * KiB}
+        server = http_server(pipe_echo, **self.LIMITS, **marks)  # type: ignore[arg-type]
+        link = MemLink(server, chunk=16 * KiB)  # the body arrives as the server reads it
+        link.window = 0
+        link.send(request("POST", "/", [("Content-Length", str(size))], b"y" * size))
+        assert not link.conn.reading  # our output is full: the server stopped reading
+        # A client reading 1 KiB/s: steady, but each drain from high to low water takes 48 s,
+        # more than the 20 s body timeout.
+        for _ in range(400):
+            link.let_client_read(KiB)
+            link.advance(1.0)
+            if len(link.received) > size:
+                break
+            assert not link.client_got_eof
+        assert parse_one(link.take(), "POST").body == b"y" * size
+
 
 # --- application errors -------------------------------------------------------------------------
-
-
-def raises(req: Request) -> Response:
-    raise ValueError("app bug")
 
 
 BAD_RESPONSES = [
@@ -960,6 +1001,32 @@ class TestApplicationErrors:
         link = connect(lambda req: None)
         link.send(request())
         assert_closed_with(link, parse_one(link.take()), 500, b"no response")
+
+    def test_a_rejected_response_has_its_body_closed(self, connect_plain: Connect) -> None:
+        probe = Probe(2)
+        link = connect_plain(lambda req: Response(99, [], probe))
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"invalid response")
+        assert probe.closed and probe.position == 0
+
+    def test_a_second_response_is_ignored_and_its_body_closed(self, connect_plain: Connect) -> None:
+        probe = Probe(2)
+
+        class Late:
+            def data(self, chunk: bytes) -> None:
+                pass
+
+            def end(self) -> Response:
+                return Response(500, [], probe)
+
+        def app(req: Request) -> Response:
+            req.read_body(Late())
+            return Response(200, [], b"first")
+
+        link = connect_plain(app)
+        link.send(request("POST", "/", [("Content-Length", "1")], b"x"))
+        assert parse_one(link.take()).body == b"first"
+        assert probe.closed and probe.position == 0
 
     def test_reader_end_returning_none_is_a_500(self, connect_plain: Connect) -> None:
         class Sink:
@@ -1132,6 +1199,48 @@ class TestBlockingApps:
         assert probe.position < 100
         link.let_client_read(None)
         assert len(parse_one(link.take()).body) == 100 * 64 * KiB
+
+    def test_a_response_returned_after_the_client_left_is_closed(self, connect: Connect) -> None:
+        probe = Probe(2)
+        link = connect(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
+        link.send(request())
+        (job,) = link.conn.take_jobs()
+        link.conn.connection_lost(ConnectionResetError(), link.clock.now)
+        link.closed = True
+        job.run()
+        link.conn.job_done(job, link.clock.now)
+        assert probe.closed and probe.position == 0
+
+    def test_a_pipe_written_by_the_job_is_sent_from_the_loop_thread(self, connect: Connect) -> None:
+        @blocking
+        def pipe_echo(req: Request) -> Response:
+            pipe = Pipe()
+            req.read_body(pipe)
+            return Response(200, [], pipe)
+
+        link = connect(pipe_echo, run_jobs=False)
+        writers: list[str] = []
+        write = link.conn.write
+
+        def spy(data: bytes) -> None:
+            writers.append(threading.current_thread().name)
+            write(data)
+
+        link.conn.write = spy  # type: ignore[method-assign]
+        link.send(request("POST", "/", [("Content-Length", "10")], b"hello"))
+        link.send(b"world")
+        for _ in range(100):  # each job on a real worker thread, as a driver runs it
+            jobs = link.conn.take_jobs()
+            if not jobs:
+                break
+            for job in jobs:
+                worker = threading.Thread(target=job.run, name="worker")
+                worker.start()
+                worker.join()
+                link.conn.job_done(job, link.clock.now)
+            link.pump()
+        assert parse_one(link.take(), "POST").body == b"helloworld"
+        assert writers and set(writers) == {threading.current_thread().name}
 
 
 # --- graceful shutdown --------------------------------------------------------------------------

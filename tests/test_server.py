@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ssl
 
 import pytest
@@ -147,7 +148,7 @@ def test_shutdown_waits_for_a_running_job_then_closes() -> None:
 def test_grace_period_end_aborts_what_remains() -> None:
     server, closed = echo_server(blocking=True, shutdown_grace=5.0)
     stuck = MemLink(server, run_jobs=False)
-    stuck.conn.take_jobs()  # start() never comes back in time
+    (job,) = stuck.conn.take_jobs()  # start() does not come back in time
     idle = MemLink(server)
     server.begin_shutdown(NOW)
     idle.pump()
@@ -158,7 +159,35 @@ def test_grace_period_end_aborts_what_remains() -> None:
     assert stuck.conn.should_close
     stuck.pump()  # syncs the woken connections: both are closed now
     assert stuck.closed and idle.closed
-    assert server.finished and sorted(closed) == sorted([stuck.conn.id, idle.conn.id])
+    assert server.finished and closed == [idle.conn.id]
+    job.run()  # the driver hands every job back, even at its end: then the handler closes
+    stuck.conn.job_done(job, NOW + 5.0)
+    assert sorted(closed) == sorted([stuck.conn.id, idle.conn.id])
+
+
+@pytest.mark.parametrize(
+    ("error", "pause"),
+    [
+        pytest.param(OSError(errno.EMFILE, "Too many open files"), 0.5, id="out-of-descriptors"),
+        pytest.param(ConnectionAbortedError(errno.ECONNABORTED, "aborted"), 0.01, id="one-peer"),
+    ],
+)
+def test_a_failed_accept_pauses_accepting_until_the_deadline(error: OSError, pause: float) -> None:
+    server, _ = echo_server(accept_pause=0.5)
+    server.accept_failed(error, NOW)
+    assert not server.accepting and server.stats.connections_refused == 1
+    assert server.deadline == pytest.approx(NOW + pause)
+    server.on_deadline(NOW + pause / 2)  # early: still paused
+    assert not server.accepting
+    server.on_deadline(NOW + pause)
+    assert server.accepting and server.deadline is None
+
+
+def test_shutdown_overrides_an_accept_pause() -> None:
+    server, _ = echo_server(accept_pause=0.5)
+    server.accept_failed(OSError(errno.ENFILE, "Too many open files in system"), NOW)
+    server.begin_shutdown(NOW)
+    assert server.deadline is None and server.finished  # nothing to wait for: no connections
 
 
 def test_begin_shutdown_twice_keeps_the_first_deadline() -> None:

@@ -10,7 +10,7 @@ import pytest
 from errorlog import no_error_logs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memlink import LOCAL, PEER, MemLink
+from memlink import LOCAL, PEER, Clock, MemLink
 
 from spcore.config import Limits
 from spcore.errors import ProtocolError, RemoteProtocolError
@@ -222,6 +222,20 @@ def test_broadcast_skips_sessions_that_are_closing() -> None:
     assert a.take() == b"sent to 1\r\n" and c.take() == b"hi\r\n" and b.take() == b""
 
 
+def test_a_broadcast_times_its_send_deadline_by_the_sender_s_clock() -> None:
+    clock = Clock()
+    server = serve([], send_timeout=60.0)
+    a, b = MemLink(server, clock=clock), MemLink(server, clock=clock)
+    clock.now += 100.0  # b has been quiet for longer than the send timeout
+    b.window = 0  # and its socket takes nothing for a moment
+    a.send(b"ALL hello\n")
+    assert b.conn.deadline == clock.now + 60.0  # not b's last call plus 60 s: long past
+    b.advance(1.0)
+    assert not b.closed
+    b.let_client_read(None)
+    assert b.take() == b"hello\r\n"
+
+
 def test_send_to_a_gone_session_returns_false() -> None:
     events: list[Event] = []
     server = serve(events)
@@ -251,6 +265,21 @@ def test_idle_timeout_calls_timeout_which_closes_by_default() -> None:
     assert link.client_got_eof
     link.client_close()
     assert of(events, "close") == [link.conn.id]
+
+
+def test_idle_time_restarts_when_our_output_stops_holding_reading_back() -> None:
+    events: list[Event] = []
+    marks = {"write_high_water": 4096.0, "write_low_water": 1024.0}
+    link = MemLink(serve(events, idle_timeout=10.0, **marks))
+    link.window = 0  # the peer reads nothing for a while
+    link.send(b"x" * 5000 + b"\n")  # the echo fills our output: we stop reading
+    link.advance(30.0)
+    assert of(events, "timeout") == []  # the peer was not idle: we were not listening
+    link.let_client_read(None)
+    link.advance(9.0)
+    assert of(events, "timeout") == []
+    link.advance(1.0)
+    assert of(events, "timeout") == [link.conn.id]
 
 
 def test_a_timeout_handler_may_keep_the_connection() -> None:
@@ -442,18 +471,24 @@ def test_idle_timer_does_not_run_while_a_blocking_job_runs() -> None:
     assert of(events, "timeout") == [link.conn.id] and link.client_got_eof
 
 
-def test_job_taken_before_the_connection_died_may_come_back() -> None:
+def test_a_blocking_handler_is_closed_after_the_job_it_was_running() -> None:
     events: list[Event] = []
     server = serve(events, blocking=True)
+    other = MemLink(server)
+    run_jobs(other)
     link = MemLink(server, run_jobs=False)
     run_jobs(link)
-    link.send(b"hello\n")
+    link.send(b"ALL last words\n")
     (job,) = link.conn.take_jobs()
     link.conn.connection_lost(ConnectionResetError(), link.clock.now)
+    assert of(events, "close") == []  # not while message() may still be running
     job.run()
     link.conn.job_done(job, link.clock.now)
     assert list(link.conn.outgoing()) == [] and link.conn.take_jobs() == []
+    assert [name for name, _ in events][-2:] == ["message", "close"]
     assert of(events, "close") == [link.conn.id]
+    other.pump()
+    assert other.take() == b"last words\r\n"  # what the handler did still reaches the others
 
 
 # -- the one exit path -------------------------------------------------------------------------

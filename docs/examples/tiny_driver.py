@@ -106,9 +106,8 @@ class TinyDriver(Driver):
                 sock, peer = bound.sock.accept()
             except BlockingIOError:
                 return
-            except OSError:  # EMFILE, ECONNABORTED...: try again on the next event
-                self.server.refused()
-                return
+            except OSError as exc:  # the core says whether to go on or pause (EMFILE)
+                self.server.accept_failed(exc, now)
             prepare_accepted(sock)
             conn = self.server.accept(bound.listener, peer, sock.getsockname(), now)
             self.socks[conn], self.masks[conn] = sock, 0

@@ -40,6 +40,9 @@ __all__ = ["UringDriver"]
 
 #: The kernel's UIO_MAXIOV: the most buffers one SENDMSG takes.
 _IOV_MAX = 1024
+#: An SQE's length is 32-bit: one SEND carries at most this much, the rest follows as after
+#: a partial send.
+_MAX_SEND = 1 << 30
 #: user_data of cancel requests: their own completions carry nothing to dispatch.
 _CANCEL_KEY = 0
 
@@ -123,7 +126,7 @@ class UringDriver(ProactorBase):
         fd = op.owner.fd
         if len(buffers) == 1:
             address, nbytes, owner = pin(buffers[0])
-            ring.send(fd, address, nbytes, op.key)
+            ring.send(fd, address, min(nbytes, _MAX_SEND), op.key)
             op.keep = (buffers[0], owner)
         else:
             batch = list(itertools.islice(buffers, _IOV_MAX))

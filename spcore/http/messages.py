@@ -130,6 +130,10 @@ class Pipe:
     ``write()`` returns False once ``high_water`` bytes wait unsent: the producer should
     stop until the connection drains it. A Pipe is also a ``BodyReader``, so
     ``request.read_body(pipe)`` streams the request body straight back.
+
+    Write it on the loop thread (in application code, or another connection's handler), or
+    from the jobs of the blocking app whose response it is; it is not safe from other
+    threads.
     """
 
     def __init__(self, high_water: int = 256 * 1024) -> None:

@@ -42,6 +42,7 @@ REQUEST_LINE_SLACK = 64
 _NO_BODY_STATUSES = frozenset({204, 304})
 _URL_TOO_LONG = "the request target is longer than this server accepts"
 _HEAD_TOO_LARGE = "the request head is larger than this server accepts"
+_HEAD_PREFIX = b"HEAD "
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 #: Where h11 starts quoting the peer's bytes in an error message (to the end of it).
 _QUOTED_BYTES = re.compile(r"""(: )?(bytearray\(|b'|b").*""", re.DOTALL)
@@ -96,6 +97,7 @@ class HTTPProtocol(ProtocolLayer):
         self._job: Job | None = None
         # per-request state, reset by _reset_request
         self._request: Request | None = None
+        self._method = b""  # as h11 saw it: a HEAD response has no body, an error's neither
         self._head: _Head | None = None
         self._reader: BodyReader | None = None
         self._body_size = 0
@@ -105,6 +107,7 @@ class HTTPProtocol(ProtocolLayer):
         self._pipe: Pipe | None = None
         self._head_started = False
         self._line_bytes = 0  # request-line bytes seen without a newline
+        self._line_prefix = b""  # its first bytes: an error before h11 parsed it may face HEAD
 
     @property
     def buffered(self) -> int:
@@ -145,6 +148,12 @@ class HTTPProtocol(ProtocolLayer):
         self._process(now)
 
     def resume_writing(self, now: float) -> None:
+        h = self._h11
+        assert h is not None
+        if self.deadline is not None and h.their_state is h11.SEND_BODY:
+            # The connection held reading back for our output (its deadline was off): the
+            # client's time to send more of the body starts now.
+            self.deadline = now + self._limits.body_timeout
         self._pump(now)
         self._process(now)
 
@@ -199,6 +208,8 @@ class HTTPProtocol(ProtocolLayer):
         """
         if self._line_bytes < 0:
             return True
+        if len(self._line_prefix) < len(_HEAD_PREFIX):
+            self._line_prefix += data[: len(_HEAD_PREFIX) - len(self._line_prefix)]
         newline = data.find(b"\n")
         self._line_bytes += len(data) if newline < 0 else newline
         if self._line_bytes > self._limits.max_url_length + REQUEST_LINE_SLACK:
@@ -268,12 +279,14 @@ class HTTPProtocol(ProtocolLayer):
     def _reset_request(self) -> None:
         self._close_source()
         self._request = None
+        self._method = b""
         self._head = None
         self._reader = None
         self._body_size = 0
         self._response_started = False
         self._head_started = False
         self._line_bytes = 0
+        self._line_prefix = b""
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -282,6 +295,7 @@ class HTTPProtocol(ProtocolLayer):
         assert conn is not None
         conn.server.stats.requests += 1
         self.deadline = None
+        self._method = event.method
         limits = conn.limits
         if len(event.target) > limits.max_url_length:
             self._error(414, _URL_TOO_LONG, now)
@@ -390,8 +404,11 @@ class HTTPProtocol(ProtocolLayer):
             self._job = None
             if conn.closing:
                 self._close_source()  # connection_lost left it to us
+                _discard(job.result)  # a response the app returned meanwhile
                 return
             then(job, now)
+            if self._pipe is not None:
+                self._pump(now)  # what this job wrote into the response's Pipe
             idle_body = self._job is None and self.deadline is None
             if idle_body and h.their_state is h11.SEND_BODY:
                 self.deadline = now + self._limits.body_timeout
@@ -444,6 +461,7 @@ class HTTPProtocol(ProtocolLayer):
         assert h is not None and request is not None
         if self._response_started:
             log.error("application produced a second response for %r; ignored", request)
+            _discard(response)
             return
         # Everything the application handed over is checked before the first byte goes out:
         # up to here a mistake is a clean 500, afterwards only an abort is left.
@@ -476,6 +494,7 @@ class HTTPProtocol(ProtocolLayer):
             )
         except (h11.LocalProtocolError, TypeError, ValueError, UnicodeError) as exc:
             log.error("application returned an invalid response for %r: %s", request, exc)
+            _discard(response)
             self._fail("the application returned an invalid response", now)
             return
         self._response_started = True
@@ -503,8 +522,8 @@ class HTTPProtocol(ProtocolLayer):
 
     def _pipe_ready(self) -> None:
         conn = self._conn
-        if conn is None or conn.closing:
-            return
+        if conn is None or self._job is not None or conn.closing:
+            return  # with a job out the Pipe may be written on its worker: the job's return pumps
         try:
             self._pump(conn.now)
             self._process(conn.now)
@@ -519,8 +538,8 @@ class HTTPProtocol(ProtocolLayer):
         assert h is not None and conn is not None
         pipe = self._pipe
         if pipe is not None:
-            if not conn.writable:
-                return  # resume_writing comes back here; the pipe holds the rest
+            if not conn.writable or self._job is not None:
+                return  # resume_writing or the job's return comes back here
             chunk = pipe.take()
             try:
                 if chunk:
@@ -598,12 +617,7 @@ class HTTPProtocol(ProtocolLayer):
         if self._pipe is not None:
             self._pipe.set_waiter(None)
             self._pipe = None
-        close = getattr(source, "close", None)
-        if close is not None and not isinstance(source, Pipe):
-            try:
-                close()
-            except Exception:
-                log.exception("closing the response body failed")
+        _close_body(source)
 
     def _error(self, status: int, why: str, now: float, *, log_level: int = logging.INFO) -> None:
         """Answer an error with ``status`` and a one-line reason, then close."""
@@ -617,6 +631,8 @@ class HTTPProtocol(ProtocolLayer):
             return
         phrase = _REASONS.get(status, b"")
         body = b"%d %s: %s\n" % (status, phrase, why.encode("utf-8", "replace"))
+        if not self._method and self._line_prefix == _HEAD_PREFIX:
+            body = b""  # a HEAD h11 has not parsed: only an empty body keeps both sides framed
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode("ascii")),
@@ -626,7 +642,8 @@ class HTTPProtocol(ProtocolLayer):
         self._response_started = True
         try:
             out = h.send(h11.Response(status_code=status, headers=headers, reason=phrase))
-            out += h.send(h11.Data(data=body))
+            if self._method != b"HEAD":
+                out += h.send(h11.Data(data=body))
             out += h.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             conn.abort(f"HTTP {status}: {why}")
@@ -634,6 +651,22 @@ class HTTPProtocol(ProtocolLayer):
         self._write(out)
         self._close_source()
         conn.close()
+
+
+def _close_body(body: object) -> None:
+    """Close what the application gave as a body (a file, a generator) once it is done with."""
+    close = getattr(body, "close", None)
+    if close is not None and not isinstance(body, Pipe):
+        try:
+            close()
+        except Exception:
+            log.exception("closing the response body failed")
+
+
+def _discard(result: object) -> None:
+    """A response that will never be sent still has its body closed."""
+    if isinstance(result, Response):
+        _close_body(result.body)
 
 
 def _without_echo(message: str) -> str:

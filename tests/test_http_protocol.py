@@ -9,6 +9,7 @@ whole buffers or one byte at a time.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import re
 import ssl
@@ -22,7 +23,7 @@ import pytest
 from memlink import MemLink, http_server, read_response
 
 from spcore.config import KiB, MiB
-from spcore.http.messages import Pipe, Request, Response, blocking, buffered
+from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
 
 # --- a parsing client ---------------------------------------------------------------------------
@@ -1063,6 +1064,21 @@ class TestApplicationErrors:
         link.send(request())
         assert link.closed
         assert b" 500 " not in link.take()
+
+    @pytest.mark.parametrize("mark", [lambda app: app, blocking], ids=["inline", "blocking"])
+    def test_an_iterable_that_only_yields_empty_chunks_is_cut(
+        self, connect_plain: Connect, mark: Callable[[App], App], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        link = connect_plain(mark(lambda req: Response(200, [], itertools.repeat(b""))))
+        link.send(request())  # returns: the loop (or a worker) is not held forever
+        assert link.closed
+        assert "empty chunks in a row" in caplog.text
+
+    def test_empty_chunks_between_data_are_skipped(self, connect_plain: Connect) -> None:
+        chunks = [b"", b"a", *[b""] * 1000, b"b", b""]
+        link = connect_plain(lambda req: Response(200, [], iter(chunks)))
+        link.send(request())
+        assert parse_one(link.take()).body == b"ab"
 
     def test_iterable_overrunning_its_content_length_aborts(self, connect_plain: Connect) -> None:
         link = connect_plain(lambda req: Response(200, [("Content-Length", "2")], iter([b"abc"])))

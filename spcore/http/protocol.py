@@ -36,6 +36,9 @@ log = logging.getLogger("spcore.http")
 DRAIN_LIMIT = 64 * 1024
 #: How much of a blocking application's response iterable one job pulls.
 JOB_PULL_BYTES = 256 * 1024
+#: Empty chunks in a row after which a response iterable counts as broken: it would
+#: otherwise keep the thread pulling it busy forever (``b""`` does not mean "not yet").
+MAX_EMPTY_CHUNKS = 1024
 #: Slack for the method and version around the target when measuring a request line.
 REQUEST_LINE_SLACK = 64
 
@@ -557,6 +560,7 @@ class HTTPProtocol(ProtocolLayer):
             if conn.writable:
                 self._submit(lambda: _pull(chunks), self._pulled)
             return
+        empty = 0
         try:
             while conn.writable and not conn.closing:
                 try:
@@ -567,6 +571,9 @@ class HTTPProtocol(ProtocolLayer):
                     return
                 if chunk:
                     self._write(h.send(h11.Data(data=chunk)))
+                    empty = 0
+                else:
+                    empty = _count_empty(empty)
         except h11.LocalProtocolError as exc:
             self._broken_response(exc)
         except Exception:
@@ -689,10 +696,21 @@ def _fixed_length(
 def _pull(chunks: Iterator[bytes]) -> tuple[list[bytes], bool]:
     """Worker side of a blocking response body: take up to JOB_PULL_BYTES of chunks."""
     taken: list[bytes] = []
-    size = 0
+    size = empty = 0
     for chunk in chunks:
+        if not chunk:
+            empty = _count_empty(empty)
+            continue
+        empty = 0
         taken.append(chunk)
         size += len(chunk)
         if size >= JOB_PULL_BYTES:
             return taken, False
     return taken, True
+
+
+def _count_empty(empty: int) -> int:
+    """One more empty chunk in a row; too many raise (the iterator is broken)."""
+    if empty >= MAX_EMPTY_CHUNKS:
+        raise ValueError(f"the response iterable yielded {MAX_EMPTY_CHUNKS} empty chunks in a row")
+    return empty + 1

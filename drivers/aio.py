@@ -14,12 +14,13 @@ Choices worth knowing:
   mmap/mremap/munmap until its mmap threshold has grown (about 28 us per read instead of 5),
   and the Proactor loop hands a plain protocol ``bytearray`` slices; this way costs one copy
   of what was read, whatever the loop and the allocator's history.
-* Pausing the accept. ``asyncio.Server`` cannot pause, and ``close()`` closes its sockets. So
-  each asyncio server is made on a ``dup()`` of the listening socket: pausing closes the
-  asyncio server (only the duplicate), the listening socket itself stays open and the kernel
-  keeps queueing connections in its backlog, and resuming makes a fresh asyncio server on a
-  new duplicate. asyncio accepts in batches, so a few connections may still arrive after the
-  core said no: those are counted with ``server.refused()`` and aborted.
+* Accepting. Not ``asyncio.Server``, which cannot pause, accepts its whole backlog in one
+  batch whatever the core says, and handles running out of descriptors by itself (CPython
+  3.11 then retries once per backlog slot; libuv accepts and closes). One task per listening
+  socket awaits ``loop.sock_accept`` while ``server.accepting`` holds and hands each socket to
+  ``loop.connect_accepted_socket``; a failed accept goes to ``server.accept_failed``, which
+  pauses accepting. A connection accepted just as the core stopped accepting waits in its task
+  (as it would have in the backlog) until the core accepts again; at shutdown it is refused.
 * Back-pressure. The core's output goes to the transport in batches of at most the
   transport's high-water mark and is reported sent at once, but only while the transport has
   not paused writing; otherwise it stays in the core, which then stops producing and reading
@@ -27,7 +28,8 @@ Choices worth knowing:
 * Closing. The core's ``connection_lost`` is called from asyncio's ``connection_lost``, once.
   A transport is aborted when the core still held output (it is dropping it) or when it
   already waited its close timeout for a peer that never ended; otherwise ``close()`` lets the
-  transport flush the tail it holds, as a kernel does for a closed socket. When the shutdown
+  transport flush the tail it holds, as a kernel does for a closed socket, within
+  ``Limits.send_timeout`` (the rule for output the core holds). When the shutdown
   grace period ends, every transport still flushing is aborted.
 """
 
@@ -35,9 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import importlib.util
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,9 +47,9 @@ from typing import Any, Literal, cast
 
 from spcore.connection import Connection
 from spcore.jobs import Job
-from spcore.server import Listener, Server
+from spcore.server import Server
 
-from .base import READ_SIZE, Driver
+from .base import READ_SIZE, Bound, Driver, prepare_accepted
 
 __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
@@ -67,7 +69,6 @@ class _Link(asyncio.BufferedProtocol):
         "eof_seen",
         "eof_sent",
         "error",
-        "listener",
         "paused",
         "reading",
         "timer",
@@ -75,10 +76,9 @@ class _Link(asyncio.BufferedProtocol):
         "transport",
     )
 
-    def __init__(self, driver: AsyncioDriver, listener: Listener) -> None:
+    def __init__(self, driver: AsyncioDriver, conn: Connection) -> None:
         self.driver = driver
-        self.listener = listener
-        self.conn: Connection | None = None  # None: refused
+        self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.paused = False  # the transport paused our writing
         self.reading = True
@@ -136,9 +136,9 @@ class AsyncioDriver(Driver):
         self._links: dict[Connection, _Link] = {}
         self._read_buffer = memoryview(bytearray(READ_SIZE))
         self._jobs: set[asyncio.Future[None]] = set()
-        self._servers: list[asyncio.AbstractServer] = []
-        self._accepting = False
-        self._epoch = 0  # bumped when accepting flips, so a late server creation backs off
+        self._may_accept = asyncio.Event()  # follows server.accepting
+        self._acceptors: list[asyncio.Task[None]] = []  # one per listening socket
+        self._connecting: set[asyncio.Task[None]] = set()  # transports being made
         self._serving = False  # started, not stopping: accepting may be on
         self._done: asyncio.Future[None] | None = None
         self._server_timer: asyncio.TimerHandle | None = None
@@ -193,8 +193,9 @@ class AsyncioDriver(Driver):
         if self.server.shutting_down:
             return
         self._serving = False
-        self._set_accepting(False)
-        self.close_listeners()
+        self._stop_accepting()
+        assert self._loop is not None
+        self._loop.call_soon(self.close_listeners)  # after the cancelled accepts let go
         self.server.begin_shutdown(now)
 
     def _now(self) -> float:
@@ -237,57 +238,81 @@ class AsyncioDriver(Driver):
     # -- accepting ------------------------------------------------------------------------------
 
     def _set_accepting(self, accepting: bool) -> None:
-        if accepting == self._accepting or (accepting and not self._serving):
+        """Follow ``server.accepting``: the accept tasks wait while it is False."""
+        if not accepting:
+            self._may_accept.clear()
             return
-        self._accepting = accepting
-        self._epoch += 1
-        if accepting:
+        if not self._serving:
+            return
+        self._may_accept.set()
+        if not self._acceptors:
             assert self._loop is not None
-            self._loop.create_task(self._open_servers(self._epoch))
-        else:
-            for srv in self._servers:
-                srv.close()
-            self._servers.clear()
+            self._acceptors = [self._loop.create_task(self._accept(bound)) for bound in self.bound]
 
-    async def _open_servers(self, epoch: int) -> None:
+    def _stop_accepting(self) -> None:
+        """For good: cancel the accept tasks (a connection one still holds is refused)."""
+        self._may_accept.clear()
+        for task in self._acceptors:
+            task.cancel()
+
+    async def _accept(self, bound: Bound) -> None:
+        """Accept on one listening socket while the server accepts."""
+        loop = self._loop
+        server = self.server
+        assert loop is not None
+        while True:
+            await self._may_accept.wait()
+            try:
+                sock, peer = await loop.sock_accept(bound.sock)
+            except OSError as exc:
+                now = self._now()
+                server.accept_failed(exc, now)  # the core pauses accepting
+                self._after(now)
+                continue
+            if not self._may_accept.is_set():  # the core stopped accepting meanwhile
+                try:
+                    await self._may_accept.wait()  # wait here, as in the listen backlog
+                except asyncio.CancelledError:
+                    server.refused()
+                    sock.close()
+                    raise
+            prepare_accepted(sock)
+            now = self._now()
+            conn = server.accept(bound.listener, peer, sock.getsockname(), now)
+            task = loop.create_task(self._connect(_Link(self, conn), sock))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+            self._after(now)
+
+    async def _connect(self, link: _Link, sock: socket.socket) -> None:
+        """Give an accepted socket its transport; ``connection_made`` reaches ``_made``."""
         assert self._loop is not None
-        backlog = self.server.limits.listen_backlog
-        for bound in self.bound:
-            if bound.sock.fileno() < 0 or epoch != self._epoch:
-                return
-            srv = await self._loop.create_server(
-                functools.partial(_Link, self, bound.listener),
-                sock=bound.sock.dup(),
-                backlog=backlog,
-            )
-            if epoch != self._epoch:  # paused again while this was being made
-                srv.close()
-                return
-            self._servers.append(srv)
+        try:
+            await self._loop.connect_accepted_socket(lambda: link, sock)
+        except OSError as exc:  # the socket broke before it had a transport
+            sock.close()
+            if link.transport is None:
+                now = self._now()
+                link.conn.connection_lost(exc, now)
+                self._after(now)
 
     # -- asyncio's callbacks, through _Link ----------------------------------------------------
 
     def _made(self, link: _Link) -> None:
         transport = link.transport
         assert transport is not None
-        server = self.server
         now = self._now()
-        if not server.accepting:  # accepted in the same batch as the last one allowed
-            server.refused()
+        if link.conn.closed:  # it ended (shutdown grace over) while its transport was made
             transport.abort()
             return
         transport.set_write_buffer_limits(high=_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        conn = server.accept(link.listener, peer, local, now)
-        link.conn = conn
-        self._links[conn] = link
+        self._links[link.conn] = link
         self._sync(link, now)
         self._after(now)
 
     def _received(self, link: _Link, data: bytes) -> None:
         conn = link.conn
-        if conn is None or link.closing:
+        if link.closing:
             return
         now = self._now()
         conn.receive_data(data, now)
@@ -295,7 +320,7 @@ class AsyncioDriver(Driver):
         self._after(now)
 
     def _resumed(self, link: _Link) -> None:
-        if link.conn is None:
+        if link.conn not in self._links:
             return
         now = self._now()
         self._sync(link, now)
@@ -303,8 +328,8 @@ class AsyncioDriver(Driver):
 
     def _lost(self, link: _Link, error: BaseException | None) -> None:
         conn = link.conn
-        if conn is None or conn not in self._links:
-            return  # refused, or already ended by _teardown
+        if conn not in self._links:
+            return  # never made (it had ended), or already ended by _teardown
         now = self._now()
         self._end(link, conn, error or link.error, now)
         self._after(now)
@@ -368,8 +393,11 @@ class AsyncioDriver(Driver):
             link.timer = None
         if conn.outgoing() or (link.eof_sent and not link.eof_seen):
             transport.abort()
-        else:
-            transport.close()
+            return
+        transport.close()
+        if transport.get_write_buffer_size():  # a tail the peer must take, as the core's own
+            assert self._loop is not None  # output: within the send timeout, or be cut
+            link.timer = self._loop.call_later(conn.limits.send_timeout, transport.abort)
 
     # -- timers and jobs ------------------------------------------------------------------------
 
@@ -387,7 +415,7 @@ class AsyncioDriver(Driver):
     def _timer_fired(self, link: _Link) -> None:
         link.timer = None
         conn = link.conn
-        if conn is None or link.closing:
+        if link.closing:
             return
         now = self._now()
         conn.on_deadline(now)
@@ -415,7 +443,10 @@ class AsyncioDriver(Driver):
     def _teardown(self, loop: asyncio.AbstractEventLoop) -> None:
         """End what a normal shutdown left (nothing, unless run() failed), then wait for jobs."""
         self._serving = False
-        self._set_accepting(False)
+        self._stop_accepting()
+        pending = [*self._acceptors, *self._connecting]
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending))
         self.close_listeners()
         now = loop.time()
         for conn, link in list(self._links.items()):

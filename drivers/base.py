@@ -49,9 +49,12 @@ class Bound:
 def bind_listener(listener: Listener, backlog: int) -> socket.socket:
     """A non-blocking listening socket for ``listener`` (IPv6 sockets are IPv6-only, so a v4
     and a v6 listener can share a port number)."""
-    infos = socket.getaddrinfo(
-        listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    try:
+        infos = socket.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except UnicodeError as exc:  # a malformed name ("a..b", a label over 63 characters)
+        raise socket.gaierror(socket.EAI_NONAME, f"invalid host name: {exc}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -75,6 +78,20 @@ def prepare_accepted(sock: socket.socket) -> None:
     sock.setblocking(False)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: The longest one wait lasts: a selector cannot express much more (epoll: about 24 days),
+#: and waking early is harmless.
+MAX_WAIT = 3600.0
+
+
+def wait_timeout(now: float, *deadlines: float | None) -> float | None:
+    """Seconds from ``now`` to the earliest of ``deadlines`` (None if there is none), at
+    most ``MAX_WAIT``."""
+    due = [deadline for deadline in deadlines if deadline is not None]
+    if not due:
+        return None
+    return min(max(0.0, min(due) - now), MAX_WAIT)
 
 
 #: Stale timer entries tolerated beyond twice the live ones before the heap is rebuilt.

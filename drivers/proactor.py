@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, JobPool, TimerHeap
+from .base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, wait_timeout
 
 __all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
 
@@ -274,10 +274,7 @@ class ProactorBase(Driver):
     def _timeout(self, now: float) -> float | None:
         if self._parked and self.server.accepting:
             return 0.0
-        deadlines = [
-            d for d in (self._timers.next_deadline(), self.server.deadline) if d is not None
-        ]
-        return max(0.0, min(deadlines) - now) if deadlines else None
+        return wait_timeout(now, self._timers.next_deadline(), self.server.deadline)
 
     def _dispatch(self, completions: Iterable[Completion], now: float) -> None:
         ops = self._ops

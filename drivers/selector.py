@@ -16,7 +16,15 @@ from typing import Any
 
 from spcore.connection import Connection
 
-from .base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, prepare_accepted
+from .base import (
+    READ_SIZE,
+    Bound,
+    Driver,
+    JobPool,
+    TimerHeap,
+    prepare_accepted,
+    wait_timeout,
+)
 
 __all__ = ["SelectorsDriver"]
 
@@ -96,10 +104,7 @@ class SelectorsDriver(Driver):
             self._close_all()
 
     def _timeout(self, now: float) -> float | None:
-        deadlines = [d for d in (self._timers.next_deadline(), self.server.deadline) if d]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - now)
+        return wait_timeout(now, self._timers.next_deadline(), self.server.deadline)
 
     def _drain_wake(self, now: float) -> None:
         try:

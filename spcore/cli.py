@@ -271,7 +271,7 @@ def _load_app(spec: str) -> App:
         if exc.name and (module_name + ".").startswith(exc.name + "."):
             raise UsageError(f"cannot import the app: there is no module {module_name!r}") from None
         raise UsageError(f"importing {module_name!r} failed: {exc}") from None
-    except Exception as exc:  # the user's module raised while importing
+    except (Exception, SystemExit) as exc:  # the user's module raised (or exited) on import
         raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     for part in attribute.split("."):
         try:
@@ -311,17 +311,21 @@ def _tls_context(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Path 
         raise UsageError("--client-ca is unused with --client-cert none")
     if args.client_ca and not os.path.isfile(args.client_ca):
         raise UsageError(f"the client CA file {args.client_ca} does not exist")
-    try:
-        context = server_context(
-            pair.certfile,
-            pair.keyfile,
-            alpn_protocols=() if args.line_echo else ("http/1.1",),
-            client_ca=args.client_ca,
-            client_cert=client_cert,
-        )
-    except OSError as exc:  # ssl.SSLError included
-        what = f"the client CA file {args.client_ca}" if args.client_ca else str(pair.certfile)
-        raise UsageError(f"cannot set up TLS with {what}: {_reason(exc)}") from None
+    # The certificate alone first, so that an error names the file at fault.
+    attempts: list[tuple[str, str | None, ClientCertMode]] = [(str(pair.certfile), None, "none")]
+    if args.client_ca:
+        attempts.append((f"the client CA file {args.client_ca}", args.client_ca, client_cert))
+    for what, client_ca, mode in attempts:
+        try:
+            context = server_context(
+                pair.certfile,
+                pair.keyfile,
+                alpn_protocols=() if args.line_echo else ("http/1.1",),
+                client_ca=client_ca,
+                client_cert=mode,
+            )
+        except OSError as exc:  # ssl.SSLError included
+            raise UsageError(f"cannot set up TLS with {what}: {_reason(exc)}") from None
     return context, pair.certfile
 
 

@@ -458,6 +458,29 @@ def test_at_max_connections_the_next_client_waits_for_a_free_slot(loop: LoopName
         assert running.server.stats.connections_total == 2
 
 
+def test_a_queued_burst_beyond_max_connections_waits_instead_of_being_reset(
+    loop: LoopName,
+) -> None:
+    server = Server(
+        [Listener(http_app(hello), host="127.0.0.1", port=0)], Limits(max_connections=3)
+    )
+    driver = AsyncioDriver(server, loop=loop)
+    port = driver.bind()[0].address[1]
+    clients = [connect(port) for _ in range(12)]  # all in the backlog before the loop runs
+    try:
+        for n, client in enumerate(clients):
+            client.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % n)
+        with run_in_thread(driver, "aio-driver", join=TIMEOUT):
+            for n, client in enumerate(clients):  # each one frees a slot for the next
+                assert read_response(client)[1] == b"hello http /%d" % n
+                client.close()
+        assert server.stats.connections_refused == 0
+        assert server.stats.connections_total == 12
+    finally:
+        for client in clients:
+            client.close()
+
+
 # -- shutdown -----------------------------------------------------------------------------------
 
 
@@ -516,6 +539,22 @@ def test_stop_cuts_what_remains_when_the_grace_period_ends(loop: LoopName, size:
         running.thread.join(TIMEOUT)
         assert not running.thread.is_alive()
         assert time.monotonic() - started < 0.3 + 2.0
+        sock.close()
+
+
+def test_a_tail_the_peer_never_takes_is_cut_after_the_send_timeout(loop: LoopName) -> None:
+    limits = Limits(close_timeout=0, send_timeout=0.5)
+
+    def app(request: Request) -> Response:
+        return Response(200, body=b"t" * 240 * 1024)
+
+    with serving(http_app(app), loop, limits=limits, send_buffer=32 * 1024) as running:
+        sock = small_window(running.port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)  # it ended its side, and reads nothing
+        wait_for(lambda: running.server.stats.requests == 1, "the request", TIMEOUT)
+        # The core finished and closed; the transport held the tail: gone within the timeout.
+        wait_for(lambda: not running.server.connections, "the connection to end", 3.0)
         sock.close()
 
 

@@ -6,7 +6,7 @@ import threading
 from typing import Any, cast
 
 from spcore.connection import Connection
-from spcore.drivers.base import JobPool, TimerHeap
+from spcore.drivers.base import MAX_WAIT, JobPool, TimerHeap, wait_timeout
 from spcore.jobs import Job
 
 
@@ -76,3 +76,11 @@ def test_shutdown_hands_back_every_job_that_ran() -> None:
     pool.submit(cast(Connection, Owner()), job)
     pool.shutdown()  # nobody took it from finished(): shutdown must
     assert back == [job] and job.result == 42 and finished.is_set()
+
+
+def test_a_wait_never_exceeds_what_a_selector_can_express() -> None:
+    now = 1000.0
+    assert wait_timeout(now) is None and wait_timeout(now, None, None) is None
+    assert wait_timeout(now, now - 5.0) == 0.0  # already due
+    assert wait_timeout(now, now + 30.0, None, now + 2.0) == 2.0
+    assert wait_timeout(now, now + 30 * 86400.0) == MAX_WAIT  # epoll's limit is about 24 days

@@ -15,7 +15,15 @@ import socket
 import time
 
 from spcore import Connection, Server
-from spcore.drivers.base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, prepare_accepted
+from spcore.drivers.base import (
+    READ_SIZE,
+    Bound,
+    Driver,
+    JobPool,
+    TimerHeap,
+    prepare_accepted,
+    wait_timeout,
+)
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -53,8 +61,8 @@ class TinyDriver(Driver):
         try:
             while not server.finished:
                 self.listen(server.accepting)
-                deadlines = [d for d in (self.timers.next_deadline(), server.deadline) if d]
-                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+                deadlines = (self.timers.next_deadline(), server.deadline)
+                timeout = wait_timeout(time.monotonic(), *deadlines)
                 for key, events in self.selector.select(timeout):
                     now = time.monotonic()
                     if key.data is None:  # the wake-up socket: just empty it

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,8 @@ __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 _HIGH_WATER = 64 * 1024
 
 LoopName = Literal["default", "uvloop"]
+
+log = logging.getLogger("spcore.driver")
 
 
 class _Link(asyncio.BufferedProtocol):
@@ -276,9 +279,16 @@ class AsyncioDriver(Driver):
                     server.refused()
                     sock.close()
                     raise
-            prepare_accepted(sock)
+            try:
+                prepare_accepted(sock)
+                local = sock.getsockname()
+            except OSError as exc:  # it broke already (reset): one connection lost
+                log.debug("accepted connection unusable: %s", exc)
+                sock.close()
+                server.refused()
+                continue
             now = self._now()
-            conn = server.accept(bound.listener, peer, sock.getsockname(), now)
+            conn = server.accept(bound.listener, peer, local, now)
             task = loop.create_task(self._connect(_Link(self, conn), sock))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
@@ -302,9 +312,6 @@ class AsyncioDriver(Driver):
         transport = link.transport
         assert transport is not None
         now = self._now()
-        if link.conn.closed:  # it ended (shutdown grace over) while its transport was made
-            transport.abort()
-            return
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._links[link.conn] = link
         self._sync(link, now)

@@ -21,8 +21,9 @@ from netkit import connect as connect_to
 from netkit import rst_close, run_in_thread, start_in_thread, wait_for
 
 from spcore.config import Limits
-from spcore.drivers import choose
+from spcore.drivers import aio, choose
 from spcore.drivers.aio import AsyncioDriver, LoopName
+from spcore.drivers.base import prepare_accepted
 from spcore.framing import RawFraming
 from spcore.http.messages import App, Pipe, Request, Response, blocking
 from spcore.http.protocol import HTTPProtocol
@@ -479,6 +480,29 @@ def test_a_queued_burst_beyond_max_connections_waits_instead_of_being_reset(
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_socket_that_breaks_as_it_is_accepted_costs_only_itself(
+    loop: LoopName, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared: list[socket.socket] = []
+
+    def prepare(sock: socket.socket) -> None:
+        prepared.append(sock)
+        if len(prepared) == 1:
+            raise ConnectionResetError("reset before it was set up")
+        prepare_accepted(sock)
+
+    monkeypatch.setattr(aio, "prepare_accepted", prepare)
+    with serving(http_app(hello), loop) as running:
+        first = connect(running.port)
+        assert first.recv(1) == b""  # closed at once
+        first.close()
+        second = connect(running.port)  # the accept task went on
+        second.sendall(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(second)[1] == b"hello http /2"
+        second.close()
+        assert running.server.stats.connections_refused == 1
 
 
 # -- shutdown -----------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ Choices worth knowing:
   ``loop.connect_accepted_socket``; a failed accept goes to ``server.accept_failed``, which
   pauses accepting. A connection accepted just as the core stopped accepting waits in its task
   (as it would have in the backlog) until the core accepts again; at shutdown it is refused.
+  Stopping cancels the accept tasks: a connection the loop accepts in the very pass that
+  handles the stop can be dropped without being counted (closed when collected).
 * Back-pressure. The core's output goes to the transport in batches of at most the
   transport's high-water mark and is reported sent at once, but only while the transport has
   not paused writing; otherwise it stays in the core, which then stops producing and reading
@@ -260,39 +262,53 @@ class AsyncioDriver(Driver):
 
     async def _accept(self, bound: Bound) -> None:
         """Accept on one listening socket while the server accepts."""
+        while True:
+            try:
+                await self._accept_one(bound)
+            except Exception:  # a bug: logged, and this listener goes on accepting
+                log.exception("accepting on %s failed", bound.address)
+                await asyncio.sleep(self.server.limits.accept_pause)
+
+    async def _accept_one(self, bound: Bound) -> None:
         loop = self._loop
         server = self.server
         assert loop is not None
-        while True:
-            await self._may_accept.wait()
-            try:
-                sock, peer = await loop.sock_accept(bound.sock)
-            except OSError as exc:
-                now = self._now()
-                server.accept_failed(exc, now)  # the core pauses accepting
-                self._after(now)
-                continue
-            if not self._may_accept.is_set():  # the core stopped accepting meanwhile
-                try:
-                    await self._may_accept.wait()  # wait here, as in the listen backlog
-                except asyncio.CancelledError:
-                    server.refused()
-                    sock.close()
-                    raise
-            try:
-                prepare_accepted(sock)
-                local = sock.getsockname()
-            except OSError as exc:  # it broke already (reset): one connection lost
-                log.debug("accepted connection unusable: %s", exc)
-                sock.close()
-                server.refused()
-                continue
+        await self._may_accept.wait()
+        try:
+            sock, peer = await loop.sock_accept(bound.sock)
+        except OSError as exc:
             now = self._now()
-            conn = server.accept(bound.listener, peer, local, now)
-            task = loop.create_task(self._connect(_Link(self, conn), sock))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+            server.accept_failed(exc, now)  # the core pauses accepting
             self._after(now)
+            return
+        try:
+            # The core stopped accepting meanwhile: wait here, as in the listen backlog (in a
+            # loop: another listener's task may take the slot first).
+            while not self._may_accept.is_set():
+                await self._may_accept.wait()
+        except asyncio.CancelledError:
+            server.refused()
+            sock.close()
+            raise
+        self._admit(bound, sock, peer)
+
+    def _admit(self, bound: Bound, sock: socket.socket, peer: Any) -> None:
+        """Create the core's side of an accepted socket, then its transport (in a task)."""
+        try:
+            prepare_accepted(sock)
+            local = sock.getsockname()
+        except OSError as exc:  # it broke already (reset): one connection lost
+            log.debug("accepted connection unusable: %s", exc)
+            sock.close()
+            self.server.refused()
+            return
+        now = self._now()
+        conn = self.server.accept(bound.listener, peer, local, now)
+        assert self._loop is not None
+        task = self._loop.create_task(self._connect(_Link(self, conn), sock))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        self._after(now)
 
     async def _connect(self, link: _Link, sock: socket.socket) -> None:
         """Give an accepted socket its transport; ``connection_made`` reaches ``_made``."""

@@ -233,8 +233,8 @@ class Connection:
             self._send_deadline = now + self.limits.send_timeout if out else None
             if self._paused_writing and self.output_size <= self.limits.write_low_water:
                 self._paused_writing = False
-                if self._stage in (_Stage.TLS, _Stage.PLAIN):
-                    self.protocol.resume_writing(now)
+                if self._stage in (_Stage.TLS, _Stage.PLAIN) and self.protocol_started:
+                    self.protocol.resume_writing(now)  # (a handshake's own output: not yet)
             if not out:
                 self._maybe_finish_close(now)
         except Exception:

@@ -28,11 +28,13 @@ __all__ = ["Listener", "Server", "Stats"]
 
 log = logging.getLogger("spcore.server")
 
-#: Accept errors about one connection only (reset before it was taken, a signal): accepting
-#: pauses only for ``_ONE_CONNECTION_PAUSE``. Any other (out of descriptors or memory) pauses
-#: it for ``Limits.accept_pause``.
-_ONE_CONNECTION_ERRORS = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO})
-_ONE_CONNECTION_PAUSE = 0.01
+#: Accept errors about one connection (reset before it was taken) or passing (a signal, a
+#: spurious wake-up): accepting pauses only for ``_BRIEF_PAUSE``. Any other (out of
+#: descriptors or memory) pauses it for ``Limits.accept_pause``.
+_BRIEF_ERRORS = frozenset(
+    {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EINTR, errno.EAGAIN}
+)
+_BRIEF_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,9 @@ class Server:
         ``deadline`` brings the driver back, so it neither spins on a listener the kernel
         keeps reporting ready nor is left with no accept pending."""
         self.refused()
-        if error.errno in _ONE_CONNECTION_ERRORS:
+        if error.errno in _BRIEF_ERRORS:
             log.debug("accept failed: %s", error)
-            pause = _ONE_CONNECTION_PAUSE
+            pause = _BRIEF_PAUSE
         else:
             pause = self.limits.accept_pause
             log.warning("accept failed: %s; pausing accepts for %.2f s", error, pause)

@@ -482,6 +482,41 @@ def test_a_queued_burst_beyond_max_connections_waits_instead_of_being_reset(
             client.close()
 
 
+def test_two_listeners_never_admit_past_max_connections(loop: LoopName) -> None:
+    listeners = [Listener(http_app(hello), host="127.0.0.1", port=0) for _ in range(2)]
+    server = Server(listeners, Limits(max_connections=1))
+    driver = AsyncioDriver(server, loop=loop)
+    one, two = (bound.address[1] for bound in driver.bind())
+
+    def ask(port: int, n: int) -> socket.socket:
+        client = connect(port)
+        client.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        return client
+
+    with run_in_thread(driver, "aio-driver", join=TIMEOUT):
+        first = ask(one, 1)
+        assert read_response(first)[1] == b"hello http /1"
+        held = ask(two, 2)  # accepted on the second listener, held while the limit is reached
+        time.sleep(0.2)
+        queued = ask(one, 3)  # waits in the first listener's backlog
+        time.sleep(0.2)
+        first.close()  # one slot: exactly one of the two is served
+        waiting = []
+        for client in (held, queued):
+            client.settimeout(0.5)
+            try:
+                assert read_response(client)[1].startswith(b"hello http /")
+                served = client
+            except TimeoutError:
+                waiting.append(client)
+        assert len(waiting) == 1 and len(server.connections) == 1
+        served.close()
+        waiting[0].settimeout(TIMEOUT)
+        assert read_response(waiting[0])[1].startswith(b"hello http /")
+        waiting[0].close()
+    assert server.stats.connections_total == 3
+
+
 def test_a_socket_that_breaks_as_it_is_accepted_costs_only_itself(
     loop: LoopName, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -541,6 +541,16 @@ class TestResponseBodies:
         assert link.take() == b"4\r\nlate\r\n0\r\n\r\n"
 
 
+def test_a_handshake_larger_than_the_high_water_mark_completes(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    server = http_server(hello, tls=server_tls, write_high_water=100, write_low_water=0)
+    link = MemLink(server, client_context=client_tls)  # the certificate alone is over 100 bytes
+    link.send(request())
+    assert parse_one(link.take()).body == b"GET /"
+    assert not link.closed
+
+
 class TestStreamingBackPressure:
     CHUNK = 64 * KiB
     CHUNKS = 320  # 20 MiB

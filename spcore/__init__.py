@@ -4,6 +4,8 @@ The core (this package) turns bytes into protocol events and back without ever t
 socket, a thread or a clock; drivers (``spcore.drivers``) move the bytes.
 """
 
+from pathlib import Path as _Path
+
 from .config import Limits
 from .connection import Connection
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -16,6 +18,14 @@ from .server import Listener, Server, Stats
 from .stream import Session, StreamHandler, StreamProtocol
 
 __version__ = "0.1.0"
+
+# A source checkout keeps ``drivers/`` beside this package, and installing maps it to
+# ``spcore.drivers`` (pyproject's package-dir). When this package is imported from a checkout
+# rather than from the install (``python -m spcore`` run in the checkout's root puts it first
+# on sys.path), ``spcore.drivers`` is found beside it all the same.
+_HERE = _Path(__file__).parent
+if not (_HERE / "drivers").is_dir() and (_HERE.parent / "drivers" / "__init__.py").is_file():
+    __path__.append(str(_HERE.parent))
 
 __all__ = [
     "BodyReader",

@@ -197,11 +197,18 @@ def get(endpoint: Endpoint, path: str, context: ssl.SSLContext | None = None) ->
 # -- serving ---------------------------------------------------------------------------------------
 
 
+#: The source checkout: the README's first command runs ``python3 -m spcore`` in its root,
+#: where the checkout's ``spcore/`` comes first on sys.path, before the installed copy.
+CHECKOUT = pathlib.Path(__file__).resolve().parents[1]
+
+
 @needs_signals
+@pytest.mark.parametrize("where", ["elsewhere", "checkout"])
 def test_serve_prints_its_url_and_serves_the_builtin_page(
-    env: dict[str, str], cache_dir: pathlib.Path
+    env: dict[str, str], cache_dir: pathlib.Path, where: str
 ) -> None:
-    with served(["--port", "0"], env) as server:
+    cwd = CHECKOUT if where == "checkout" else None
+    with served(["--port", "0"], env, cwd=cwd) as server:
         assert [e.scheme for e in server.endpoints] == ["https"]
         endpoint = server.endpoints[0]
         assert endpoint.host == "127.0.0.1" and endpoint.port > 0

@@ -231,14 +231,20 @@ def test_serve_prints_its_url_and_serves_the_builtin_page(
         assert server.stop() == 0
 
 
+@pytest.fixture(params=list(DRIVERS))
+def driver(request: pytest.FixtureRequest) -> str:
+    """Each registered driver; one that cannot run here is skipped, saying why."""
+    name: str = request.param
+    available, reason = DRIVERS[name].probe()
+    if not available:
+        pytest.skip(f"{name}: {reason}")
+    return name
+
+
 @needs_signals
-@pytest.mark.parametrize("driver", list(DRIVERS))
 def test_serve_with_each_driver_gives_curl_the_page_over_tls(
     driver: str, env: dict[str, str]
 ) -> None:
-    available, reason = DRIVERS[driver].probe()
-    if not available:
-        pytest.skip(f"{driver}: {reason}")
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
@@ -259,13 +265,9 @@ def test_serve_with_each_driver_gives_curl_the_page_over_tls(
 
 @needs_signals
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads CPU time from /proc")
-@pytest.mark.parametrize("driver", list(DRIVERS))
 def test_out_of_descriptors_the_server_pauses_accepting_without_spinning(
     driver: str, env: dict[str, str]
 ) -> None:
-    available, reason = DRIVERS[driver].probe()
-    if not available:
-        pytest.skip(f"{driver}: {reason}")
     args = ["--port", "0", "--no-tls", "--line-echo", "--driver", driver]
     with served(args, env, max_files=64) as server:
         port = server.endpoints[0].port

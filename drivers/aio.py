@@ -21,8 +21,9 @@ Choices worth knowing:
   ``loop.connect_accepted_socket``; a failed accept goes to ``server.accept_failed``, which
   pauses accepting. A connection accepted just as the core stopped accepting waits in its task
   (as it would have in the backlog) until the core accepts again; at shutdown it is refused.
-  Stopping cancels the accept tasks: a connection the loop accepts in the very pass that
-  handles the stop can be dropped without being counted (closed when collected).
+  Stopping takes the listening sockets out of the loop before it cancels the accept tasks,
+  so that an accept cannot complete into a cancelled task (on the Proactor loop, which has no
+  readers to remove, a connection accepted as the stop comes may be dropped uncounted).
 * Back-pressure. The core's output goes to the transport in batches of at most the
   transport's high-water mark and is reported sent at once, but only while the transport has
   not paused writing; otherwise it stays in the core, which then stops producing and reading
@@ -199,8 +200,6 @@ class AsyncioDriver(Driver):
             return
         self._serving = False
         self._stop_accepting()
-        assert self._loop is not None
-        self._loop.call_soon(self.close_listeners)  # after the cancelled accepts let go
         self.server.begin_shutdown(now)
 
     def _now(self) -> float:
@@ -255,10 +254,22 @@ class AsyncioDriver(Driver):
             self._acceptors = [self._loop.create_task(self._accept(bound)) for bound in self.bound]
 
     def _stop_accepting(self) -> None:
-        """For good: cancel the accept tasks (a connection one still holds is refused)."""
+        """For good. The listening sockets leave the loop at once, so that no accept
+        completes any more; the tasks are cancelled a pass later, once an accept that did
+        complete has reached its task, which then refuses it; then the sockets close."""
         self._may_accept.clear()
+        loop = self._loop
+        assert loop is not None
+        for bound in self.bound:
+            if bound.sock.fileno() >= 0:
+                with contextlib.suppress(NotImplementedError):  # the Proactor loop: no readers
+                    loop.remove_reader(bound.sock.fileno())
+        loop.call_soon(self._end_accepting)
+
+    def _end_accepting(self) -> None:
         for task in self._acceptors:
             task.cancel()
+        self.close_listeners()
 
     async def _accept(self, bound: Bound) -> None:
         """Accept on one listening socket while the server accepts."""
@@ -470,7 +481,7 @@ class AsyncioDriver(Driver):
         pending = [*self._acceptors, *self._connecting]
         if pending:
             loop.run_until_complete(asyncio.wait(pending))
-        self.close_listeners()
+        self._end_accepting()  # (if nothing was pending, the loop did not run it)
         now = loop.time()
         for conn, link in list(self._links.items()):
             if link.transport is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import importlib.util
+import logging
 import random
 import selectors
 import socket
@@ -615,6 +616,23 @@ def test_a_tail_the_peer_never_takes_is_cut_after_the_send_timeout(loop: LoopNam
         # The core finished and closed; the transport held the tail: gone within the timeout.
         wait_for(lambda: not running.server.connections, "the connection to end", 3.0)
         sock.close()
+
+
+def test_a_client_arriving_as_the_stop_comes_is_refused_not_left_hanging(
+    loop: LoopName, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serving(http_app(hello), loop) as running:
+        wait_for(lambda: running.driver._loop is not None, "the loop", TIMEOUT)
+        running.driver._loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is busy...
+        client = connect(running.port)  # ...while a client arrives
+        running.driver.stop()  # and the stop: both are seen in the same pass
+        client.settimeout(2.0)
+        with contextlib.suppress(ConnectionResetError):  # refused from the backlog: a reset
+            assert client.recv(1) == b""  # refused at once, not left until garbage collection
+        client.close()
+        running.thread.join(TIMEOUT)
+    assert running.server.stats.connections_total == 0
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
 
 
 def test_a_dying_loop_still_ends_each_connection_once(loop: LoopName) -> None:

@@ -49,8 +49,6 @@ _CA_LIFETIME = datetime.timedelta(days=3650)
 #: A cached development certificate closer than this to its expiry is replaced, so a server
 #: started today does not stop working in the middle of next week.
 _RENEW_BEFORE = datetime.timedelta(days=30)
-#: Concurrent processes may interleave their writes of the certificate and the key; each one
-#: re-checks the pair it wrote and starts over if another process's half replaced its own.
 
 _Role = Literal["ca", "server", "client"]
 _Key = ec.EllipticCurvePrivateKey

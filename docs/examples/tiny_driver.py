@@ -116,6 +116,7 @@ class TinyDriver(Driver):
                 return
             except OSError as exc:  # the core says whether to go on or pause (EMFILE)
                 self.server.accept_failed(exc, now)
+                continue
             prepare_accepted(sock)
             conn = self.server.accept(bound.listener, peer, sock.getsockname(), now)
             self.socks[conn], self.masks[conn] = sock, 0

@@ -202,6 +202,7 @@ class Served:
         ``transport`` defaults to the one the server was started with; ``context`` replaces
         the suite's client context (which trusts the CA and pins the version).
         """
+        self._check_alive()
         transport = transport or self.transport
         sock = socket.create_connection(self.addresses[index][:2], timeout=timeout)
         if transport == "plain":
@@ -223,12 +224,22 @@ class Served:
         """Wait until the server holds no connection at all."""
         wait_until(lambda: not self.server.connections, timeout, "the connections to drain")
 
+    def request_stop(self) -> None:
+        """Call ``driver.stop()`` (from this thread, as a signal handler's thread would);
+        fail if it does not return at once."""
+        asking = threading.Thread(target=self.driver.stop, name="spcore-conformance-stop")
+        asking.daemon = True
+        asking.start()
+        asking.join(STOP_MARGIN)
+        if asking.is_alive():
+            raise AssertionError(f"driver.stop() did not return within {STOP_MARGIN:.1f} s")
+
     def stop(self) -> None:
         """Ask for a graceful shutdown and wait for ``run()`` to return; fail if it hangs."""
         if self._stopped:
             return
         self._stopped = True
-        self.driver.stop()
+        self.request_stop()
         limits = self.server.limits
         budget = limits.shutdown_grace + limits.close_timeout + STOP_MARGIN
         if self._thread is not None:
@@ -237,6 +248,11 @@ class Served:
                 raise AssertionError(
                     f"the driver did not stop: run() still running {budget:.1f} s after stop()"
                 )
+        if self._error is not None:
+            raise AssertionError(f"driver.run() raised {self._error!r}") from self._error
+
+    def _check_alive(self) -> None:
+        """Fail at once, with its cause, once ``run()`` has raised."""
         if self._error is not None:
             raise AssertionError(f"driver.run() raised {self._error!r}") from self._error
 
@@ -309,6 +325,9 @@ class Serve:
             served._start()
             yield served
             served.stop()
+        except Exception:
+            served._check_alive()  # a driver that died is the cause, not what the client saw
+            raise
         finally:
             if not served._stopped:  # the scenario failed: still stop, but keep its error
                 with contextlib.suppress(AssertionError):

@@ -168,7 +168,7 @@ def test_graceful_shutdown_with_a_response_in_flight(serve: Serve, transport: Tr
             client.request("GET", "/slow")
             head = client.read_head()
             assert head.status == 200
-            served.driver.stop()
+            served.request_stop()
             wait_until(lambda: _refused(served), 3.0, "the listening socket to close")
             assert client.read_exact(SLOW_SIZE) == pattern(0, SLOW_SIZE)
             assert client.recv() == b""  # the connection ends cleanly after the response
@@ -181,7 +181,7 @@ def test_shutdown_closes_idle_connections_at_once(serve: Serve, transport: Trans
         with served.connect() as client:
             assert client.fetch("GET", "/hello").status == 200
             start = time.monotonic()
-            served.driver.stop()
+            served.request_stop()
             assert client.recv() == b""  # closed cleanly (close_notify on TLS)
             assert time.monotonic() - start < 2.0  # not after the 3 s grace period
         wait_until(lambda: not served.running, 2.0, "run() to return")
@@ -203,7 +203,7 @@ def test_shutdown_grace_cuts_what_does_not_finish(serve: Serve) -> None:
         client.request("GET", "/slow")
         assert client.read_head().status == 200
         start = time.monotonic()
-        served.driver.stop()
+        served.request_stop()
         wait_until(lambda: not served.running, 5.0, "run() to return")
         assert 0.4 <= time.monotonic() - start <= 4.0
         with pytest.raises((EOFError, ConnectionError)):

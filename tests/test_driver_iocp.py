@@ -300,20 +300,18 @@ def test_the_peer_address_is_what_getacceptexsockaddrs_read() -> None:
         client.close()
 
 
-def test_an_acceptex_whose_client_reset_at_once_is_posted_again_at_once() -> None:
+def test_an_acceptex_whose_client_reset_at_once_is_reported_and_posted_again() -> None:
     with serving() as (driver, spy, address):
         failed = fail_first(spy, "AcceptEx", win32.WSAECONNRESET, win32.FALSE)
         client = connect_echoed(address, b"x")
         wait_for(lambda: bool(failed), "the failed AcceptEx")
-        retried = [a for a in spy.named("AcceptEx") if a[1] == failed[0][1]]
-        assert retried[-1][7]._obj is failed[0][7]._obj  # the same socket and OVERLAPPED
-        assert driver.server.stats.connections_refused == 1  # counted, not retried later
-        assert driver.server.deadline is None  # no pause in accepting either
+        assert len(spy.named("AcceptEx")) > 1  # posted again after the core's brief pause
+        assert driver.server.stats.connections_refused == 1
         client.close()
 
 
-def test_an_acceptex_reset_storm_backs_off_after_a_bounded_number_of_tries() -> None:
-    resets = iocp_driver._ACCEPT_TRIES
+def test_an_acceptex_reset_storm_ends_in_service() -> None:
+    resets = 16
 
     def prepare(spy: Spy, driver: IocpDriver) -> None:
         left = [resets]
@@ -328,7 +326,7 @@ def test_an_acceptex_reset_storm_backs_off_after_a_bounded_number_of_tries() -> 
 
     with serving(prepare=prepare) as (driver, _spy, address):
         client = connect_echoed(address, b"x")
-        assert driver.server.stats.connections_refused == resets  # 15 retried, 1 failed
+        assert driver.server.stats.connections_refused == resets  # each one counted
         client.close()
 
 

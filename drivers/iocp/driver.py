@@ -70,9 +70,6 @@ _SLOT = win32.ACCEPT_ADDRESS_LENGTH
 #: completion are 32-bit).
 _MAX_WSABUFS = 1024
 _MAX_SEND = 1 << 30
-#: An AcceptEx failing at once with WSAECONNRESET (its client reset before it was taken) is
-#: posted again at once, up to this many times.
-_ACCEPT_TRIES = 16
 #: Completion errors of an AcceptEx whose client went away before it completed: that
 #: concerns one connection only, like accept(2)'s ECONNABORTED, and the accept is re-posted.
 _ACCEPT_ABORTS = frozenset(
@@ -199,13 +196,7 @@ class IocpDriver(ProactorBase):
                 raise self._error(-exc.winerror) from exc
             block = _AcceptBlock(sock)
             code = self._accept_ex(op.owner.fd, block)
-            for _ in range(_ACCEPT_TRIES - 1):
-                if code != win32.WSAECONNRESET:
-                    break
-                # A client that reset before we took it; the accept socket is still unused.
-                self.server.refused()
-                code = self._accept_ex(op.owner.fd, block)
-            if code:
+            if code:  # (WSAECONNRESET: its client reset first; the core pauses only briefly)
                 raise self._error(-code)
         except BaseException:
             sock.close()

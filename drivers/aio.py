@@ -363,7 +363,7 @@ class AsyncioDriver(Driver):
     def _lost(self, link: _Link, error: BaseException | None) -> None:
         conn = link.conn
         if conn not in self._links:
-            return  # never made (it had ended), or already ended by _teardown
+            return  # already ended by _teardown
         now = self._now()
         self._end(link, conn, error or link.error, now)
         self._after(now)

@@ -81,7 +81,6 @@ class Connection:
         self.tls: TLSEngine | None = None
         self.tls_info: TLSInfo | None = None
         self.protocol: ProtocolLayer = ProtocolLayer()
-        server.now = now
         self._out: deque[bytes | memoryview] = deque()
         self._out_size = 0
         self._pre = bytearray()  # raw bytes held while sniffing and reading the ClientHello

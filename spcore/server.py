@@ -151,6 +151,7 @@ class Server:
         self, listener: Listener, peer: Address | None, local: Address | None, now: float
     ) -> Connection:
         """Create the core side of a socket the driver accepted on ``listener``."""
+        self.now = now
         conn_id = self._next_id
         self._next_id += 1
         conn = Connection(self, conn_id, listener, peer, local, now)
@@ -160,7 +161,8 @@ class Server:
         return conn
 
     def refused(self) -> None:
-        """The driver dropped a connection it could not take (limit reached, accept error)."""
+        """The driver dropped a connection it had accepted but could not use (it broke at once,
+        or came during shutdown); failed accepts go to ``accept_failed``."""
         self.stats.connections_refused += 1
 
     def accept_failed(self, error: OSError, now: float) -> None:

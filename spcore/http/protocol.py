@@ -68,12 +68,13 @@ def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
 
 
 class _Head:
-    """What one pass over a request head tells: its headers as a list, its size on the wire
-    (give or take whitespace h11 dropped) and its body framing."""
+    """What one pass over a request head tells: its method, its headers as a list, its size
+    on the wire (give or take whitespace h11 dropped) and its body framing."""
 
-    __slots__ = ("chunked", "headers", "length", "size")
+    __slots__ = ("chunked", "headers", "length", "method", "size")
 
     def __init__(self, event: h11.Request) -> None:
+        self.method = event.method
         self.headers: list[tuple[bytes, bytes]] = list(event.headers)
         size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
         self.length: int | None = None  # Content-Length, validated by h11
@@ -100,7 +101,6 @@ class HTTPProtocol(ProtocolLayer):
         self._job: Job | None = None
         # per-request state, reset by _reset_request
         self._request: Request | None = None
-        self._method = b""  # as h11 saw it: a HEAD response has no body, an error's neither
         self._head: _Head | None = None
         self._reader: BodyReader | None = None
         self._body_size = 0
@@ -282,7 +282,6 @@ class HTTPProtocol(ProtocolLayer):
     def _reset_request(self) -> None:
         self._close_source()
         self._request = None
-        self._method = b""
         self._head = None
         self._reader = None
         self._body_size = 0
@@ -298,19 +297,17 @@ class HTTPProtocol(ProtocolLayer):
         assert conn is not None
         conn.server.stats.requests += 1
         self.deadline = None
-        self._method = event.method
         limits = conn.limits
+        head = self._head = _Head(event)  # before any error: a HEAD's error has no body either
         if len(event.target) > limits.max_url_length:
             self._error(414, _URL_TOO_LONG, now)
             return
-        head = _Head(event)
         if head.size > limits.max_header_size:  # it came in one piece, or h11 had 431'd
             self._error(431, _HEAD_TOO_LARGE, now)
             return
         if event.method == b"CONNECT":  # h11 would switch protocols on any 2xx answer
             self._error(501, "CONNECT tunnels are not supported by this server", now)
             return
-        self._head = head
         if head.length is not None and head.length > limits.max_body_size:
             self._error(413, f"the request body exceeds {limits.max_body_size} bytes", now)
             return
@@ -638,7 +635,8 @@ class HTTPProtocol(ProtocolLayer):
             return
         phrase = _REASONS.get(status, b"")
         body = b"%d %s: %s\n" % (status, phrase, why.encode("utf-8", "replace"))
-        if not self._method and self._line_prefix == _HEAD_PREFIX:
+        parsed = self._head
+        if parsed is None and self._line_prefix == _HEAD_PREFIX:
             body = b""  # a HEAD h11 has not parsed: only an empty body keeps both sides framed
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -649,7 +647,7 @@ class HTTPProtocol(ProtocolLayer):
         self._response_started = True
         try:
             out = h.send(h11.Response(status_code=status, headers=headers, reason=phrase))
-            if self._method != b"HEAD":
+            if parsed is None or parsed.method != b"HEAD":
                 out += h.send(h11.Data(data=body))
             out += h.send(h11.EndOfMessage())
         except h11.LocalProtocolError:

@@ -74,6 +74,7 @@ class Connection:
         self.id = conn_id
         self.listener = listener
         self.limits: Limits = server.limits
+        self.stats = server.stats
         self.peer = peer
         self.local = local
         self.proxy: ProxyInfo | None = None
@@ -193,7 +194,7 @@ class Connection:
         self._enter(now)
         try:
             if data:
-                self.server.stats.bytes_received += len(data)
+                self.stats.bytes_received += len(data)
             else:
                 self._transport_eof = True
             self._dispatch(data, now)
@@ -218,7 +219,7 @@ class Connection:
             return
         self._enter(now)
         try:
-            self.server.stats.bytes_sent += n
+            self.stats.bytes_sent += n
             self._out_size -= n
             out = self._out
             while n:
@@ -256,10 +257,10 @@ class Connection:
         self._enter(now)
         try:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self.server.stats.timeouts += 1
+                self.stats.timeouts += 1
                 self.abort("TLS handshake timed out")
             elif self._send_deadline is not None and now >= self._send_deadline:
-                self.server.stats.timeouts += 1
+                self.stats.timeouts += 1
                 self.abort("peer stopped reading our output")
             elif self._close_deadline is not None and now >= self._close_deadline:
                 self._should_close = True
@@ -333,6 +334,10 @@ class Connection:
         another connection's call is timed by that call."""
         return self.server.now
 
+    def wall_time(self, now: float) -> float:
+        """Unix time at driver time ``now``."""
+        return self.server.wall_time(now)
+
     def write(self, data: bytes) -> None:
         """Queue plaintext for the peer. Ignored once the connection is closing."""
         if not data or self._stage in (_Stage.CLOSING, _Stage.CLOSED):
@@ -390,7 +395,7 @@ class Connection:
 
     def _internal_error(self) -> None:
         log.exception("%r: internal error; closing the connection", self)
-        self.server.stats.errors += 1
+        self.stats.errors += 1
         self.abort("internal error")
 
     def _queue(self, data: bytes) -> None:
@@ -443,7 +448,7 @@ class Connection:
         try:
             parsed = self._proxy_reader.feed(data)
         except ProtocolError as exc:
-            self.server.stats.errors += 1
+            self.stats.errors += 1
             self.abort(f"bad PROXY header: {exc}")
             return
         if parsed is None:
@@ -465,7 +470,7 @@ class Connection:
         if kind is None:
             return
         if kind is Sniff.HTTP:
-            self.server.stats.errors += 1
+            self.stats.errors += 1
             log.info("%r: plain HTTP on a TLS port; answering 400", self)
             assert self.tls is not None
             self.tls.close()
@@ -492,7 +497,7 @@ class Connection:
         try:
             hello = self._hello_reader.feed(data)
         except RecordError as exc:
-            self.server.stats.tls_errors += 1
+            self.stats.tls_errors += 1
             log.info("%r: bad ClientHello: %s", self, exc)
             self._queue(alert_record(exc.alert))
             self._stage = _Stage.CLOSING
@@ -512,7 +517,7 @@ class Connection:
         try:
             events = tls.receive_data(data)
         except TLSError as exc:
-            self.server.stats.tls_errors += 1
+            self.stats.tls_errors += 1
             log.info("%r: %s", self, exc)
             self._handshake_deadline = None
             self.close()  # the engine failed: no close_notify, but its alert is flushed
@@ -526,7 +531,7 @@ class Connection:
             elif kind is HandshakeComplete:
                 self.tls_info = event.info  # type: ignore[union-attr]
                 self._handshake_deadline = None
-                self.server.stats.handshakes += 1
+                self.stats.handshakes += 1
                 self.protocol.connection_made(self, now)
             elif kind is CloseNotify:
                 self._end_of_input(True, now)

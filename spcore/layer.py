@@ -1,19 +1,79 @@
 """The interface between a connection and the protocol above it (HTTP, stream framings).
 
 A protocol layer only ever sees plaintext: the connection below it has already dealt with the
-PROXY header, the TLS handshake and encryption. It talks back through the connection's
-``write``/``close``/``abort``/``submit_job`` and tells the connection what it waits for
-through ``reading`` and ``deadline``.
+PROXY header, the TLS handshake and encryption. It talks back through ``Transport`` -- the
+connection as a protocol sees it, and nothing more: no server object, no other connection --
+and tells the connection what it waits for through ``reading`` and ``deadline``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .config import Limits
+    from .jobs import Job
+    from .preamble import ProxyInfo
+    from .server import Stats
+    from .tls.engine import TLSInfo
 
-__all__ = ["ProtocolLayer"]
+__all__ = ["ProtocolLayer", "Transport"]
+
+
+class Transport(Protocol):
+    """What a protocol layer may use of its connection (``spcore.Connection`` provides it)."""
+
+    #: A number unique among the server's connections (logs, session ids).
+    id: int
+    #: The peer's and our socket address (the PROXY header's source replaces the peer).
+    peer: tuple[Any, ...] | None
+    local: tuple[Any, ...] | None
+    #: The PROXY header, when the listener expects one.
+    proxy: ProxyInfo | None
+    #: What the TLS handshake settled (None on a plaintext listener).
+    tls_info: TLSInfo | None
+    limits: Limits
+    #: Counters to bump (requests, errors, timeouts...).
+    stats: Stats
+
+    @property
+    def now(self) -> float:
+        """The driver's clock at the call in progress."""
+        ...
+
+    def wall_time(self, now: float) -> float:
+        """Unix time at driver time ``now`` (the core never reads a clock)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """False from the high-water mark until output drains below the low-water mark."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """True once a close or an abort was decided: nothing more is sent."""
+        ...
+
+    @property
+    def output_size(self) -> int:
+        """Bytes waiting to go out (what ``writable`` is judged by)."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Flush, close_notify, shut down, close (graceful)."""
+        ...
+
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping unsent output."""
+        ...
+
+    def submit_job(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> Job:
+        """Run ``fn`` on a worker thread; ``on_done(job, now)`` runs on the loop afterwards."""
+        ...
 
 
 class ProtocolLayer:
@@ -30,7 +90,7 @@ class ProtocolLayer:
         being produced): the driver stops reading and the kernel's window pushes back."""
         return True
 
-    def connection_made(self, conn: Connection, now: float) -> None:
+    def connection_made(self, conn: Transport, now: float) -> None:
         """The connection is ready for plaintext (after the TLS handshake, if any)."""
 
     def data_received(self, data: bytes, now: float) -> None:

@@ -10,7 +10,6 @@ driver may exit.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import logging
 import ssl
@@ -83,27 +82,14 @@ class Stats:
         return asdict(self)
 
 
-@dataclass
-class _DateCache:
-    second: int = -1
-    value: bytes = b""
-
-
 class Server:
     """Configuration, limits, the connection and session registries, shutdown state."""
 
-    def __init__(
-        self,
-        listeners: Sequence[Listener],
-        limits: Limits | None = None,
-        *,
-        server_header: str = "spcore",
-    ) -> None:
+    def __init__(self, listeners: Sequence[Listener], limits: Limits | None = None) -> None:
         if not listeners:
             raise ValueError("a server needs at least one listener")
         self.listeners = tuple(listeners)
         self.limits = limits or Limits()
-        self.server_header = server_header.encode("ascii")
         self.stats = Stats()
         #: Live connections by id.
         self.connections: dict[int, Connection] = {}
@@ -121,7 +107,6 @@ class Server:
         self._shutdown_deadline: float | None = None
         self._accept_paused_until: float | None = None
         self._wall_offset = 0.0
-        self._date = _DateCache()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -239,14 +224,8 @@ class Server:
         self._woken.clear()
         return woken
 
-    # -- helpers for protocols ----------------------------------------------------------------
+    # -- time -------------------------------------------------------------------------------
 
-    def http_date(self, now: float) -> bytes:
-        """The IMF-fixdate for ``now`` (driver clock), cached per second."""
-        wall = now + self._wall_offset
-        second = int(wall)
-        cache = self._date
-        if second != cache.second:
-            cache.second = second
-            cache.value = email.utils.formatdate(second, usegmt=True).encode("ascii")
-        return cache.value
+    def wall_time(self, now: float) -> float:
+        """Unix time at driver time ``now`` (from the offset ``start`` learnt)."""
+        return now + self._wall_offset

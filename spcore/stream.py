@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ProtocolError, RemoteProtocolError
 from .framing import Framing, FramingError, LineFraming
 from .jobs import Job
-from .layer import ProtocolLayer
+from .layer import ProtocolLayer, Transport
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -96,7 +96,7 @@ class Session:
         """
         conn = self._conn
         if conn.output_size > conn.limits.max_session_backlog:
-            conn.server.stats.errors += 1
+            conn.stats.errors += 1
             conn.abort("slow consumer: session backlog over max_session_backlog")
             return
         conn.write(self._framing.frame(message))
@@ -172,8 +172,9 @@ class StreamProtocol(ProtocolLayer):
     def reading(self) -> bool:
         return self._job is None and not self._eof_pending
 
-    def connection_made(self, conn: Connection, now: float) -> None:
-        self._conn = conn
+    def connection_made(self, conn: Transport, now: float) -> None:
+        # The session registry still lives on the server (to move into this layer).
+        self._conn = conn = cast("Connection", conn)
         self._framing = self.handler.framing()
         self._session = Session(conn, self._framing)
         conn.server.sessions[conn.id] = self._session
@@ -251,7 +252,7 @@ class StreamProtocol(ProtocolLayer):
     def _protocol_error(self, exc: ProtocolError) -> None:
         assert self._conn is not None
         log.info("%r: %s", self._conn, exc)
-        self._conn.server.stats.errors += 1
+        self._conn.stats.errors += 1
         self._call("error", exc)
         self._eof_pending = True
         self._close_when_idle()
@@ -273,7 +274,7 @@ class StreamProtocol(ProtocolLayer):
             getattr(self.handler, method)(session, *args)
         except Exception:
             log.exception("%r: handler.%s failed", conn, method)
-            conn.server.stats.errors += 1
+            conn.stats.errors += 1
             conn.close()
 
     def _run_queue(self) -> None:
@@ -299,7 +300,7 @@ class StreamProtocol(ProtocolLayer):
             deferred.apply(session)  # even if this connection has gone: sends to the others
             if job.error is not None:
                 log.error("%r: blocking handler failed", conn, exc_info=job.error)
-                conn.server.stats.errors += 1
+                conn.stats.errors += 1
                 conn.close()
             if conn.closed:
                 self._close_handler(conn, session)  # connection_lost left it to this job

@@ -10,6 +10,7 @@ from memlink import LOCAL, PEER, MemLink
 
 from spcore.config import Limits
 from spcore.connection import Connection
+from spcore.http.dates import DateCache
 from spcore.server import Listener, Server
 from spcore.stream import Session, StreamHandler, StreamProtocol
 from spcore.tls.openssl import OpenSSLEngine
@@ -270,13 +271,18 @@ def test_stats_count_connections_handshakes_errors_and_bytes(
     assert stats.as_dict()["handshakes"] == 2
 
 
-# -- the HTTP date -----------------------------------------------------------------------------
+# -- the wall clock ----------------------------------------------------------------------------
 
 
-def test_http_date_uses_the_wall_clock_offset() -> None:
+def test_wall_time_follows_the_offset_start_learnt() -> None:
     server, _ = echo_server()
-    assert server.http_date(NOW) == b"Tue, 14 Nov 2023 22:13:20 GMT"
-    assert server.http_date(NOW + 0.999) == b"Tue, 14 Nov 2023 22:13:20 GMT"
-    assert server.http_date(NOW + 61) == b"Tue, 14 Nov 2023 22:14:21 GMT"
+    assert server.wall_time(NOW + 61) == WALL + 61
     server.start(NOW, WALL + 86_400)  # a driver restarting with another clock
-    assert server.http_date(NOW + 61) == b"Wed, 15 Nov 2023 22:14:21 GMT"
+    assert server.wall_time(NOW + 61) == WALL + 86_400 + 61
+
+
+def test_http_date_is_made_once_per_second() -> None:
+    date = DateCache()
+    assert date(WALL) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert date(WALL + 0.999) is date(WALL)
+    assert date(WALL + 61) == b"Tue, 14 Nov 2023 22:14:21 GMT"

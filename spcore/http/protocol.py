@@ -21,11 +21,12 @@ import h11
 
 from ..jobs import Job
 from ..layer import ProtocolLayer
+from .dates import DateCache
 from .messages import App, BodyReader, Pipe, Request, Response
 
 if TYPE_CHECKING:
     from ..config import Limits
-    from ..connection import Connection
+    from ..layer import Transport
 
 __all__ = ["HTTPProtocol"]
 
@@ -49,6 +50,7 @@ _HEAD_PREFIX = b"HEAD "
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 #: Where h11 starts quoting the peer's bytes in an error message (to the end of it).
 _QUOTED_BYTES = re.compile(r"""(: )?(bytearray\(|b'|b").*""", re.DOTALL)
+_DATE = DateCache()  # one per process: the header is the same on every connection
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
@@ -91,10 +93,11 @@ class _Head:
 class HTTPProtocol(ProtocolLayer):
     """One HTTP/1.1 server connection running ``app`` (see ``spcore.http.messages``)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, server_header: bytes = b"spcore") -> None:
         self.app = app
+        self._server_header = server_header
         self._blocking = bool(getattr(app, "blocking", False))
-        self._conn: Connection | None = None
+        self._conn: Transport | None = None
         self._h11: h11.Connection | None = None
         self._processing = False
         self._close_when_done = False  # shutdown requested or the body cannot be drained
@@ -128,7 +131,7 @@ class HTTPProtocol(ProtocolLayer):
         # After a request that ends the connection (MUST_CLOSE) nothing more is wanted.
         return h.their_state is h11.IDLE or h.their_state is h11.SEND_BODY
 
-    def connection_made(self, conn: Connection, now: float) -> None:
+    def connection_made(self, conn: Transport, now: float) -> None:
         self._conn = conn
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=conn.limits.max_header_size
@@ -167,10 +170,10 @@ class HTTPProtocol(ProtocolLayer):
         if h.their_state is h11.IDLE and not self._head_started:
             self._conn.close()  # idle keep-alive connection: close quietly
         elif h.their_state is h11.IDLE:
-            self._conn.server.stats.timeouts += 1
+            self._conn.stats.timeouts += 1
             self._error(408, "the request head did not arrive in time", now)
         else:
-            self._conn.server.stats.timeouts += 1
+            self._conn.stats.timeouts += 1
             self._error(408, "the request body stopped arriving", now)
 
     def shutdown(self, now: float) -> None:
@@ -295,7 +298,7 @@ class HTTPProtocol(ProtocolLayer):
     def _on_request(self, event: h11.Request, now: float) -> None:
         conn = self._conn
         assert conn is not None
-        conn.server.stats.requests += 1
+        conn.stats.requests += 1
         self.deadline = None
         limits = conn.limits
         head = self._head = _Head(event)  # before any error: a HEAD's error has no body either
@@ -434,9 +437,9 @@ class HTTPProtocol(ProtocolLayer):
         conn = self._conn
         assert conn is not None
         if not _has(headers, b"date"):
-            headers.append((b"date", conn.server.http_date(now)))
+            headers.append((b"date", _DATE(conn.wall_time(now))))
         if not _has(headers, b"server"):
-            headers.append((b"server", conn.server.server_header))
+            headers.append((b"server", self._server_header))
 
     def _must_close(self) -> bool:
         """Whether this response has to end the connection."""
@@ -602,7 +605,7 @@ class HTTPProtocol(ProtocolLayer):
     def _broken_response(self, exc: h11.LocalProtocolError) -> None:
         assert self._conn is not None
         log.error("response for %r broke HTTP framing: %s", self._request, exc)
-        self._conn.server.stats.errors += 1
+        self._conn.stats.errors += 1
         self._conn.abort("the application's response broke HTTP framing")
 
     def _response_finished(self, now: float) -> None:
@@ -629,7 +632,7 @@ class HTTPProtocol(ProtocolLayer):
         conn = self._conn
         assert h is not None and conn is not None
         log.log(log_level, "%r: HTTP %d: %s", conn, status, why)
-        conn.server.stats.errors += 1
+        conn.stats.errors += 1
         if self._response_started or h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             conn.abort(f"HTTP {status} after the response began: {why}")
             return

@@ -47,7 +47,7 @@ from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
 from .server import Listener, Server
-from .stream import StreamProtocol
+from .stream import Sessions, StreamProtocol
 from .tls.context import ClientCertMode, server_context
 
 __all__ = ["UsageError", "main"]
@@ -240,7 +240,7 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**overrides)
 
 
-def _driver(name: str, loop: str | None) -> tuple[type[Driver], dict[str, Any]]:
+def _driver(name: str, loop: str | None) -> tuple[type[Driver[Any]], dict[str, Any]]:
     try:
         driver_cls = choose(name)
     except UnknownDriver as exc:
@@ -337,10 +337,11 @@ def _build_server(
 ) -> Server:
     app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
+    sessions = Sessions()  # one chat room across every listener
 
     def protocol() -> ProtocolLayer:
         if args.line_echo:
-            return StreamProtocol(LineEcho(idle))
+            return StreamProtocol(LineEcho(idle), sessions)
         assert app is not None  # set below, before the driver accepts anything
         return HTTPProtocol(app)
 
@@ -355,7 +356,7 @@ def _build_server(
     return server
 
 
-def _bind(driver: Driver) -> list[Bound]:
+def _bind(driver: Driver[Any]) -> list[Bound]:
     try:
         bound: list[Bound] = driver.bind()
     except OSError as exc:
@@ -413,7 +414,7 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(driver: Driver) -> Iterator[None]:
+def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
     """SIGINT/SIGTERM: graceful shutdown; a second one: exit at once with status 1."""
     signals = [signal.SIGINT, signal.SIGTERM]
     if hasattr(signal, "SIGBREAK"):  # Ctrl-Break on Windows

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .server import Listener
-from .stream import StreamHandler, StreamProtocol
+from .stream import Sessions, StreamHandler, StreamProtocol
 
 __all__ = ["http_listener", "stream_listener"]
 
@@ -38,10 +38,14 @@ def stream_listener(
     port: int = 0,
     tls: ssl.SSLContext | None = None,
     proxy_protocol: bool = False,
+    sessions: Sessions | None = None,
 ) -> Listener:
-    """A listener running a new ``handler()`` per connection over its framing."""
+    """A listener running a new ``handler()`` per connection over its framing; its sessions
+    join ``sessions`` (a registry for this listener alone when none is given), so pass the
+    same registry to listeners whose sessions broadcast to each other."""
+    registry = Sessions() if sessions is None else sessions
     return Listener(
-        protocol=lambda: StreamProtocol(handler()),
+        protocol=lambda: StreamProtocol(handler(), registry),
         host=host,
         port=port,
         tls=tls,

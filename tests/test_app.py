@@ -13,8 +13,8 @@ from memlink import PEER, MemLink, http_server, read_response
 from spcore.app import STREAM_CHUNK, STREAM_MAX, LineEcho, builtin_app, stream_pattern
 from spcore.config import Limits
 from spcore.http.messages import App, Request
-from spcore.server import Listener, Server
-from spcore.stream import StreamProtocol
+from spcore.listeners import stream_listener
+from spcore.server import Server
 
 
 @dataclass
@@ -292,7 +292,7 @@ def test_wrong_methods_are_405_with_allow(
 
 
 def echo_server(idle_timeout: float | None = 300.0) -> Server:
-    listener = Listener(protocol=lambda: StreamProtocol(LineEcho(idle_timeout)))
+    listener = stream_listener(lambda: LineEcho(idle_timeout))
     server = Server([listener], Limits())
     server.start(1000.0, 1_700_000_000.0)
     return server

@@ -1,4 +1,4 @@
-"""What every driver shares: the lazy timer heap and the job pool."""
+"""What every driver shares: the lazy timer heap, the job pool and the call queue."""
 
 from __future__ import annotations
 
@@ -10,22 +10,17 @@ from spcore.drivers.base import MAX_WAIT, JobPool, TimerHeap, wait_timeout
 from spcore.jobs import Job
 
 
-class Timed:
-    """Just what the timer heap reads from a connection."""
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-
-
-def conn(deadline: float | None) -> Any:
-    return cast(Connection, Timed(deadline))
+def conn() -> Any:
+    """A stand-in: the timer heap only hashes its connections."""
+    return cast(Connection, object())
 
 
 def test_timers_fire_in_deadline_order_and_once() -> None:
     heap = TimerHeap()
-    late, early, never = conn(20.0), conn(10.0), conn(None)
-    for c in (late, early, never):
-        heap.arm(c)
+    late, early, never = conn(), conn(), conn()
+    heap.set(late, 20.0)
+    heap.set(early, 10.0)
+    heap.set(never, None)
     assert heap.next_deadline() == 10.0
     assert heap.expired(15.0) == [early]
     assert heap.expired(15.0) == []
@@ -33,31 +28,45 @@ def test_timers_fire_in_deadline_order_and_once() -> None:
     assert heap.next_deadline() is None
 
 
-def test_a_deadline_moved_earlier_fires_at_the_new_time_only() -> None:
+def test_a_timer_moved_earlier_fires_at_the_new_time_only() -> None:
     heap = TimerHeap()
-    c = conn(50.0)
-    heap.arm(c)
-    c.deadline = 5.0
-    heap.arm(c)
+    c = conn()
+    heap.set(c, 50.0)
+    heap.set(c, 5.0)
     assert heap.expired(6.0) == [c]
     assert heap.expired(60.0) == []  # the entry for 50.0 was stale
 
 
+def test_a_timer_moved_later_fires_early_once_then_waits_to_be_set_again() -> None:
+    heap = TimerHeap()
+    c = conn()
+    heap.set(c, 5.0)
+    heap.set(c, 50.0)  # lazily: no push (the core tells the timer again after the early one)
+    assert len(heap) == 1
+    assert heap.expired(6.0) == [c]
+    assert heap.next_deadline() is None
+    heap.set(c, 50.0)
+    assert heap.expired(49.0) == [] and heap.expired(50.0) == [c]
+
+
 def test_a_forgotten_connection_never_fires() -> None:
     heap = TimerHeap()
-    c = conn(1.0)
-    heap.arm(c)
+    c = conn()
+    heap.set(c, 1.0)
     heap.forget(c)
     assert heap.next_deadline() is None and heap.expired(2.0) == []
+    heap.set(c, 1.0)
+    heap.set(c, None)  # what SetTimer(None) does
+    assert heap.expired(2.0) == []
 
 
 def test_closed_connections_are_not_kept_behind_a_long_lived_one() -> None:
     heap = TimerHeap()
-    keeper = conn(1.0)  # an early deadline that stays at the top of the heap
-    heap.arm(keeper)
+    keeper = conn()  # an early deadline that stays at the top of the heap
+    heap.set(keeper, 1.0)
     for _ in range(10_000):  # connections that arm a later timer, then close
-        gone = conn(60.0)
-        heap.arm(gone)
+        gone = conn()
+        heap.set(gone, 60.0)
         heap.forget(gone)
     assert len(heap) <= 100
     assert heap.expired(100.0) == [keeper]

@@ -128,10 +128,10 @@ class Recording(DoubledIocpDriver):
         self.sends.append((self._posted[op.owner].pop(0), result))
         super()._sent(op, result, now)
 
-    def _close(self, link: Link, error: BaseException | None, now: float) -> None:
+    def close(self, link: Link, error: BaseException | None, now: float) -> None:
         if not link.closed:
             self.lost.append(error)
-        super()._close(link, error, now)
+        super().close(link, error, now)
 
 
 @contextlib.contextmanager
@@ -218,8 +218,8 @@ def fail_first(
 
 
 def only_link(driver: IocpDriver) -> Link:
-    wait_for(lambda: len(driver._links) == 1, "one connection")
-    return next(iter(driver._links.values()))
+    wait_for(lambda: len(driver.links) == 1, "one connection")
+    return next(iter(driver.links.values()))
 
 
 def pending_recv(link: Link) -> Operation[Link]:

@@ -110,7 +110,7 @@ def chunked(*pieces: bytes) -> bytes:
 
 def run_jobs(link: MemLink) -> int:
     """Play the driver's worker pool by hand (for links built with ``run_jobs=False``)."""
-    jobs = link.conn.take_jobs()
+    jobs = link.take_jobs()
     for job in jobs:
         job.run()
         link.conn.job_done(job, link.clock.now)
@@ -1131,7 +1131,7 @@ class TestBlockingApps:
         assert calls == []  # not called on the loop thread
         assert link.take() == b""
         assert not link.conn.reading
-        jobs = link.conn.take_jobs()
+        jobs = link.take_jobs()
         assert len(jobs) == 1
         jobs[0].run()
         assert calls == ["/job"]
@@ -1147,7 +1147,7 @@ class TestBlockingApps:
         link.send(b"".join(request(target=f"/{n}") for n in range(3)))
         rounds = 0
         while True:
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             assert len(jobs) == 1
@@ -1177,7 +1177,7 @@ class TestBlockingApps:
             link.send(b"%x\r\n%s\r\n" % (len(piece), piece))
         link.send(b"0\r\n\r\n")
         while True:
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             assert not link.conn.reading
@@ -1206,7 +1206,7 @@ class TestBlockingApps:
         link = connect_plain(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
         link.send(request())
         run_jobs(link)  # the app call; a pull job is now out
-        jobs = link.conn.take_jobs()
+        jobs = link.take_jobs()
         assert len(jobs) == 1
         link.conn.connection_lost(ConnectionResetError(), link.clock.now)
         link.closed = True
@@ -1230,7 +1230,7 @@ class TestBlockingApps:
         probe = Probe(2)
         link = connect(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
         link.send(request())
-        (job,) = link.conn.take_jobs()
+        (job,) = link.take_jobs()
         link.conn.connection_lost(ConnectionResetError(), link.clock.now)
         link.closed = True
         job.run()
@@ -1256,7 +1256,7 @@ class TestBlockingApps:
         link.send(request("POST", "/", [("Content-Length", "10")], b"hello"))
         link.send(b"world")
         for _ in range(100):  # each job on a real worker thread, as a driver runs it
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             for job in jobs:
@@ -1278,7 +1278,7 @@ class TestShutdown:
         link.send(request())
         parse_one(link.take())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         assert not server.accepting
         link.pump()
         assert link.client_got_eof
@@ -1291,7 +1291,7 @@ class TestShutdown:
         link = connect_whole(blocking(hello), run_jobs=False)
         link.send(request())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         link.pump()
         assert not link.client_got_eof
         assert not server.finished
@@ -1306,7 +1306,7 @@ class TestShutdown:
     def test_half_received_request_is_answered_then_closed(self, connect_whole: Connect) -> None:
         link = connect_whole(hello)
         link.send(b"GET / HTTP/1.1\r\n")
-        link.server.begin_shutdown(link.clock.now)
+        link.server.request_stop(link.clock.now)
         link.pump()
         assert not link.client_got_eof
         link.send(b"Host: t\r\n\r\n")
@@ -1317,7 +1317,7 @@ class TestShutdown:
         link = connect_whole(blocking(hello), run_jobs=False, shutdown_grace=3.0)
         link.send(request())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         link.pump()
         assert server.deadline == link.clock.now + 3.0
         link.clock.now += 3.0

@@ -25,7 +25,7 @@ from spcore.config import Limits
 from spcore.http.messages import App
 from spcore.listeners import http_listener, stream_listener
 from spcore.server import Listener, Server
-from spcore.stream import StreamHandler
+from spcore.stream import Sessions, StreamHandler
 from spcore.tls.context import server_context
 
 from .clients import Client, TLSVersion
@@ -61,7 +61,9 @@ def suite_limits(**overrides: Any) -> Limits:
 
 
 class DriverLike(Protocol):
-    """What the suite needs of a driver (``spcore.drivers.base.Driver`` has it)."""
+    """What the suite needs of a driver (``spcore.drivers.base.Driver`` has it). The driver
+    also hands its ``call_soon_threadsafe`` to the server (``server.attach``), through which
+    the wake-up scenarios reach it."""
 
     def bind(self) -> Sequence[Any]: ...  # objects with an ``address`` attribute
 
@@ -165,12 +167,15 @@ class Served:
         addresses: list[tuple[Any, ...]],
         transport: Transport,
         pki: PKI,
+        sessions: Sessions,
     ) -> None:
         self.server = server
         self.driver = driver
         self.addresses = addresses
         self.transport = transport
         self.pki = pki
+        #: The stream sessions of every listener ``serve(handler=...)`` made.
+        self.sessions = sessions
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._stopped = False
@@ -270,6 +275,11 @@ class Served:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def loop_thread(self) -> int | None:
+        """The identity of the thread running ``driver.run()`` (the loop thread)."""
+        return None if self._thread is None else self._thread.ident
+
 
 class Serve:
     """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``."""
@@ -300,6 +310,7 @@ class Serve:
         (unless ``allow_errors``).
         """
         pki = self.pki
+        sessions = Sessions()
         if listeners is None:
             context = None
             if transport != "plain":
@@ -310,7 +321,10 @@ class Serve:
                 listeners = [http_listener(app, host=host, tls=context) for host in hosts]
             else:
                 assert handler is not None
-                listeners = [stream_listener(handler, host=host, tls=context) for host in hosts]
+                listeners = [
+                    stream_listener(handler, host=host, tls=context, sessions=sessions)
+                    for host in hosts
+                ]
         server = Server(listeners, limits or SUITE_LIMITS)
         driver = self.factory(server)
         bound = driver.bind()
@@ -320,7 +334,7 @@ class Serve:
         errors = ErrorLog()
         spcore_log = logging.getLogger("spcore")
         spcore_log.addHandler(errors)
-        served = Served(server, driver, addresses, transport, pki)
+        served = Served(server, driver, addresses, transport, pki, sessions)
         try:
             served._start()
             yield served

@@ -45,7 +45,7 @@ class SlowEcho(StreamHandler):
 
 
 def _sessions(served: Served, n: int) -> None:
-    wait_until(lambda: len(served.server.sessions) == n, 5.0, f"{n} sessions")
+    wait_until(lambda: len(served.sessions) == n, 5.0, f"{n} sessions")
 
 
 @TRANSPORTS
@@ -109,4 +109,4 @@ def test_client_closes_its_side(serve: Serve) -> None:
         assert client.read_until(b"\r\n") == b"last words\r\n"
         client.close()
         served.wait_drained()
-        assert not served.server.sessions
+        assert not served.sessions

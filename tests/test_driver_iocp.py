@@ -702,6 +702,32 @@ def test_a_finished_job_wakes_the_loop_with_a_posted_packet() -> None:
         client.close()
 
 
+def test_calls_from_another_thread_wake_the_loop_with_one_packet_per_batch() -> None:
+    ran: list[tuple[int, str]] = []
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        busy.set()
+        release.wait(WAIT)
+
+    with serving() as (driver, spy, _):
+        wait_for(lambda: bool(spy.named("GetQueuedCompletionStatusEx")), "the first wait")
+        assert driver.call_soon_threadsafe(hold_the_loop)
+        wait_for(busy.is_set, "the loop to run the first call")
+        posted = len(spy.named("PostQueuedCompletionStatus"))
+        for n in range(100):  # while the loop is busy: one wake-up packet says it all
+            assert driver.call_soon_threadsafe(
+                lambda n=n: ran.append((n, threading.current_thread().name))
+            )
+        release.set()
+        wait_for(lambda: len(ran) == 100, "the calls to run")
+        assert len(spy.named("PostQueuedCompletionStatus")) == posted + 1
+        assert ran == [(n, "iocp-loop") for n in range(100)]
+    posted = len(spy.named("PostQueuedCompletionStatus"))
+    assert driver.call_soon_threadsafe(ran.append, "too late") is False  # stopped: refused
+    assert len(spy.named("PostQueuedCompletionStatus")) == posted and len(ran) == 100
+
+
 def test_graceful_stop_finishes_the_job_in_flight_then_releases_everything() -> None:
     with serving(SlowEcho) as (driver, spy, address):
         client = stop_during_a_job(driver, address)

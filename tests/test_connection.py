@@ -14,9 +14,9 @@ from memlink import LOCAL, PEER, ByHand, MemLink
 
 from spcore.actions import CLOSE, READ_OFF, READ_ON, SHUT_WRITE, RunJobs, Send, SetTimer
 from spcore.config import Limits
-from spcore.connection import Connection
+from spcore.connection import Connection, Hub
 from spcore.layer import ProtocolLayer
-from spcore.lifecycle import State
+from spcore.lifecycle import TRANSITIONS, Event, LifecycleError, State, next_state
 from spcore.server import Listener, Server
 from spcore.tls import client_context
 from spcore.tls.engine import (
@@ -924,3 +924,62 @@ def test_a_protocol_factory_that_raises_closes_only_that_connection(
     assert "could not build" in caplog.text
     conn.connection_lost(None, 0.0)
     assert server.connections == {}
+
+
+# -- the lifecycle table and a connection without a server ----------------------------------
+
+
+def test_the_lifecycle_table_is_closed_and_every_state_can_end() -> None:
+    assert set(TRANSITIONS) == set(State)
+    used = {event for moves in TRANSITIONS.values() for event in moves}
+    assert used == set(Event)  # every event happens somewhere
+    assert TRANSITIONS[State.CLOSED] == {}  # the end is the end
+    for state in set(State) - {State.CLOSED}:
+        assert TRANSITIONS[state][Event.LOST] is State.CLOSED  # a reset may come at any time
+        if state is not State.CLOSE:
+            assert TRANSITIONS[state][Event.ABORT] is State.CLOSE
+
+
+def test_an_event_the_table_does_not_allow_is_a_bug_said_loudly() -> None:
+    with pytest.raises(LifecycleError, match="HELLO_READ cannot happen in state OPEN"):
+        next_state(State.OPEN, Event.HELLO_READ)
+
+
+def test_a_connection_needs_no_server() -> None:
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder(echo=True))
+        return made[-1]
+
+    conn = Connection(Listener(factory), peer=PEER, local=LOCAL, now=NOW)
+    hand = ByHand(conn)
+    assert hand.actions() == [READ_ON] and conn.state is State.OPEN
+    conn.receive_data(b"ping", NOW)
+    assert hand.take() == b"ping"
+    assert conn.call_soon_threadsafe(print, "no loop to run it") is False
+    assert conn.stats.bytes_sent == 4 and conn.limits == Limits()
+    conn.receive_data(b"", NOW)
+    assert made[0].eofs == [True]
+
+
+def test_connections_of_one_hub_wake_each_other() -> None:
+    hub = Hub()
+    a, b = (Connection(Listener(Recorder), hub, now=NOW) for _ in range(2))
+    assert a.id != b.id and hub.connections == {a.id: a, b.id: b}
+    b.write(b"from outside any call of b")
+    assert hub.pop_woken() is b and hub.pop_woken() is None
+    b.connection_lost(None, NOW)
+    assert hub.connections == {a.id: a}
+
+
+def test_a_failed_handshake_logs_what_the_client_offered(
+    pki: PKI, server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2)
+    client.set_ciphers("AES128-SHA")  # a cipher the server refuses
+    client.set_alpn_protocols(["h2"])
+    server, _ = recording_server(tls=server_tls)
+    with caplog.at_level(logging.INFO, logger="spcore.connection"):
+        MemLink(server, client_context=client)
+    assert "the client offered up to TLS 1.2; SNI localhost; ALPN h2" in caplog.text

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, cast
 
 from spcore.connection import Connection
-from spcore.drivers.base import MAX_WAIT, JobPool, TimerHeap, wait_timeout
+from spcore.drivers.base import MAX_WAIT, CallQueue, JobPool, TimerHeap, wait_timeout
 from spcore.jobs import Job
 
 
@@ -93,3 +94,46 @@ def test_a_wait_never_exceeds_what_a_selector_can_express() -> None:
     assert wait_timeout(now, now - 5.0) == 0.0  # already due
     assert wait_timeout(now, now + 30.0, None, now + 2.0) == 2.0
     assert wait_timeout(now, now + 30 * 86400.0) == MAX_WAIT  # epoll's limit is about 24 days
+
+
+def test_calls_run_in_order_and_a_batch_wakes_the_loop_once() -> None:
+    wakes: list[int] = []
+    calls = CallQueue(lambda: wakes.append(1))
+    ran: list[int] = []
+    for n in range(5):
+        assert calls.post(ran.append, (n,))
+    assert len(wakes) == 1  # a wake-up on its way says it for the whole batch
+    for fn, args in calls.take():
+        fn(*args)
+    assert ran == [0, 1, 2, 3, 4] and calls.take() == []
+    assert calls.post(ran.append, (5,)) and len(wakes) == 2  # taken: the next one wakes again
+
+
+def test_after_close_every_call_is_refused_and_those_before_are_handed_back() -> None:
+    calls = CallQueue(lambda: None)
+    assert calls.post(print, ("before",))
+    left = calls.close()
+    assert [args for _, args in left] == [("before",)]
+    assert calls.post(print, ("after",)) is False
+    assert calls.take() == [] and calls.close() == []
+
+
+def test_calls_posted_from_many_threads_are_each_taken_once_in_each_thread_s_order() -> None:
+    calls = CallQueue(lambda: None)
+    taken: list[tuple[object, ...]] = []
+    barrier = threading.Barrier(4)
+
+    def post(thread: int) -> None:
+        barrier.wait(5)
+        for n in range(1000):
+            calls.post(print, (thread, n))
+
+    posters = [threading.Thread(target=post, args=(t,)) for t in range(4)]
+    for poster in posters:
+        poster.start()
+    give_up = time.monotonic() + 10.0
+    while any(poster.is_alive() for poster in posters) or len(taken) < 4000:
+        taken += [args for _, args in calls.take()]
+        assert len(taken) <= 4000 and time.monotonic() < give_up
+    for thread in range(4):
+        assert [n for t, n in taken if t == thread] == list(range(1000))  # type: ignore[misc]

@@ -1,7 +1,15 @@
 """The OpenSSL TLS engine: in memory against itself, and against stdlib ``ssl`` and s_client.
 
-Each section pins one behaviour from TLS-NOTES.md. In-memory tests move bytes with ``pump``,
-in whole buffers and one byte at a time; socket tests run the peer in a thread with timeouts.
+Each section pins a behaviour that TLS over memory BIOs must get right, as other projects
+learnt it: the alert of a failed handshake flushed (asyncio and uvloop lose it), TLS 1.3
+session tickets that follow the handshake (https://github.com/python-trio/trio/issues/819,
+https://github.com/openssl/openssl/issues/7948), reads that stop without an exception per
+record (https://github.com/python/cpython/issues/123954), close during the handshake
+(https://bugs.python.org/issue29743), ragged EOF told from close_notify (trio's
+``https_compatible``), no byte from after close_notify taken as data (the class of bug of
+CVE-2023-40217), the rejected client certificate of TLS 1.3 seen at the first read, a refused
+renegotiation that hangs nobody. In-memory tests move bytes with ``pump``, in whole buffers
+and one byte at a time; socket tests run the peer in a thread with timeouts.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
 """The OpenSSL engine: the standard ``ssl`` module's ``SSLObject`` over two ``MemoryBIO``s.
 
-The behaviours below were each learnt the hard way by another project (see TLS-NOTES):
+The behaviours below were each learnt the hard way by another project (CPython's
+``asyncio/sslproto.py``, trio's ``SSLStream``, Twisted's ``TLSMemoryBIOProtocol``, uvloop):
 output is collected after every call because OpenSSL writes handshake messages and alerts
-even when it raises; data written before the handshake is queued, never handed to OpenSSL
-early; reads loop until no plaintext is left, checking the buffers first so the common case
-costs no exception; close during the handshake aborts; a ragged EOF is told apart from
-close_notify.
+even when it raises (asyncio and uvloop lose a failed handshake's alert; Twisted flushes it);
+``do_handshake()`` is called before the first read or write (trio, after
+https://bugs.python.org/issue30141); data written before the handshake is queued, never
+handed to OpenSSL early; reads loop until no plaintext is left, checking the buffers first so
+the common case costs no exception (https://github.com/python/cpython/issues/123954); close
+during the handshake aborts, as no close_notify can be sent yet
+(https://bugs.python.org/issue29743); a ragged EOF is told apart from close_notify
+(``OP_IGNORE_UNEXPECTED_EOF`` stays off; trio's ``https_compatible``); no byte from before
+the handshake or after close_notify is taken for application data (the class of bug of
+CVE-2023-40217).
 """
 
 from __future__ import annotations

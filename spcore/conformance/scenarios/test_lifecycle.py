@@ -16,7 +16,7 @@ from spcore.http.messages import Request, Response, blocking
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
-SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 50 ms apart
+SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 100 ms apart
 
 
 def _shut_write(client: Client) -> None:
@@ -151,11 +151,12 @@ def _refused(served: Served) -> bool:
 
 @blocking
 def _slow(request: Request) -> Response:
-    """A response trickling out over about a second (the generator runs on workers)."""
+    """A response trickling out over about a second (the generator runs on workers): twice
+    the grace period the scenario that cuts it gives, so that it cannot finish in time."""
 
     def body() -> Iterator[bytes]:
         for chunk in pattern_body(SLOW_SIZE, SLOW_SIZE // 10):
-            time.sleep(0.05)
+            time.sleep(0.1)
             yield chunk
 
     return Response(200, [("content-length", str(SLOW_SIZE))], body())

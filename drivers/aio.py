@@ -326,7 +326,8 @@ class AsyncioDriver(Driver[_Link]):
     def send(self, link: _Link, send: Send, now: float) -> None:
         transport = link.transport
         assert transport is not None
-        transport.writelines(send.buffers)
+        if not transport.is_closing():
+            transport.writelines(send.buffers)
         if transport.is_closing():  # the write failed: connection_lost is on its way
             raise ConnectionError("the transport failed while writing")
         if transport.get_write_buffer_size():
@@ -359,11 +360,6 @@ class AsyncioDriver(Driver[_Link]):
         link.error = link.error or error
         assert link.transport is not None
         link.transport.abort()
-
-    def drive(self, conn: Connection, now: float) -> None:
-        link = self.links.get(conn)
-        if link is not None and not link.closed:
-            super().drive(conn, now)
 
     # -- the end --------------------------------------------------------------------------------
 

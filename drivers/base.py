@@ -230,6 +230,8 @@ class JobPool:
 
     def finished(self) -> list[tuple[Connection, Job]]:
         """Jobs that finished since the last call (loop thread)."""
+        if self._done.empty():  # (the common case, without an exception)
+            return []
         done = []
         while True:
             try:

@@ -31,7 +31,14 @@ import enum
 __all__ = ["STATE_TIMEOUTS", "TRANSITIONS", "Event", "Input", "LifecycleError", "State"]
 
 
-class State(enum.Enum):
+class _Fast(enum.Enum):
+    """Members are singletons: hash them by identity, in C (``Enum.__hash__`` is Python code,
+    run on every set or dict lookup of the hot path)."""
+
+    __hash__ = object.__hash__
+
+
+class State(_Fast):
     PROXY = "reading the PROXY protocol header"
     SNIFF = "telling a TLS ClientHello from plaintext by the first bytes"
     HELLO = "reading the ClientHello before the engine sees it"
@@ -43,7 +50,7 @@ class State(enum.Enum):
     CLOSED = "connection_lost was called: nothing happens any more"
 
 
-class Event(enum.Enum):
+class Event(_Fast):
     TLS_LISTENER = "a PROXY header was read on a TLS listener"
     PLAIN_LISTENER = "a PROXY header was read on a plaintext listener"
     TLS_SNIFFED = "the first bytes are a TLS handshake record"
@@ -61,7 +68,7 @@ class Event(enum.Enum):
     LOST = "the driver reported the socket closed (connection_lost)"
 
 
-class Input(enum.Enum):
+class Input(_Fast):
     """The peer's side: OPEN -> ENDED (its stream ended: close_notify) -> EOF (its transport
     ended); a plaintext EOF or a ragged TLS EOF goes from OPEN to EOF at once."""
 

@@ -671,8 +671,11 @@ def test_a_failed_wait_ends_run_with_the_error_after_reaping_everything() -> Non
 
     with (
         pytest.raises(AssertionError, match="GetQueuedCompletionStatusEx") as raised,
-        serving(prepare=prepare) as (driver, _, _),
+        serving(prepare=prepare) as (driver, spy, _),
     ):
+        # (not before the wait failed: before run() opens the port, there is none either)
+        waited = spy.named
+        wait_for(lambda: waited("GetQueuedCompletionStatusEx"), "the wait that fails")
         wait_for(lambda: not driver._ops and driver._port is None, "run() to end")
     assert "Windows error 735" in str(raised.value)
 

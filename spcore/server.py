@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .addresses import describe_address, inet_address
 from .config import Limits
 from .connection import Address, Connection
 from .layer import ProtocolLayer
@@ -43,6 +44,12 @@ class Listener:
     ``protocol`` makes the protocol layer of each new connection; ``tls`` makes it a TLS
     listener (``spcore.tls.server_context`` builds a context with safe defaults);
     ``engine`` replaces the OpenSSL engine with another ``TLSEngine`` built from ``tls``.
+
+    Where it listens: ``host``/``port``; or the Unix domain socket ``path`` (its file made
+    with permissions ``mode``, removed when it closes); or ``fd``, a socket already listening
+    (handed in by ``--fd``, systemd or a supervisor), which the other fields then do not
+    describe. ``reuse_port`` binds with ``SO_REUSEPORT``, so that worker processes can each
+    have a socket on one address.
     """
 
     protocol: Callable[[], ProtocolLayer]
@@ -51,6 +58,19 @@ class Listener:
     tls: ssl.SSLContext | None = None
     proxy_protocol: bool = False
     engine: Callable[[ssl.SSLContext], TLSEngine] | None = None
+    path: str | None = None
+    mode: int = 0o666
+    fd: int | None = None
+    reuse_port: bool = False
+
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:8443``, ``unix:/run/app.sock`` or ``fd 3``: for errors and logs."""
+        if self.fd is not None:
+            return f"fd {self.fd}"
+        if self.path is not None:
+            return describe_address(self.path)
+        return describe_address((self.host, self.port))
 
     def new_engine(self) -> TLSEngine | None:
         if self.tls is None:
@@ -139,7 +159,7 @@ class Server:
         self.now = now
         conn_id = self._next_id
         self._next_id += 1
-        conn = Connection(self, conn_id, listener, peer, local, now)
+        conn = Connection(self, conn_id, listener, inet_address(peer), inet_address(local), now)
         self.connections[conn_id] = conn
         self.stats.connections_total += 1
         self.stats.connections_open = len(self.connections)

@@ -1,8 +1,10 @@
-"""Shared fixtures: a throwaway PKI built once per test session, and TLS contexts from it."""
+"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, and a
+private development-certificate cache for the servers the tests start."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import ssl
 from dataclasses import dataclass
@@ -76,3 +78,16 @@ def server_tls(pki: PKI) -> ssl.SSLContext:
 def client_tls(pki: PKI) -> ssl.SSLContext:
     """A client that trusts the test CA (and nothing else)."""
     return client_context(cafile=pki.ca_file)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A private certificate cache, filled once so each server starts quickly."""
+    directory = tmp_path_factory.mktemp("spcore-cache")
+    dev_certificate(datetime.datetime.now(datetime.timezone.utc), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir: pathlib.Path) -> dict[str, str]:
+    return {**os.environ, "SPCORE_CACHE_DIR": str(cache_dir)}

@@ -4,9 +4,10 @@ This is the program's edge, where the sans-IO rules stop: it reads the clock (to
 development certificate), imports the user's application, binds sockets through a driver (or
 adopts those handed in: ``--fd``, systemd's ``LISTEN_FDS``), turns SIGINT/SIGTERM into the
 core's graceful shutdown and SIGHUP into the reload hook. ``--workers`` hands over to the
-supervisor (spcore.supervisor), which starts this same command once per worker. Every mistake a user can make ends in
-one line, ``spcore: error: <what is wrong>``, on stderr and exit status 2; a traceback means
-a bug in spcore.
+supervisor (spcore.supervisor), which starts this same command once per worker.
+
+Every mistake a user can make ends in one line, ``spcore: error: <what is wrong>``, on stderr
+and exit status 2; a traceback means a bug in spcore.
 """
 
 from __future__ import annotations
@@ -603,25 +604,24 @@ def _add_process_options(serve: argparse.ArgumentParser) -> None:
 
 
 def _workers(text: str) -> int:
-    if text == "auto":
-        return cpu_count()
-    try:
-        count = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers") from None
+    count = cpu_count() if text == "auto" else _integer(text, "a number of workers")
     if count < 0:
         raise argparse.ArgumentTypeError(f"{count}: give 1 or more, or 0 or auto for one per CPU")
     return count or cpu_count()
 
 
 def _fd(text: str) -> int:
-    try:
-        fd = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file descriptor number") from None
+    fd = _integer(text, "a file descriptor number")
     if fd < 0:
         raise argparse.ArgumentTypeError(f"{fd} is not a file descriptor number")
     return fd
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
 def _mode(text: str) -> int:

@@ -10,6 +10,7 @@ import ssl
 from dataclasses import dataclass
 
 import pytest
+from servekit import SLOW_APP
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
 from spcore.tls import client_context, server_context
@@ -91,3 +92,10 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def env(cache_dir: pathlib.Path) -> dict[str, str]:
     return {**os.environ, "SPCORE_CACHE_DIR": str(cache_dir)}
+
+
+@pytest.fixture
+def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory with ``slowapp:app`` (servekit.SLOW_APP) to serve from."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    return tmp_path

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from netkit import wait_for
 
 STARTUP_TIMEOUT = 20.0  # a cold interpreter on a busy CI machine
 BANNER = re.compile(r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver(?P<rest>.*)$")
@@ -177,3 +178,61 @@ def get(endpoint: Endpoint, path: str, context: ssl.SSLContext | None = None) ->
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def run_spcore(
+    *args: str,
+    env: dict[str, str],
+    cwd: pathlib.Path | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """``spcore ARGS`` run to its end (within a minute), its output captured as text."""
+    return subprocess.run(
+        spcore(*args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        pass_fds=pass_fds,
+        timeout=60,
+    )
+
+
+#: ``slowapp:app`` (the ``slow_app`` fixture): ``/?chunks=N`` sends N * 10 bytes, one every
+#: 0.1 s, and touches ``started`` beside it when the body begins.
+SLOW_APP = """
+import pathlib
+import time
+
+from spcore.http.messages import Response, blocking
+
+STARTED = pathlib.Path(__file__).with_name("started")
+
+
+def body(chunks):
+    STARTED.touch()
+    for _ in range(chunks):
+        time.sleep(0.1)
+        yield b"0123456789"
+
+
+@blocking
+def app(request):
+    chunks = int(request.query.partition("=")[2] or 5)
+    return Response(200, [("content-length", str(10 * chunks))], body(chunks))
+"""
+
+
+def slow_request(
+    port: int, slow_app: pathlib.Path, chunks: int, context: ssl.SSLContext | None = None
+) -> http.client.HTTPConnection:
+    """A request for ``chunks`` chunks from ``slowapp:app`` (over TLS with ``context``),
+    returned once its body began."""
+    busy = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=20, context=context)
+        if context is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    )
+    busy.request("GET", f"/?chunks={chunks}")
+    wait_for((slow_app / "started").exists, "the slow app to start", 20.0)
+    return busy

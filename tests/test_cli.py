@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import http.client
 import json
 import pathlib
 import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from servekit import (
     get,
     needs_signals,
     served,
+    slow_request,
     spcore,
     tls_client,
 )
@@ -197,47 +196,6 @@ def test_plain_port_beside_tls_on_two_hosts(
         assert server.stop() == 0
 
 
-SLOW_APP = """
-import pathlib
-import time
-
-from spcore.http.messages import Response, blocking
-
-STARTED = pathlib.Path(__file__).with_name("started")
-
-
-def body(chunks):
-    STARTED.touch()
-    for _ in range(chunks):
-        time.sleep(0.1)
-        yield b"0123456789"
-
-
-@blocking
-def app(request):
-    chunks = int(request.query.partition("=")[2] or 5)
-    return Response(200, [("content-length", str(10 * chunks))], body(chunks))
-"""
-
-
-@pytest.fixture
-def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
-    """A directory with ``slowapp:app``: ``/?chunks=N`` sends N * 10 bytes, one every 0.1 s,
-    and touches ``started`` when the body begins."""
-    (tmp_path / "slowapp.py").write_text(SLOW_APP)
-    return tmp_path
-
-
-def slow_request(
-    port: int, context: ssl.SSLContext, slow_app: pathlib.Path, chunks: int
-) -> http.client.HTTPSConnection:
-    """A request for ``chunks`` chunks from ``slowapp:app``, returned once its body began."""
-    busy = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    busy.request("GET", f"/?chunks={chunks}")
-    wait_for((slow_app / "started").exists, "the slow app to start", 10.0)
-    return busy
-
-
 @needs_signals
 def test_sigterm_lets_the_request_in_flight_finish(
     env: dict[str, str], cache_dir: pathlib.Path, slow_app: pathlib.Path
@@ -249,7 +207,7 @@ def test_sigterm_lets_the_request_in_flight_finish(
             socket.create_connection(("127.0.0.1", endpoint.port), timeout=10),
             server_hostname="127.0.0.1",
         )
-        busy = slow_request(endpoint.port, context, slow_app, 5)
+        busy = slow_request(endpoint.port, slow_app, 5, context)
         stopped_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert idle.recv(100) == b""  # the idle keep-alive connection is closed at once
@@ -269,7 +227,7 @@ def test_a_second_signal_exits_at_once(
     with served(["--port", "0", "--app", "slowapp:app"], env, cwd=slow_app) as server:
         [endpoint] = server.endpoints
         context = tls_client(cache_dir)
-        busy = slow_request(endpoint.port, context, slow_app, 300)  # 30 s: far beyond this test
+        busy = slow_request(endpoint.port, slow_app, 300, context)  # 30 s: far beyond this test
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "shutting down" in server.errors(), "the first signal to be handled", 10.0)
         server.proc.send_signal(signal.SIGINT)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import PKI
-from servekit import Served, get, needs_signals, served, spcore, tls_client
+from servekit import Served, get, needs_signals, run_spcore, served, spcore, tls_client
 
 from spcore.supervisor import cpu_count
 
@@ -105,9 +105,7 @@ def test_uds_where_a_server_listens_is_a_one_line_error(
     with socket.socket(socket.AF_UNIX) as live:
         live.bind(str(path))
         live.listen()
-        result = subprocess.run(
-            spcore("serve", "--uds", str(path)), capture_output=True, text=True, env=env, timeout=30
-        )
+        result = run_spcore("serve", "--uds", str(path), env=env)
         assert result.returncode == 2
         assert result.stderr == (
             f"spcore: error: cannot listen on unix:{path}: another server is listening on it\n"
@@ -137,14 +135,7 @@ def test_fd_serves_a_socket_made_by_someone_else(env: dict[str, str]) -> None:
 def test_fd_that_is_no_listening_socket_is_a_one_line_error(env: dict[str, str]) -> None:
     with socket.socket() as unbound:
         fd = unbound.fileno()
-        result = subprocess.run(
-            spcore("serve", "--fd", str(fd)),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            pass_fds=(fd,),
-        )
+        result = run_spcore("serve", "--fd", str(fd), env=env, pass_fds=(fd,))
     assert result.returncode == 2
     assert result.stderr.startswith(f"spcore: error: cannot serve fd {fd}: ")
     assert "not listening" in result.stderr and result.stderr.count("\n") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ import tempfile
 
 import pytest
 from netkit import wait_for
-from servekit import Endpoint, get, needs_signals, served, spcore, tls_client
+from servekit import Endpoint, get, needs_signals, run_spcore, served, slow_request, tls_client
 
 from spcore.supervisor import (
     FIRST_DELAY,
@@ -109,51 +108,32 @@ def test_a_killed_worker_is_replaced_and_its_end_logged(env: dict[str, str]) -> 
         assert server.stop() == 0
 
 
+def test_a_shared_socket_is_served_by_the_others_while_a_worker_is_replaced(
+    env: dict[str, str],
+) -> None:
+    args = ["--port", "0", "--no-tls", "--workers", "2", "--balance", "shared"]
+    with served(args, env) as server:
+        [endpoint] = server.endpoints
+        victim, _ = pid_of(endpoint)
+        assert victim in server.workers
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: gone(victim), "the worker to die", WAIT)
+        # One socket for all: the next client is taken by the other worker at once, or by
+        # the replacement, never left waiting for the dead one.
+        pid, _ = pid_of(endpoint)
+        server.workers.append(pid)  # (a replacement, maybe: stopped with the others)
+        assert pid != victim
+        assert server.stop() == 0
+
+
 # -- stopping ------------------------------------------------------------------------------------
-
-SLOW_APP = """
-import pathlib
-import time
-
-from spcore.http.messages import Response, blocking
-
-STARTED = pathlib.Path(__file__).with_name("started")
-
-
-def body(chunks):
-    STARTED.touch()
-    for _ in range(chunks):
-        time.sleep(0.1)
-        yield b"0123456789"
-
-
-@blocking
-def app(request):
-    chunks = int(request.query.partition("=")[2] or 5)
-    return Response(200, [("content-length", str(10 * chunks))], body(chunks))
-"""
-
-
-@pytest.fixture
-def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
-    (tmp_path / "slowapp.py").write_text(SLOW_APP)
-    return tmp_path
-
-
-def start_slow_request(
-    port: int, slow_app: pathlib.Path, chunks: int
-) -> http.client.HTTPConnection:
-    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-    busy.request("GET", f"/?chunks={chunks}")
-    wait_for((slow_app / "started").exists, "the slow app to start", WAIT)
-    return busy
 
 
 def test_sigterm_drains_every_worker(env: dict[str, str], slow_app: pathlib.Path) -> None:
     args = ["--port", "0", "--no-tls", "--workers", "2", "--app", "slowapp:app"]
     with served(args, env, cwd=slow_app) as server:
         [endpoint] = server.endpoints
-        busy = start_slow_request(endpoint.port, slow_app, 10)  # 1 s of body
+        busy = slow_request(endpoint.port, slow_app, 10)  # 1 s of body
         server.proc.send_signal(signal.SIGTERM)
         response = busy.getresponse()
         assert response.status == 200
@@ -173,7 +153,7 @@ def test_a_second_signal_kills_the_workers_at_once(
     args = ["--port", "0", "--no-tls", "--workers", "2", "--app", "slowapp:app"]
     with served(args, env, cwd=slow_app) as server:
         [endpoint] = server.endpoints
-        busy = start_slow_request(endpoint.port, slow_app, 300)  # 30 s: far beyond this test
+        busy = slow_request(endpoint.port, slow_app, 300)  # 30 s: far beyond this test
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "shutting down" in server.errors(), "the first signal", WAIT)
         server.proc.send_signal(signal.SIGINT)
@@ -198,13 +178,8 @@ def test_crash_looping_workers_make_the_supervisor_give_up(
     env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
     (tmp_path / "crashing.py").write_text("import os\nos._exit(3)\n")
-    result = subprocess.run(
-        spcore("serve", "--port", "0", "--workers", "2", "--app", "crashing:app"),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
+    result = run_spcore(
+        "serve", "--port", "0", "--workers", "2", "--app", "crashing:app", env=env, cwd=tmp_path
     )
     assert result.returncode == 1
     assert result.stdout == ""  # never announced
@@ -219,13 +194,8 @@ def test_crash_looping_workers_make_the_supervisor_give_up(
 def test_an_app_that_cannot_be_imported_is_one_line_as_without_workers(
     env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
-    result = subprocess.run(
-        spcore("serve", "--port", "0", "--workers", "2", "--app", "nosuchmodule:app"),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
+    result = run_spcore(
+        "serve", "--port", "0", "--workers", "2", "--app", "nosuchmodule:app", env=env, cwd=tmp_path
     )
     assert result.returncode == 2
     assert (
@@ -238,13 +208,7 @@ def test_a_busy_port_is_the_supervisors_one_line_error(env: dict[str, str]) -> N
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            spcore("serve", "--port", str(port), "--workers", "2"),
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        result = run_spcore("serve", "--port", str(port), "--workers", "2", env=env)
     assert result.returncode == 2
     assert (
         result.stderr

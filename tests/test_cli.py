@@ -341,6 +341,13 @@ MORE_USER_ERRORS = [
     ("timeout infinite", ["serve", "--timeout", "inf"], "greater than 0"),
     ("max connections zero", ["serve", "--max-connections", "0"], "at least 1"),
     ("bad log level", ["serve", "--log-level", "loud"], "invalid choice"),
+    ("workers negative", ["serve", "--workers", "-1"], "0 or auto for one per CPU"),
+    ("workers not a number", ["serve", "--workers", "many"], "not a number of workers"),
+    ("balance without workers", ["serve", "--balance", "shared"], "applies to --workers"),
+    ("fd not a number", ["serve", "--fd", "three"], "not a file descriptor number"),
+    ("uds mode not octal", ["serve", "--uds-mode", "9"], "octal mode"),
+    ("uds mode too wide", ["serve", "--uds-mode", "1777"], "0 to 777"),
+    ("uds directory missing", ["serve", "--uds", "{missing}.d/s"], "cannot listen on unix:"),
     ("conformance driver", ["conformance", "--driver", "nope"], "unknown driver"),
     ("conformance all and more", ["conformance", "--driver", "all", "--driver", "x"], "all"),
 ]

@@ -203,14 +203,12 @@ class Supervisor:
         *,
         stop_timeout: float,
         announce: Callable[[list[int]], None],
-        env: dict[str, str] | None = None,
     ) -> None:
         self._slots = [_Slot(index) for index in range(count)]
         self._sockets = sockets
         self._command = list(command)
         self._stop_timeout = stop_timeout
         self._announce = announce
-        self._env = env
         self._signals: deque[int] = deque()
         self._failed_starts = 0
         self._announced = False
@@ -245,8 +243,9 @@ class Supervisor:
         while self._signals:
             self._on_signal(self._signals.popleft(), now)
         for sock in readable:
-            if sock in links:
-                self._on_link(links[sock], now)
+            slot = links.get(sock)
+            if slot is not None and slot.link is sock:  # (a second signal may have killed it)
+                self._on_link(slot, now)
         self._reap(now)
         self._start_due(now)
         self._enforce_stop_timeout(now)
@@ -274,7 +273,6 @@ class Supervisor:
                 command,
                 stdin=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno(), *(fd for fd, _ in sockets)],
-                env=self._env,
             )
         except OSError as exc:
             mine.close()

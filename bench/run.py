@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from spcore.certs import CertPair, dev_certificate
 from spcore.drivers import probe_all
@@ -56,6 +56,7 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 _TICK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -165,6 +166,20 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(reversed(self._running)):
             self.stop(proc)
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Processes, Path, CertPair]]:
+    """What a benchmark run needs: its processes (every one stopped at the end, even on a
+    second Ctrl-C), a scratch directory and a throwaway certificate."""
+    procs = Processes()
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            workdir = Path(tmp)
+            yield procs, workdir, dev_certificate(now(), workdir / "cert")
+    finally:
+        with signals_ignored():  # a second Ctrl-C must not leave servers behind
+            procs.stop_all()
 
 
 def exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -486,49 +501,40 @@ def run(args: argparse.Namespace, s: Settings, notes: list[str]) -> dict[str, An
     rounds: dict[str, list[dict[str, Any]]] = {t.label: [] for t in chosen}
     errors: dict[str, list[str]] = {t.label: [] for t in chosen}
     syscalls: dict[str, dict[str, Any]] = {}
-    procs = Processes()
-    try:
-        with tempfile.TemporaryDirectory(prefix="spcore-bench-") as tmp:
-            workdir = Path(tmp)
-            cert = dev_certificate(now(), workdir / "cert")
-            for number in range(s.rounds):
-                shift = number % len(chosen)
-                for target in chosen[shift:] + chosen[:shift]:
-                    try:
-                        numbers = measure(procs, target, cert, workdir, s)
-                    except BenchError as exc:
-                        errors[target.label].append(str(exc))
-                        progress(f"round {number + 1}/{s.rounds} {target.label}: {exc}")
-                        continue
-                    numbers["round"] = number + 1
-                    rounds[target.label].append(numbers)
-                    progress(
-                        f"round {number + 1}/{s.rounds} {target.label}: "
-                        f"{numbers['rps']:,.0f} req/s, p99 {numbers['p99_ms']:.2f} ms, "
-                        f"server CPU {numbers['server_cpu']:.0%} "
-                        f"({numbers['per_cpu_second']:,} req/CPU-s), "
-                        f"others {numbers['others_on_server_core'] or 0:.0%} of its core, "
-                        f"load {numbers['load']:.2f}"
-                    )
-            if s.strace:
-                for target in chosen:
-                    if not target.traceable:
-                        continue
-                    try:
-                        syscalls[target.label] = count_syscalls(procs, target, cert, workdir, s)
-                    except BenchError as exc:
-                        notes.append(f"syscalls not counted ({target.label}): {exc}")
-                        progress(notes[-1])
-                        if "cannot attach" in str(exc):
-                            break
-                        continue
-                    progress(
-                        f"syscalls {target.label}: "
-                        f"{syscalls[target.label]['per_request']} per request"
-                    )
-    finally:
-        with signals_ignored():  # a second Ctrl-C must not leave servers behind
-            procs.stop_all()
+    with workspace("spcore-bench-") as (procs, workdir, cert):
+        for number in range(s.rounds):
+            for target in rotated(chosen, number):
+                try:
+                    numbers = measure(procs, target, cert, workdir, s)
+                except BenchError as exc:
+                    errors[target.label].append(str(exc))
+                    progress(f"round {number + 1}/{s.rounds} {target.label}: {exc}")
+                    continue
+                numbers["round"] = number + 1
+                rounds[target.label].append(numbers)
+                progress(
+                    f"round {number + 1}/{s.rounds} {target.label}: "
+                    f"{numbers['rps']:,.0f} req/s, p99 {numbers['p99_ms']:.2f} ms, "
+                    f"server CPU {numbers['server_cpu']:.0%} "
+                    f"({numbers['per_cpu_second']:,} req/CPU-s), "
+                    f"others {numbers['others_on_server_core'] or 0:.0%} of its core, "
+                    f"load {numbers['load']:.2f}"
+                )
+        if s.strace:
+            for target in chosen:
+                if not target.traceable:
+                    continue
+                try:
+                    syscalls[target.label] = count_syscalls(procs, target, cert, workdir, s)
+                except BenchError as exc:
+                    notes.append(f"syscalls not counted ({target.label}): {exc}")
+                    progress(notes[-1])
+                    if "cannot attach" in str(exc):
+                        break
+                    continue
+                progress(
+                    f"syscalls {target.label}: {syscalls[target.label]['per_request']} per request"
+                )
     report["load_after"] = os.getloadavg()
     report["finished"] = now().isoformat(timespec="seconds")
     report["results"] = summarise(chosen, rounds, errors, syscalls)
@@ -580,6 +586,12 @@ def paired_ratios(
     """``key`` of each round divided by the baseline's ``key`` in the same round."""
     pairs = [(r, base[r["round"]]) for r in done if r["round"] in base]
     return [r[key] / b[key] for r, b in pairs if b[key]]
+
+
+def rotated(items: list[T], number: int) -> list[T]:
+    """``items`` in the order of round ``number``: each round starts one further along."""
+    shift = number % len(items)
+    return items[shift:] + items[:shift]
 
 
 def median(values: list[float]) -> float | None:

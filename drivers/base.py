@@ -14,7 +14,6 @@ import itertools
 import logging
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Generic, TypeVar
 
 from spcore.actions import Accepting, CloseListeners, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
+from spcore.addresses import describe_address
 from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.server import Listener, Server
+
+from .listening import SocketFile, bind_listener
 
 __all__ = ["Bound", "CallQueue", "Driver", "JobPool", "TimerHeap", "bind_listener"]
 
@@ -40,42 +42,33 @@ READ_SIZE = 64 * 1024
 class Bound:
     """A listening socket and the listener it serves."""
 
-    __slots__ = ("listener", "sock")
+    __slots__ = ("_file", "listener", "sock")
 
     def __init__(self, listener: Listener, sock: socket.socket) -> None:
         self.listener = listener
         self.sock = sock
+        # A Unix socket bound here (not handed in) has its file removed when it closes.
+        self._file: SocketFile | None = None
+        if listener.path is not None and listener.fd is None:
+            self._file = SocketFile(listener.path)
 
     @property
     def address(self) -> tuple[Any, ...]:
-        return tuple(self.sock.getsockname())
+        """The socket's address: (host, port, ...), or (path,) for a Unix socket."""
+        name = self.sock.getsockname()
+        return tuple(name) if isinstance(name, tuple) else (name,)
 
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:8443``, ``unix:/run/app.sock``: what the socket really listens on."""
+        return describe_address(self.sock.getsockname())
 
-def bind_listener(listener: Listener, backlog: int) -> socket.socket:
-    """A non-blocking listening socket for ``listener`` (IPv6 sockets are IPv6-only, so a v4
-    and a v6 listener can share a port number)."""
-    try:
-        infos = socket.getaddrinfo(
-            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except UnicodeError as exc:  # a malformed name ("a..b", a label over 63 characters)
-        raise socket.gaierror(socket.EAI_NONAME, f"invalid host name: {exc}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if sys.platform == "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined, unused-ignore]
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    def close(self) -> None:
+        """Close the socket (and remove the file of a Unix socket bound here)."""
+        self.sock.close()
+        if self._file is not None:
+            self._file.remove()
+            self._file = None
 
 
 def prepare_accepted(sock: socket.socket) -> None:
@@ -298,7 +291,7 @@ class Driver(abc.ABC, Generic[_L]):
 
     def close_listeners(self) -> None:
         for bound in self.bound:
-            bound.sock.close()
+            bound.close()
 
     @abc.abstractmethod
     def run(self) -> None:

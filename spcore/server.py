@@ -31,6 +31,7 @@ from .actions import (
     SetTimer,
     Sync,
 )
+from .addresses import describe_address, inet_address
 from .config import Limits
 from .connection import Address, Connection, Hub
 from .layer import ProtocolLayer
@@ -61,6 +62,12 @@ class Listener:
     ``protocol`` makes the protocol layer of each new connection; ``tls`` makes it a TLS
     listener (``spcore.tls.server_context`` builds a context with safe defaults);
     ``engine`` replaces the OpenSSL engine with another ``TLSEngine`` built from ``tls``.
+
+    Where it listens: ``host``/``port``; or the Unix domain socket ``path`` (its file made
+    with permissions ``mode``, removed when it closes); or ``fd``, a socket already listening
+    (handed in by ``--fd``, systemd or a supervisor), which the other fields then do not
+    describe. ``reuse_port`` binds with ``SO_REUSEPORT``, so that worker processes can each
+    have a socket on one address.
     """
 
     protocol: Callable[[], ProtocolLayer]
@@ -69,6 +76,19 @@ class Listener:
     tls: ssl.SSLContext | None = None
     proxy_protocol: bool = False
     engine: Callable[[ssl.SSLContext], TLSEngine] | None = None
+    path: str | None = None
+    mode: int = 0o666
+    fd: int | None = None
+    reuse_port: bool = False
+
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:8443``, ``unix:/run/app.sock`` or ``fd 3``: for errors and logs."""
+        if self.fd is not None:
+            return f"fd {self.fd}"
+        if self.path is not None:
+            return describe_address(self.path)
+        return describe_address((self.host, self.port))
 
     def new_engine(self) -> TLSEngine | None:
         if self.tls is None:
@@ -151,7 +171,9 @@ class Server:
         self, listener: Listener, peer: Address | None, local: Address | None, now: float
     ) -> Connection:
         """Create the core side of a socket the driver accepted on ``listener``."""
-        return Connection(listener, self.hub, peer=peer, local=local, now=now)
+        return Connection(
+            listener, self.hub, peer=inet_address(peer), local=inet_address(local), now=now
+        )
 
     def refused(self) -> None:
         """The driver dropped a connection it had accepted but could not use (it broke at once,

@@ -1,13 +1,16 @@
-"""Shared fixtures: a throwaway PKI built once per test session, and TLS contexts from it."""
+"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, and a
+private development-certificate cache for the servers the tests start."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import ssl
 from dataclasses import dataclass
 
 import pytest
+from servekit import SLOW_APP
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
 from spcore.tls import client_context, server_context
@@ -76,3 +79,23 @@ def server_tls(pki: PKI) -> ssl.SSLContext:
 def client_tls(pki: PKI) -> ssl.SSLContext:
     """A client that trusts the test CA (and nothing else)."""
     return client_context(cafile=pki.ca_file)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A private certificate cache, filled once so each server starts quickly."""
+    directory = tmp_path_factory.mktemp("spcore-cache")
+    dev_certificate(datetime.datetime.now(datetime.timezone.utc), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir: pathlib.Path) -> dict[str, str]:
+    return {**os.environ, "SPCORE_CACHE_DIR": str(cache_dir)}
+
+
+@pytest.fixture
+def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory with ``slowapp:app`` (servekit.SLOW_APP) to serve from."""
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    return tmp_path

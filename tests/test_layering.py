@@ -19,6 +19,7 @@ EDGES = {
     "cli.py": "the program: signals, the clock that dates the development certificate",
     "certs.py": "writes and locks certificate files (the time is an argument)",
     "__main__.py": "python -m spcore",
+    "supervisor.py": "the program's worker processes: starts, signals and restarts them",
     "conformance": "runs drivers over real sockets, with client threads and timeouts",
 }
 #: Modules the core never imports: they do I/O, start threads, read or wait on a clock.

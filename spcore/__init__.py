@@ -15,8 +15,10 @@ from .http.messages import BodyReader, Pipe, Request, Response, blocking, buffer
 from .http.protocol import HTTPProtocol
 from .jobs import Job
 from .listeners import http_listener, stream_listener
+from .remote import Remote
 from .server import Listener, Server, Stats
 from .stream import Session, Sessions, StreamHandler, StreamProtocol
+from .timers import Timer
 
 __version__ = "0.1.0"
 
@@ -44,6 +46,7 @@ __all__ = [
     "Pipe",
     "ProtocolError",
     "RawFraming",
+    "Remote",
     "RemoteProtocolError",
     "Request",
     "Response",
@@ -53,6 +56,7 @@ __all__ = [
     "Stats",
     "StreamHandler",
     "StreamProtocol",
+    "Timer",
     "actions",
     "blocking",
     "buffered",

@@ -20,6 +20,8 @@ A connection's actions:
 The server's actions:
 
 * :class:`Accepting` -- poll or post accepts on the listening sockets (``on``), or stop.
+* :class:`Connect` -- open an outbound connection for ``conn`` to ``address`` (drivers that
+  declare ``connects``); its timer, the connect timeout, comes as its own ``SetTimer``.
 * :data:`CLOSE_LISTENERS` -- stop accepting for good and close the listening sockets.
 * :class:`Sync` -- ask ``conn`` for its actions: it changed outside its own driver call.
 * :class:`SetTimer` -- call ``server.on_deadline(now)`` at ``at``.
@@ -46,6 +48,7 @@ __all__ = [
     "Action",
     "Close",
     "CloseListeners",
+    "Connect",
     "Exit",
     "Read",
     "RunJobs",
@@ -110,6 +113,22 @@ class Accepting:
     """Accept new connections while ``on``; stop polling or posting accepts when not."""
 
     on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Generic[_C]):
+    """Connect a new socket to ``address`` for ``conn``, an outbound connection of the core.
+
+    ``address`` is ``(host, port)`` with a numeric host (IPv4 or IPv6: the core resolves no
+    names and neither does the driver), or the path of a Unix domain socket (a str). Once
+    connected, report ``conn.connected(local, now)`` and carry out its actions as an accepted
+    connection's; if the connect fails, close the socket and report
+    ``conn.connection_lost(error, now)``. Until then ``conn``'s actions are only its timer
+    (the connect timeout) and a ``Close``, which cancels the attempt.
+    """
+
+    conn: _C
+    address: tuple[str, int] | str
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,12 @@ class Limits:
     handshake timeout, uvicorn's 5 s keep-alive, CPython's 256/512 KiB flow-control marks.
     """
 
+    #: Accepted connections held at once; above it the server stops accepting. Outbound
+    #: connections (``Server.open_connection``: a tunnel's backends) are not counted: each
+    #: is opened by the application or by an accepted connection, which is.
     max_connections: int = 10_000
+    #: An outbound connection must be connected within this (stunnel's TIMEOUTconnect).
+    connect_timeout: float = 10.0
     #: The TLS handshake (and any PROXY header) must finish within this.
     handshake_timeout: float = 60.0
     #: A request head must be complete this long after its first byte (slowloris).
@@ -55,6 +60,7 @@ class Limits:
         if self.write_low_water > self.write_high_water:
             raise ValueError("write_low_water must not exceed write_high_water")
         for name in (
+            "connect_timeout",
             "handshake_timeout",
             "header_timeout",
             "idle_timeout",

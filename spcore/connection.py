@@ -1,4 +1,4 @@
-"""One accepted connection: the layers composed, and the contract a driver drives.
+"""One connection, accepted or outbound: the layers composed, and the contract a driver drives.
 
 Bytes climb through the stages (PROXY header, first-bytes sniffing, ClientHello reading, TLS)
 into a protocol layer, and the protocol's output goes down the same way into a queue of
@@ -6,6 +6,7 @@ buffers. The driver reports what happened with one call each and, after every ca
 ``next_action()`` what to do until it answers None (see ``spcore.actions`` and
 docs/driver-contract.md):
 
+* ``connected(local, now)``: an outbound connection's socket connected (``Connect``).
 * ``receive_data(data, now)``: bytes that arrived; ``b""`` when the peer shut its side.
 * ``sent(n, now)``: the kernel took ``n`` bytes of the ``Send`` in flight.
 * ``on_deadline(now)``: the timer of the latest ``SetTimer`` fired.
@@ -14,7 +15,8 @@ docs/driver-contract.md):
 
 The lifecycle (opening stages, open, the graceful close, closed) is the state machine of
 ``spcore.lifecycle``. A ``Connection`` needs no server: the ``Hub`` it is given (or makes)
-holds what the connections of one server share.
+holds what the connections of one server share, and opens the outbound ones
+(``open_connection``). User timers (``call_later``) are part of the connection's deadline.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .actions import (
     Send,
     SetTimer,
 )
+from .addresses import describe_address, inet_address
 from .config import Limits
 from .errors import ProtocolError
 from .jobs import Job
@@ -44,11 +47,14 @@ from .lifecycle import (
     STATE_TIMEOUTS,
     Event,
     Input,
+    Output,
     State,
     next_state,
 )
 from .preamble import ProxyHeaderReader, ProxyInfo, Sniff, plaintext_http_rejection, sniff
+from .remote import Remote
 from .stats import Stats
+from .timers import Callback, Timer, TimerQueue, check_delay
 from .tls.engine import (
     ApplicationData,
     CloseNotify,
@@ -66,7 +72,12 @@ log = logging.getLogger("spcore.connection")
 
 Address = tuple[Any, ...]  # a socket address as the socket module gives it
 
-_OPEN, _FLUSHING, _DRAINING = State.OPEN, State.FLUSHING, State.DRAINING
+_CONNECTING, _OPEN, _FLUSHING, _DRAINING = (
+    State.CONNECTING,
+    State.OPEN,
+    State.FLUSHING,
+    State.DRAINING,
+)
 _CLOSE, _CLOSED = State.CLOSE, State.CLOSED
 _TLS_VERSIONS = {
     0x0300: "SSL 3.0",
@@ -95,6 +106,23 @@ class StackSource(Protocol):
         ...
 
 
+class _Outbound:
+    """The stack of an outbound connection: the remote's engine under one protocol."""
+
+    proxy_protocol = False
+
+    def __init__(self, remote: Remote, protocol: ProtocolLayer) -> None:
+        self.remote = remote
+        self._protocol = protocol
+
+    @property
+    def protocol(self) -> Callable[[], ProtocolLayer]:
+        return lambda: self._protocol
+
+    def new_engine(self) -> TLSEngine | None:
+        return self.remote.new_engine()
+
+
 class Hub:
     """What the connections of one server share: their only link upward.
 
@@ -102,7 +130,8 @@ class Hub:
     call into the core (a change made during that call is timed by it, whichever connection
     it lands on: a broadcast's deadlines); the connection that call is on, so that a change
     made elsewhere (another connection's handler, a call handed to the loop thread, the
-    server) is noted for the driver to sync; and the driver's thread-safe call.
+    server) is noted for the driver to sync; the outbound connections waiting for the
+    driver to connect them; the server-wide timers; and the driver's thread-safe call.
     """
 
     def __init__(self, limits: Limits | None = None, stats: Stats | None = None) -> None:
@@ -118,7 +147,12 @@ class Hub:
         self.wall_offset = 0.0
         #: The driver's ``call_soon_threadsafe`` (``Server.attach``); None without a driver.
         self.loop_call: Callable[..., bool] | None = None
+        #: How many of the live connections are outbound.
+        self.outbound = 0
+        #: The server-wide user timers (``Server.call_later``).
+        self.timers = TimerQueue()
         self._woken: dict[Connection, None] = {}
+        self._dials: deque[Connection] = deque()
         self._next_id = 1
 
     def add(self, conn: Connection) -> int:
@@ -128,12 +162,43 @@ class Hub:
         self.connections[conn_id] = conn
         self.stats.connections_total += 1
         self.stats.connections_open = len(self.connections)
+        if conn.outbound:
+            self.outbound += 1
+            self.stats.connections_outbound += 1
         return conn_id
 
     def remove(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is not None and conn.outbound:
+            self.outbound -= 1
         self._woken.pop(conn, None)
         self.stats.connections_open = len(self.connections)
+
+    def open_connection(
+        self, remote: Remote, protocol: ProtocolLayer, *, send_first: bytes = b""
+    ) -> Connection:
+        """A new outbound connection to ``remote`` running ``protocol`` (see
+        ``Server.open_connection``); the driver is asked to connect it."""
+        return Connection(
+            _Outbound(remote, protocol),
+            self,
+            connect_to=remote.address,
+            send_first=send_first,
+            now=self.now,
+        )
+
+    def dial(self, conn: Connection) -> None:
+        """Note that ``conn`` waits for the driver to connect it."""
+        self._dials.append(conn)
+
+    def pop_dial(self) -> Connection | None:
+        """One outbound connection for the driver to connect, or None. One closed before the
+        driver ever had it has no socket to close: it ends here."""
+        while self._dials:
+            conn = self._dials.popleft()
+            if conn.state is _CONNECTING:
+                return conn
+            conn.connection_lost(None, self.now)
+        return None
 
     def wake(self, conn: Connection) -> None:
         """Note that ``conn`` changed outside its own driver call."""
@@ -157,7 +222,10 @@ class Hub:
 
 
 class Connection:
-    """The core side of one socket. Made by ``Server.accept``; never shared between threads."""
+    """The core side of one socket. Made by ``Server.accept`` (accepted) or
+    ``open_connection`` (outbound: ``connect_to`` is its address, ``send_first`` bytes go out
+    before anything else, even a TLS ClientHello: a PROXY header); never shared between
+    threads."""
 
     def __init__(
         self,
@@ -167,14 +235,19 @@ class Connection:
         peer: Address | None = None,
         local: Address | None = None,
         now: float = 0.0,
+        connect_to: tuple[str, int] | str | None = None,
+        send_first: bytes = b"",
     ) -> None:
         hub = Hub() if hub is None else hub
         self._hub = hub
         self.limits = hub.limits
         self.stats = hub.stats
+        #: Where an outbound connection connects (None: an accepted connection).
+        self.remote = connect_to
+        self.outbound = connect_to is not None
         self.id = hub.add(self)
         self.listener = listener
-        self.peer = peer
+        self.peer = inet_address(connect_to) if peer is None else peer
         self.local = local
         self.proxy: ProxyInfo | None = None
         #: The ClientHello as the record layer read it (TLS listeners, once complete).
@@ -194,8 +267,12 @@ class Connection:
         self._state_deadline: float | None = None  # the state's timer (STATE_TIMEOUTS)
         self._send_deadline: float | None = None
         self._jobs: list[Job] = []
+        self._output = Output.OPEN
+        self._timers = TimerQueue()
+        self._lost_reason: BaseException | None = None  # what ended it, when the core knows
         self._told_reading = False  # what the driver was last told (it starts not reading)
         self._told_deadline: float | None = None
+        outer = hub.current  # (a protocol opening this connection in its own call)
         self._enter(now)
         try:
             self.tls = listener.new_engine()
@@ -203,10 +280,17 @@ class Connection:
         except Exception:
             log.exception("%r: the listener could not build this connection's stack", self)
             self.stats.errors += 1
-            self._leave()
+            hub.current = outer
+            if connect_to is not None:
+                hub.dial(self)  # (which ends it: there is nothing to connect)
             return
         try:
-            if listener.proxy_protocol:
+            if connect_to is not None:
+                self._begin(_CONNECTING)
+                if send_first:
+                    self._queue(bytes(send_first))  # held until connected
+                hub.dial(self)
+            elif listener.proxy_protocol:
                 self._proxy_reader = ProxyHeaderReader()
                 self._begin(State.PROXY)
             elif self.tls is not None:
@@ -217,9 +301,11 @@ class Connection:
         except Exception:
             self._internal_error()
         finally:
-            self._leave()
+            hub.current = outer
 
     def __repr__(self) -> str:
+        if self.remote is not None:
+            return f"<Connection #{self.id} to {describe_address(self.remote)}>"
         peer = self.peer[:2] if self.peer else "?"
         return f"<Connection #{self.id} {peer}>"
 
@@ -233,6 +319,12 @@ class Connection:
                 return self._run_jobs()
             return CLOSE
         if state is _CLOSED:
+            return None
+        if state is _CONNECTING:  # nothing goes out, nothing is read: only its timer
+            deadline = self._state_deadline
+            if deadline != self._told_deadline:
+                self._told_deadline = deadline
+                return SetTimer(deadline)
             return None
         if not self._in_flight:
             tls = self.tls
@@ -248,6 +340,11 @@ class Connection:
                     self._fire(Event.FLUSHED_AND_DONE)
                     return CLOSE
                 self._fire(Event.FLUSHED)
+                if self._output is not Output.ENDED:  # (a half-close shut it already)
+                    self._output = Output.ENDED
+                    return SHUT_WRITE
+            elif self._output is Output.ENDING and state is _OPEN:  # the half-close's end
+                self._output = Output.ENDED
                 return SHUT_WRITE
         reading = self.reading
         if reading is not self._told_reading:
@@ -260,6 +357,27 @@ class Connection:
             self._told_deadline = deadline
             return SetTimer(deadline)
         return None
+
+    def connected(self, local: Address | str | None, now: float) -> None:
+        """An outbound connection's socket connected (``local``: its address); its stack
+        starts: the TLS client handshake, or the protocol. Late calls are harmless."""
+        if self._state is not _CONNECTING:
+            return  # timed out or closed meanwhile: its Close is on its way
+        self._enter(now)
+        try:
+            self.local = inet_address(local)
+            if self._out:
+                self._arm_send_deadline()  # what waited (send_first) is due now
+            if self.tls is not None:
+                self._fire(Event.CONNECTED_TLS)
+                self.tls.start()  # the ClientHello
+            else:
+                self._fire(Event.CONNECTED_PLAIN)
+                self.protocol.connection_made(self, now)
+        except Exception:
+            self._internal_error()
+        finally:
+            self._leave()
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes read from the socket; ``b""`` means the peer shut its side (EOF)."""
@@ -322,7 +440,9 @@ class Connection:
         self._enter(now)
         try:
             if self._state_deadline is not None and now >= self._state_deadline:
-                if state in OPENING_STATES:
+                if state is _CONNECTING:
+                    self._connect_timed_out()
+                elif state in OPENING_STATES:
                     self.stats.timeouts += 1
                     log.info("%r: closing: TLS handshake timed out", self)
                 self._fire(Event.TIMEOUT)
@@ -333,6 +453,10 @@ class Connection:
                 protocol_deadline = self._protocol_deadline
                 if protocol_deadline is not None and now >= protocol_deadline:
                     self.protocol.timer_expired(now)
+                for timer in self._timers.due(now):
+                    if self._state is not _OPEN:
+                        break
+                    timer.callback(now)
         except Exception:
             self._internal_error()
         finally:
@@ -350,16 +474,21 @@ class Connection:
 
     def connection_lost(self, error: BaseException | None, now: float) -> None:
         """The socket is closed, for whatever reason. The one exit path; idempotent."""
-        if self._state is _CLOSED:
+        state = self._state
+        if state is _CLOSED:
             return
-        if error is not None:
+        if state is _CONNECTING and error is not None:
+            self.stats.connect_failures += 1
+            log.info("%r: connect failed: %s", self, error)
+        elif error is not None:
             log.debug("%r: connection lost: %s", self, error)
         self._fire(Event.LOST)
         self._out.clear()
         self._out_size = self._in_flight = 0
+        self._timers.clear()
         self._hub.now = now
         try:
-            self.protocol.connection_lost(error)
+            self.protocol.connection_lost(error if error is not None else self._lost_reason)
         except Exception:
             log.exception("%r: protocol failed while closing", self)
         self._hub.remove(self)
@@ -392,7 +521,7 @@ class Connection:
     def reading(self) -> bool:
         """Whether the core wants input now (what ``Read`` actions tell the driver)."""
         state = self._state
-        if self._input is Input.EOF or state is _CLOSE or state is _CLOSED:
+        if self._input is Input.EOF or state is _CLOSE or state is _CLOSED or state is _CONNECTING:
             return False
         if state is _FLUSHING or state is _DRAINING:
             return True  # discard what still comes, until the peer's EOF
@@ -412,6 +541,10 @@ class Connection:
         protocol_deadline = self._protocol_deadline
         if protocol_deadline is not None and (best is None or protocol_deadline < best):
             best = protocol_deadline
+        if self._state is _OPEN:
+            timer = self._timers.next
+            if timer is not None and (best is None or timer < best):
+                best = timer
         return best
 
     @property
@@ -457,8 +590,9 @@ class Connection:
         return self._hub.call_soon_threadsafe(fn, *args)
 
     def write(self, data: bytes) -> None:
-        """Queue plaintext for the peer. Ignored once the connection is closing."""
-        if not data or self._state in CLOSING_STATES:
+        """Queue plaintext for the peer. Ignored once the connection is closing or its output
+        ended (``write_eof``)."""
+        if not data or self._state in CLOSING_STATES or self._output is not Output.OPEN:
             return
         if self.tls is not None:
             if self.tls.closed:
@@ -479,6 +613,20 @@ class Connection:
             self.tls.close()  # close_notify, or an abort if the handshake is unfinished
         self._touch()
 
+    def write_eof(self) -> None:
+        """End our side after what was written (a half-close): TLS close_notify, then the
+        write side is shut; input goes on until ``close()``. Idempotent; before the
+        connection is open, a close."""
+        if self._state in CLOSING_STATES or self._output is not Output.OPEN:
+            return
+        if self._state is not _OPEN:
+            self.close()  # nothing was said yet: there is no half of it to end
+            return
+        self._output = Output.ENDING
+        if self.tls is not None:
+            self.tls.close()  # close_notify after what is queued
+        self._touch()
+
     def abort(self, reason: str) -> None:
         """Close at once, dropping unsent output; ``reason`` goes to the log."""
         state = self._state
@@ -494,6 +642,34 @@ class Connection:
         self._jobs.append(job)
         self._touch()
         return job
+
+    def call_later(self, delay: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """Run ``callback(now)`` in ``delay`` seconds (then every ``every`` seconds, until
+        cancelled), while the connection is open; its end cancels it."""
+        check_delay(delay, every)
+        return self.call_at(self._hub.now + delay, callback, every=every)
+
+    def call_at(self, when: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """Run ``callback(now)`` at driver time ``when`` (see ``call_later``)."""
+        return self.arm(Timer(callback, every), when)
+
+    def arm(self, timer: Timer, when: float) -> Timer:
+        """Arm a ``Timer`` made beforehand (a blocking handler's, made on a worker)."""
+        self._timers.arm(timer, when)
+        self._touch()
+        return timer
+
+    def open_connection(
+        self, remote: Remote, protocol: ProtocolLayer, *, send_first: bytes = b""
+    ) -> Connection:
+        """A new outbound connection of this server to ``remote``, run by ``protocol`` (a
+        proxy's other side); see ``Server.open_connection``."""
+        return self._hub.open_connection(remote, protocol, send_first=send_first)
+
+    def changed(self) -> None:
+        """The protocol's ``reading`` or ``deadline`` changed outside this connection's own
+        calls (in another connection's, say): have the driver look again."""
+        self._touch()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -549,7 +725,7 @@ class Connection:
             self._paused_writing = True
 
     def _arm_send_deadline(self) -> None:
-        if self._send_deadline is None:
+        if self._send_deadline is None and self._state is not _CONNECTING:
             self._send_deadline = self._hub.now + self.limits.send_timeout
 
     def _dispatch(self, data: bytes, now: float) -> None:
@@ -652,6 +828,7 @@ class Connection:
         except TLSError as exc:
             self.stats.tls_errors += 1
             log.info("%r: %s%s", self, exc, self._offered() if exc.during_handshake else "")
+            self._lost_reason = exc  # (an outbound connection's protocol learns why)
             self.close()  # the engine failed: no close_notify, but its alert is flushed
             return
         for event in events:
@@ -671,6 +848,13 @@ class Connection:
                 self._end_of_input(False, now)
         if not data and self._state is State.HANDSHAKE and not tls.handshake_complete:
             self.abort("peer closed during the TLS handshake")
+
+    def _connect_timed_out(self) -> None:
+        self.stats.timeouts += 1
+        self.stats.connect_failures += 1
+        seconds = self.limits.connect_timeout
+        self._lost_reason = TimeoutError(f"connect timed out after {seconds:g} s")
+        log.info("%r: connect timed out after %g s", self, seconds)
 
     def _offered(self) -> str:
         """What the client offered, for the log line of a failed handshake."""

@@ -2,8 +2,9 @@
 
 A protocol layer only ever sees plaintext: the connection below it has already dealt with the
 PROXY header, the TLS handshake and encryption. It talks back through ``Transport`` -- the
-connection as a protocol sees it, and nothing more: no server object, no other connection --
-and tells the connection what it waits for through ``reading`` and ``deadline``.
+connection as a protocol sees it, and nothing more: no server object, no other connection but
+the outbound ones it opens itself (a tunnel's backend) -- and tells the connection what it
+waits for through ``reading`` and ``deadline``, and when to call it back with timers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
     from .config import Limits
     from .jobs import Job
     from .preamble import ProxyInfo
+    from .remote import Remote
     from .stats import Stats
+    from .timers import Callback, Timer
     from .tls.engine import TLSInfo
     from .tls.records import ClientHello
 
@@ -71,12 +74,46 @@ class Transport(Protocol):
         """Flush, close_notify, shut down, close (graceful)."""
         ...
 
+    def write_eof(self) -> None:
+        """Half-close: flush, close_notify, shut the write side; input goes on (until
+        ``close()``). Writes are ignored afterwards."""
+        ...
+
     def abort(self, reason: str) -> None:
         """Close at once, dropping unsent output."""
         ...
 
     def submit_job(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> Job:
         """Run ``fn`` on a worker thread; ``on_done(job, now)`` runs on the loop afterwards."""
+        ...
+
+    def call_later(self, delay: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """Run ``callback(now)`` in ``delay`` seconds, and then every ``every`` seconds if
+        given, until the timer is cancelled or the connection closes (``spcore.timers``)."""
+        ...
+
+    def call_at(self, when: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """``call_later``, at driver time ``when``."""
+        ...
+
+    def arm(self, timer: Timer, when: float) -> Timer:
+        """Arm a ``Timer`` made beforehand (one a worker made for a blocking handler) to run
+        at ``when``; a cancelled one stays unarmed."""
+        ...
+
+    def open_connection(
+        self, remote: Remote, protocol: ProtocolLayer, *, send_first: bytes = b""
+    ) -> Transport:
+        """Open an outbound connection to ``remote`` run by ``protocol``, whose
+        ``connection_made`` follows once it is connected (and its TLS handshake done);
+        ``connection_lost`` without it means the connect failed. ``send_first`` goes out
+        before anything (a PROXY header). The returned connection may be written at once:
+        what is written waits for the connect."""
+        ...
+
+    def changed(self) -> None:
+        """Call after ``reading`` or ``deadline`` changed outside this connection's own calls
+        (from another connection's): the driver looks again."""
         ...
 
     def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:

@@ -10,25 +10,46 @@ The path of an accepted connection::
 
     PROXY ──> SNIFF ──> HELLO ──> HANDSHAKE ──> OPEN        (a TLS listener that expects PROXY)
     OPEN                                                    (a plaintext listener)
-    any of those ──close──> FLUSHING ──flushed──> DRAINING ──peer EOF / timer──> CLOSE
-                            FLUSHING ──flushed, the peer already ended──────────> CLOSE
+
+and of an outbound one (``Server.open_connection``)::
+
+    CONNECTING ──connected──> HANDSHAKE ──> OPEN            (a TLS client engine)
+    CONNECTING ──connected──> OPEN                          (plaintext)
+    CONNECTING ──timer / close──> CLOSE                     (the connect timeout; nothing to
+                                                             flush before the connect)
+
+then, whichever way it came::
+
+    any other ──close──> FLUSHING ──flushed──> DRAINING ──peer EOF / timer──> CLOSE
+                         FLUSHING ──flushed, the peer already ended──────────> CLOSE
     any state ──abort──> CLOSE ──lost──> CLOSED             (and ``lost`` from anywhere)
     CLOSE                                                   (the listener could not build the
                                                              connection's layers)
 
 The peer's side is tracked apart (:class:`Input`): whether its stream ended (TLS
-close_notify) and whether its transport did (EOF); FLUSHING's exit depends on it.
+close_notify) and whether its transport did (EOF); FLUSHING's exit depends on it. So is our
+own side while OPEN (:class:`Output`): a half-close (``Transport.write_eof``) ends it after
+what was written, and input goes on; the close that follows has nothing left to shut.
 
-The states' timers (:data:`STATE_TIMEOUTS`): the handshake timeout runs from the accept
-through every state before OPEN; the close timeout runs in DRAINING. The send timeout (any
-output the peer does not take) and the protocol's own timer are not states' and run apart.
+The states' timers (:data:`STATE_TIMEOUTS`): the connect timeout runs in CONNECTING; the
+handshake timeout from the accept (or the connect) through every state before OPEN; the close
+timeout in DRAINING. The send timeout (any output the peer does not take), the protocol's own
+timer and the user timers (``spcore.timers``) are not states' and run apart.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["STATE_TIMEOUTS", "TRANSITIONS", "Event", "Input", "LifecycleError", "State"]
+__all__ = [
+    "STATE_TIMEOUTS",
+    "TRANSITIONS",
+    "Event",
+    "Input",
+    "LifecycleError",
+    "Output",
+    "State",
+]
 
 
 class _Fast(enum.Enum):
@@ -39,6 +60,7 @@ class _Fast(enum.Enum):
 
 
 class State(_Fast):
+    CONNECTING = "an outbound connection: the driver is connecting its socket"
     PROXY = "reading the PROXY protocol header"
     SNIFF = "telling a TLS ClientHello from plaintext by the first bytes"
     HELLO = "reading the ClientHello before the engine sees it"
@@ -51,6 +73,8 @@ class State(_Fast):
 
 
 class Event(_Fast):
+    CONNECTED_TLS = "the outbound socket connected: the TLS client handshake starts"
+    CONNECTED_PLAIN = "the outbound socket connected: the protocol starts"
     TLS_LISTENER = "a PROXY header was read on a TLS listener"
     PLAIN_LISTENER = "a PROXY header was read on a plaintext listener"
     TLS_SNIFFED = "the first bytes are a TLS handshake record"
@@ -77,6 +101,15 @@ class Input(_Fast):
     EOF = enum.auto()
 
 
+class Output(_Fast):
+    """Our side while OPEN: OPEN -> ENDING (a half-close asked for: what was written, then
+    close_notify on TLS, goes out) -> ENDED (the write side is shut)."""
+
+    OPEN = enum.auto()
+    ENDING = enum.auto()
+    ENDED = enum.auto()
+
+
 class LifecycleError(RuntimeError):
     """An event the table does not allow in the current state: a bug in the core."""
 
@@ -85,6 +118,14 @@ _S, _E = State, Event
 
 #: Every state, the events it accepts and the state each leads to.
 TRANSITIONS: dict[State, dict[Event, State]] = {
+    _S.CONNECTING: {
+        _E.CONNECTED_TLS: _S.HANDSHAKE,
+        _E.CONNECTED_PLAIN: _S.OPEN,
+        _E.CLOSE: _S.CLOSE,
+        _E.TIMEOUT: _S.CLOSE,
+        _E.ABORT: _S.CLOSE,
+        _E.LOST: _S.CLOSED,
+    },
     _S.PROXY: {
         _E.TLS_LISTENER: _S.SNIFF,
         _E.PLAIN_LISTENER: _S.OPEN,
@@ -139,6 +180,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
 
 #: The ``Limits`` field timing each state that has a timer of its own.
 STATE_TIMEOUTS: dict[State, str] = {
+    _S.CONNECTING: "connect_timeout",
     _S.PROXY: "handshake_timeout",
     _S.SNIFF: "handshake_timeout",
     _S.HELLO: "handshake_timeout",
@@ -148,8 +190,8 @@ STATE_TIMEOUTS: dict[State, str] = {
 
 #: States in which a close was decided: ``Transport.closing`` is True, nothing is written.
 CLOSING_STATES = frozenset({_S.FLUSHING, _S.DRAINING, _S.CLOSE, _S.CLOSED})
-#: States before the protocol layer starts (the handshake timeout runs).
-OPENING_STATES = frozenset({_S.PROXY, _S.SNIFF, _S.HELLO, _S.HANDSHAKE})
+#: States before the protocol layer starts (the connect or the handshake timeout runs).
+OPENING_STATES = frozenset({_S.CONNECTING, _S.PROXY, _S.SNIFF, _S.HELLO, _S.HANDSHAKE})
 
 
 def next_state(state: State, event: Event) -> State:

@@ -2,8 +2,10 @@
 
 A driver binds one socket per ``Listener``, creates the core side of every accepted socket
 with ``accept()``, and after any call into the core asks ``next_action()`` for what to do
-until it answers None (``spcore.actions``): start or stop accepting, sync a connection that
-changed outside its own call, arm the server's timer, close the listening sockets, exit.
+until it answers None (``spcore.actions``): start or stop accepting, connect an outbound
+connection (``open_connection``), sync a connection that changed outside its own call, arm
+the server's timer (its own deadlines and the server-wide user timers, ``call_later``),
+close the listening sockets, exit.
 
 Stopping is decided here, once, for every driver: ``request_stop(now)`` makes the actions
 ``CloseListeners``, then a ``Sync`` of every connection (each was asked to finish what is in
@@ -27,6 +29,7 @@ from .actions import (
     STOP_ACCEPTING,
     Accepting,
     CloseListeners,
+    Connect,
     Exit,
     SetTimer,
     Sync,
@@ -35,7 +38,9 @@ from .addresses import describe_address, inet_address
 from .config import Limits
 from .connection import Address, Connection, Hub
 from .layer import ProtocolLayer
+from .remote import Remote
 from .stats import Stats
+from .timers import Callback, Timer, check_delay
 from .tls.engine import TLSEngine
 from .tls.openssl import OpenSSLEngine
 
@@ -44,7 +49,7 @@ __all__ = ["Listener", "Server", "ServerAction", "Stats"]
 log = logging.getLogger("spcore.server")
 
 #: What ``Server.next_action()`` returns.
-ServerAction = Accepting | CloseListeners | Sync[Connection] | SetTimer | Exit
+ServerAction = Accepting | CloseListeners | Connect[Connection] | Sync[Connection] | SetTimer | Exit
 
 #: Accept errors about one connection (reset before it was taken) or passing (a signal, a
 #: spurious wake-up): accepting pauses only for ``_BRIEF_PAUSE``. Any other (out of
@@ -152,6 +157,10 @@ class Server:
             self._listeners_closed = True
             self._told_accepting = False
             return CLOSE_LISTENERS
+        dial = self.hub.pop_dial()
+        if dial is not None:
+            assert dial.remote is not None
+            return Connect(dial, dial.remote)
         conn = self.hub.pop_woken()
         if conn is not None:
             return Sync(conn)
@@ -174,6 +183,32 @@ class Server:
         return Connection(
             listener, self.hub, peer=inet_address(peer), local=inet_address(local), now=now
         )
+
+    def open_connection(
+        self, remote: Remote, protocol: ProtocolLayer, *, send_first: bytes = b""
+    ) -> Connection:
+        """Open an outbound connection to ``remote``, run by ``protocol`` (on the loop thread:
+        from a protocol, a timer, or a function handed over with ``call_soon_threadsafe``).
+
+        The driver connects it (the ``Connect`` action, within ``Limits.connect_timeout``);
+        then it stacks like an accepted connection (the remote's TLS client engine, or
+        plaintext) and ``protocol.connection_made`` follows. A failed or timed-out connect
+        ends in ``protocol.connection_lost(error)`` without it. ``send_first`` goes out before
+        anything else (a PROXY header). A driver that makes no outbound connections
+        (``Driver.connects`` False) fails it at once.
+        """
+        return self.hub.open_connection(remote, protocol, send_first=send_first)
+
+    def call_later(self, delay: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """A server-wide timer: ``callback(now)`` in ``delay`` seconds (then every ``every``
+        seconds, until cancelled), on the loop thread, outside any connection's call (what it
+        does to connections is synced). It runs until the server exits."""
+        check_delay(delay, every)
+        return self.call_at(self.hub.now + delay, callback, every=every)
+
+    def call_at(self, when: float, callback: Callback, *, every: float | None = None) -> Timer:
+        """``call_later``, at driver time ``when``."""
+        return self.hub.timers.arm(Timer(callback, every), when)
 
     def refused(self) -> None:
         """The driver dropped a connection it had accepted but could not use (it broke at once,
@@ -204,6 +239,14 @@ class Server:
         paused_until = self._accept_paused_until
         if paused_until is not None and now >= paused_until:
             self._accept_paused_until = None
+        hub = self.hub
+        hub.current = None
+        for timer in hub.timers.due(now):
+            try:
+                timer.callback(now)
+            except Exception:
+                log.exception("a server timer failed: %r", timer.callback)
+                self.stats.errors += 1
         if self._shutdown_deadline is None or now < self._shutdown_deadline:
             return
         for conn in list(self.connections.values()):
@@ -256,7 +299,7 @@ class Server:
         return (
             self._shutdown_deadline is None
             and self._accept_paused_until is None
-            and len(self.connections) < self.limits.max_connections
+            and len(self.connections) - self.hub.outbound < self.limits.max_connections
         )
 
     @property
@@ -266,10 +309,17 @@ class Server:
     @property
     def deadline(self) -> float | None:
         """When the server's timer is due: the end of the shutdown grace period, or of a pause
-        in accepting."""
+        in accepting, or the earliest server-wide user timer."""
         if self._shutdown_deadline is not None:
-            return self._shutdown_deadline if self.connections else None
-        return self._accept_paused_until
+            if not self.connections:
+                return None  # nothing is left to time: the server exits
+            own: float | None = self._shutdown_deadline
+        else:
+            own = self._accept_paused_until
+        timer = self.hub.timers.next
+        if timer is not None and (own is None or timer < own):
+            return timer
+        return own
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,9 @@ class Stats:
     connections_total: int = 0
     connections_open: int = 0
     connections_refused: int = 0
+    #: Outbound connections opened, and those whose connect failed or timed out.
+    connections_outbound: int = 0
+    connect_failures: int = 0
     requests: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0

@@ -5,7 +5,9 @@ A ``StreamHandler`` is made per connection and gets ``start``, ``message``, ``ti
 messages, closes after what it sent (SPServer's "close after reply"), and reaches the other
 sessions of its ``Sessions`` registry (``broadcast``, ``send_to``), which is how a chat room
 works: the protocols of one listener share a registry (``stream_listener`` makes one), or of
-several when they are given the same.
+several when they are given the same. A session arms timers (``call_later``: SPServer's
+``SP_TimerHandler``), whose callbacks are handler calls like the others; a server-wide
+timer (``Server.call_later``) reaches every session through the registry.
 
 A handler marked ``blocking`` has its calls run as jobs on the driver's workers. It then
 gets a deferred session: what it does is recorded and applied on the loop thread when the
@@ -22,6 +24,7 @@ from .errors import ProtocolError, RemoteProtocolError
 from .framing import Framing, FramingError, LineFraming
 from .jobs import Job
 from .layer import ProtocolLayer, Transport
+from .timers import Timer, check_delay
 
 if TYPE_CHECKING:
     from .tls.engine import TLSInfo
@@ -84,14 +87,39 @@ class Sessions(Mapping[int, "Session"]):
         if self._by_id.get(session.id) is session:
             del self._by_id[session.id]
 
+    def broadcast(self, message: bytes, *, exclude: int | None = None) -> int:
+        """Send ``message`` to every live session (but the one whose id is ``exclude``);
+        how many it went to. A server-wide timer's heartbeat is one call of this."""
+        count = 0
+        for session_id in tuple(self._by_id):
+            if session_id != exclude and self.send_to(session_id, message):
+                count += 1
+        return count
+
+    def send_to(self, session_id: int, message: bytes) -> bool:
+        """Send ``message`` to one session; False if it is gone or closing."""
+        session = self._by_id.get(session_id)
+        if session is None or session.closed:
+            return False
+        session.send(message)
+        return True
+
 
 class Session:
     """A handler's handle on its connection and, through its registry, on the others."""
 
-    def __init__(self, conn: Transport, framing: Framing, sessions: Sessions) -> None:
+    def __init__(
+        self,
+        conn: Transport,
+        framing: Framing,
+        sessions: Sessions,
+        handle: Callable[[Callable[..., object]], None] | None = None,
+    ) -> None:
         self._conn = conn
         self._framing = framing
         self._sessions = sessions
+        # Runs a timer's callback as a handler call (inline, or as a job for a blocking one).
+        self._handle = handle or (lambda callback: callback(self))
         self.id = conn.id
         #: Free for the handler's own per-connection state.
         self.data: dict[str, Any] = {}
@@ -138,19 +166,34 @@ class Session:
 
     def send_to(self, session_id: int, message: bytes) -> bool:
         """Send ``message`` to another session; False if it is gone."""
-        other = self._sessions.get(session_id)
-        if other is None or other.closed:
-            return False
-        other.send(message)
-        return True
+        return self._sessions.send_to(session_id, message)
 
     def broadcast(self, message: bytes, *, include_self: bool = False) -> int:
         """Send ``message`` to every live session (but this one, unless asked); the count."""
-        count = 0
-        for session_id in self.session_ids:
-            if (include_self or session_id != self.id) and self.send_to(session_id, message):
-                count += 1
-        return count
+        return self._sessions.broadcast(message, exclude=None if include_self else self.id)
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[Session | DeferredSession], object],
+        *,
+        every: float | None = None,
+    ) -> Timer:
+        """Call ``callback(session)`` in ``delay`` seconds (then every ``every`` seconds),
+        as a handler call (on a worker, with a deferred session, for a blocking handler),
+        until ``cancel()``-ed or the connection ends."""
+        check_delay(delay, every)
+        return self._arm(self._timer(callback, every), delay)
+
+    def _timer(
+        self, callback: Callable[[Session | DeferredSession], object], every: float | None
+    ) -> Timer:
+        handle = self._handle
+        return Timer(lambda now: handle(callback), every)
+
+    def _arm(self, timer: Timer, delay: float) -> Timer:
+        conn = self._conn
+        return conn.arm(timer, conn.now + delay)
 
 
 class DeferredSession:
@@ -163,6 +206,7 @@ class DeferredSession:
         self.tls = session.tls
         self.session_ids = session.session_ids  # a snapshot taken when the job was made
         self.closed = session.closed
+        self._session = session  # (only to make timers: it is not touched off the loop)
         self._actions: list[Callable[[Session], object]] = []
 
     def send(self, message: bytes) -> None:
@@ -180,6 +224,20 @@ class DeferredSession:
         self._actions.append(lambda s: s.broadcast(message, include_self=include_self))
         return len(self.session_ids) - (0 if include_self else 1)
 
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[Session | DeferredSession], object],
+        *,
+        every: float | None = None,
+    ) -> Timer:
+        """As ``Session.call_later``; the timer is armed when the job is back (its delay
+        counts from then), and may be cancelled before."""
+        check_delay(delay, every)
+        timer = self._session._timer(callback, every)
+        self._actions.append(lambda s: s._arm(timer, delay))
+        return timer
+
     def apply(self, session: Session) -> None:
         """Replay the recorded actions on the real session (loop thread)."""
         for action in self._actions:
@@ -196,7 +254,7 @@ class StreamProtocol(ProtocolLayer):
         self._conn: Transport | None = None
         self._session: Session | None = None
         self._framing: Framing | None = None
-        self._queue: list[tuple[str, tuple[Any, ...]]] = []  # calls waiting for a job
+        self._queue: list[tuple[Callable[..., object], tuple[Any, ...]]] = []  # calls for a job
         self._job: Job | None = None
         self._idle_after_job = False  # the idle timer was suspended for the running job
         self._eof_pending = False
@@ -209,10 +267,10 @@ class StreamProtocol(ProtocolLayer):
     def connection_made(self, conn: Transport, now: float) -> None:
         self._conn = conn
         self._framing = self.handler.framing()
-        self._session = Session(conn, self._framing, self.sessions)
+        self._session = Session(conn, self._framing, self.sessions, self._call)
         self.sessions.add(self._session)
         self._touch_idle(now)
-        self._call("start")
+        self._call(self.handler.start)
 
     def data_received(self, data: bytes, now: float) -> None:
         assert self._framing is not None
@@ -221,14 +279,14 @@ class StreamProtocol(ProtocolLayer):
             messages = self._framing.feed(data)
         except FramingError as exc:
             for message in exc.messages:  # complete before the violation: still valid
-                self._call("message", message)
+                self._call(self.handler.message, message)
             self._protocol_error(exc)
             return
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
         for message in messages:
-            self._call("message", message)
+            self._call(self.handler.message, message)
 
     def eof_received(self, clean: bool, now: float) -> None:
         assert self._framing is not None
@@ -250,7 +308,7 @@ class StreamProtocol(ProtocolLayer):
 
     def timer_expired(self, now: float) -> None:
         self.deadline = None
-        self._call("timeout")
+        self._call(self.handler.timeout)
 
     def shutdown(self, now: float) -> None:
         self._eof_pending = True
@@ -287,7 +345,7 @@ class StreamProtocol(ProtocolLayer):
         assert self._conn is not None
         log.info("%r: %s", self._conn, exc)
         self._conn.stats.errors += 1
-        self._call("error", exc)
+        self._call(self.handler.error, exc)
         self._eof_pending = True
         self._close_when_idle()
 
@@ -295,19 +353,20 @@ class StreamProtocol(ProtocolLayer):
         if self._eof_pending and self._job is None and not self._queue and self._conn:
             self._conn.close()
 
-    def _call(self, method: str, *args: Any) -> None:
+    def _call(self, fn: Callable[..., object], *args: Any) -> None:
+        """A handler call: ``fn(session, *args)``, inline or (blocking handlers) in a job."""
         conn, session = self._conn, self._session
         assert conn is not None and session is not None
         if conn.closing:
             return
         if self.handler.blocking:
-            self._queue.append((method, args))
+            self._queue.append((fn, args))
             self._run_queue()
             return
         try:
-            getattr(self.handler, method)(session, *args)
+            fn(session, *args)
         except Exception:
-            log.exception("%r: handler.%s failed", conn, method)
+            log.exception("%r: handler.%s failed", conn, getattr(fn, "__name__", fn))
             conn.stats.errors += 1
             conn.close()
 
@@ -321,13 +380,12 @@ class StreamProtocol(ProtocolLayer):
             return
         calls, self._queue = self._queue, []
         deferred = DeferredSession(session)
-        handler = self.handler
 
         def work() -> None:
-            for method, args in calls:
+            for fn, args in calls:
                 if deferred.closed:
                     break
-                getattr(handler, method)(deferred, *args)
+                fn(deferred, *args)
 
         def done(job: Job, now: float) -> None:
             self._job = None

@@ -31,6 +31,10 @@ Choices worth knowing:
   the transport has handed its last byte to the kernel. Until then the bytes stay in the
   core, counted by its high-water mark and timed by its send timeout, as with any socket;
   and when the core closes, the transport holds nothing, so ``Close`` is an ``abort()``.
+* Outbound connections: a task awaits ``loop.sock_connect`` on a non-blocking socket, then
+  gives it its transport as an accepted socket gets one (``connect_accepted_socket``, which
+  takes TCP and Unix sockets alike, on every loop). A ``Close`` while it connects (the
+  connect timeout) cancels the task and closes the socket.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, outbound_socket, prepare_accepted
 
 __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
@@ -61,12 +65,23 @@ log = logging.getLogger("spcore.driver")
 class _Link(asyncio.BufferedProtocol):
     """The driver's side of one connection: asyncio's callbacks, handed to the driver."""
 
-    __slots__ = ("closed", "conn", "driver", "error", "reading", "sending", "transport")
+    __slots__ = (
+        "closed",
+        "conn",
+        "connecting",
+        "driver",
+        "error",
+        "reading",
+        "sending",
+        "transport",
+    )
 
     def __init__(self, driver: AsyncioDriver, conn: Connection) -> None:
         self.driver = driver
         self.conn = conn
         self.transport: asyncio.Transport | None = None
+        #: An outbound connect in progress: its task, until the transport is made.
+        self.connecting: asyncio.Task[None] | None = None
         self.reading = True  # a new transport reads
         self.sending: Send | None = None  # written, and the transport still holds some of it
         self.closed = False  # aborted: connection_lost is on its way
@@ -98,6 +113,7 @@ class _Link(asyncio.BufferedProtocol):
 
 class AsyncioDriver(Driver[_Link]):
     name = "asyncio"
+    connects = True
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -286,12 +302,49 @@ class AsyncioDriver(Driver[_Link]):
                 link.conn.connection_lost(exc, now)
                 self._after(now)
 
+    # -- connecting -----------------------------------------------------------------------------
+
+    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
+        try:
+            sock = outbound_socket(address)
+        except OSError as exc:
+            conn.connection_lost(exc, now)
+            return
+        link = self.links[conn] = _Link(self, conn)
+        assert self._loop is not None
+        link.connecting = self._loop.create_task(self._dial(link, sock, address))
+        self.drive(conn, now)  # its timer, the connect timeout
+
+    async def _dial(self, link: _Link, sock: socket.socket, address: tuple[str, int] | str) -> None:
+        """Connect, then make the transport (``_made`` reports the connect to the core)."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            await loop.sock_connect(sock, address)
+            await loop.connect_accepted_socket(lambda: link, sock)
+        except asyncio.CancelledError:
+            sock.close()  # a Close while connecting (close() ended the link)
+            raise
+        except OSError as exc:
+            sock.close()
+            if link.transport is None and link.conn in self.links:
+                now = self._now()
+                link.closed = True
+                self.forget(link.conn, exc, now)
+                self._after(now)
+
     # -- asyncio's callbacks, through _Link ----------------------------------------------------
 
     def _made(self, link: _Link) -> None:
         transport = link.transport
         assert transport is not None
         transport.set_write_buffer_limits(high=0, low=0)  # resume_writing: all handed over
+        if link.connecting is not None:  # an outbound connection: it connected
+            link.connecting = None
+            now = self._now()
+            link.conn.connected(transport.get_extra_info("sockname"), now)
+            self._callback(link, None, now)
+            return
         self.links[link.conn] = link
         self._callback(link, None)
 
@@ -358,7 +411,11 @@ class AsyncioDriver(Driver[_Link]):
             return
         link.closed = True
         link.error = link.error or error
-        assert link.transport is not None
+        if link.transport is None:  # still connecting: no transport to report the end
+            assert link.connecting is not None
+            link.connecting.cancel()
+            self.forget(link.conn, link.error, now)
+            return
         link.transport.abort()
 
     # -- the end --------------------------------------------------------------------------------
@@ -367,6 +424,9 @@ class AsyncioDriver(Driver[_Link]):
         """End what a normal stop left (nothing, unless run() failed), then wait for jobs."""
         self._stopped = True
         self.stop_accepting()
+        for link in list(self.links.values()):
+            if link.transport is None:  # an outbound connect still waiting: give it up
+                self.close(link, ConnectionAbortedError("driver stopped"), loop.time())
         pending = [*self._acceptors, *self._connecting]
         if pending:
             loop.run_until_complete(asyncio.wait(pending))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import errno
 import heapq
 import itertools
 import logging
@@ -20,7 +21,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Generic, TypeVar
 
-from spcore.actions import Accepting, CloseListeners, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
+from spcore.actions import (
+    Accepting,
+    CloseListeners,
+    Connect,
+    Read,
+    RunJobs,
+    Send,
+    SetTimer,
+    ShutWrite,
+    Sync,
+)
 from spcore.addresses import describe_address
 from spcore.connection import Connection
 from spcore.jobs import Job
@@ -28,7 +39,16 @@ from spcore.server import Listener, Server
 
 from .listening import SocketFile, bind_listener
 
-__all__ = ["Bound", "CallQueue", "Driver", "JobPool", "TimerHeap", "bind_listener"]
+__all__ = [
+    "Bound",
+    "CallQueue",
+    "Driver",
+    "JobPool",
+    "TimerHeap",
+    "bind_listener",
+    "outbound_socket",
+    "prepare_accepted",
+]
 
 log = logging.getLogger("spcore.driver")
 
@@ -76,6 +96,24 @@ def prepare_accepted(sock: socket.socket) -> None:
     sock.setblocking(False)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def outbound_socket(address: tuple[str, int] | str) -> socket.socket:
+    """A new non-blocking stream socket for a ``Connect`` to ``address`` (a Unix socket path,
+    or a numeric IPv6 or IPv4 host and port), with the options an accepted one gets."""
+    if isinstance(address, str):
+        family = getattr(socket, "AF_UNIX", None)
+        if family is None:
+            raise OSError(errno.EAFNOSUPPORT, "Unix domain sockets are not available here")
+    else:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        prepare_accepted(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 #: The longest one wait lasts: a selector cannot express much more (epoll: about 24 days),
@@ -256,10 +294,15 @@ class Driver(abc.ABC, Generic[_L]):
 
     ``call_soon_threadsafe(fn, *args)`` may be called from any thread (or a signal handler)
     to run ``fn`` on the loop thread; ``stop()`` hands the server's stop request over that way.
-    A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks.
+    A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks; one that
+    makes outbound connections (the ``Connect`` action) implements ``connect`` and says so
+    with ``connects = True`` (without, every outbound connection fails at once).
     """
 
     name: ClassVar[str]
+    #: Whether this driver carries out ``Connect`` (an optional capability: the conformance
+    #: suite's outbound scenarios skip, saying so, for a driver that does not declare it).
+    connects: ClassVar[bool] = False
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -327,6 +370,8 @@ class Driver(abc.ABC, Generic[_L]):
         while (action := server.next_action()) is not None:
             if type(action) is Sync:
                 self.drive(action.conn, now)
+            elif type(action) is Connect:
+                self.connect(action.conn, action.address, now)
             elif type(action) is Accepting:
                 self.accepting(action.on)
             elif type(action) is SetTimer:
@@ -415,6 +460,13 @@ class Driver(abc.ABC, Generic[_L]):
     @abc.abstractmethod
     def close(self, link: _L, error: BaseException | None, now: float) -> None:
         """Close the socket, dropping what is unsent, and end the link (``forget``); once."""
+
+    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
+        """Connect a socket to ``address`` for ``conn`` (a ``Connect``): make its link, report
+        ``conn.connected(local, now)`` once connected, then ``drive`` it; a failure ends the
+        link with the error (``close``). Drivers without outbound connections fail it."""
+        error = OSError(errno.EOPNOTSUPP, f"the {self.name} driver makes no outbound connections")
+        conn.connection_lost(error, now)
 
     def settle(self, link: _L) -> None:
         """After a connection's last action: apply what they left (register, post)."""

@@ -28,6 +28,9 @@ The rules this base keeps:
 * Connections accepted while the core is not accepting (a multishot accept or several pending
   AcceptEx racing with ``max_connections``) are parked and handed over when it accepts again,
   as the listen backlog would have held them; once the listeners close they are refused.
+* **An outbound connection posts one connect** (``Connect``: IORING_OP_CONNECT, ConnectEx) and
+  nothing else until it completes; a ``Close`` meanwhile (the connect timeout) cancels it,
+  and its socket closes once the cancelled connect is back, as for any operation.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import abc
 import collections
 import ctypes
+import errno
 import itertools
 import logging
 import mmap
@@ -47,7 +51,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver
+from .base import READ_SIZE, Bound, Driver, outbound_socket
 
 __all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
 
@@ -125,7 +129,17 @@ class Operation(Generic[_T]):
 class Link:
     """The driver's side of one connection: its socket, buffer and operations in flight."""
 
-    __slots__ = ("buffer", "closed", "conn", "fd", "reading", "recv_op", "send_op", "sock")
+    __slots__ = (
+        "buffer",
+        "closed",
+        "conn",
+        "connect_op",
+        "fd",
+        "reading",
+        "recv_op",
+        "send_op",
+        "sock",
+    )
 
     def __init__(self, conn: Connection, sock: socket.socket, buffer: RecvBuffer) -> None:
         self.conn = conn
@@ -134,13 +148,14 @@ class Link:
         self.buffer = buffer
         self.recv_op: Operation[Link] | None = None
         self.send_op: Operation[Link] | None = None
+        self.connect_op: Operation[Link] | None = None  # an outbound connect in flight
         self.reading = False  # the latest Read action: keep a receive posted
         self.closed = False  # connection_lost was called; waiting for the last completions
 
     @property
     def idle(self) -> bool:
         """No operation in flight: the socket and buffer may be released."""
-        return self.recv_op is None and self.send_op is None
+        return self.recv_op is None and self.send_op is None and self.connect_op is None
 
 
 class Acceptor:
@@ -164,7 +179,8 @@ class ProactorBase(Driver[Link]):
 
     Subclasses implement the hooks below (``_open``, ``_close_resources``, ``_post_accept``,
     ``_accepted_socket``, ``_post_recv``, ``_post_send``, ``_cancel``, ``_wait``, ``_error``,
-    ``wake``, optionally ``_release_accept``) and ``probe``. Every ``_post_*`` hook gets a
+    ``wake``, optionally ``_release_accept``; for outbound connections ``_outbound_socket``,
+    ``_post_connect`` and ``_connected_socket``) and ``probe``. Every ``_post_*`` hook gets a
     fresh :class:`Operation`, posts it and fills ``op.keep`` (and ``op.key`` if the
     completion names it differently); the base registers it afterwards. A hook raises
     ``OSError`` when the post failed at once and no completion will come (the base then
@@ -219,6 +235,18 @@ class ProactorBase(Driver[Link]):
     def _post_send(self, op: Operation[Link], buffers: Sequence[Buffer]) -> None:
         """Post one (gathered) send of the first buffers of ``buffers`` (a ``Send``'s),
         referenced as they are: keep in ``op.keep`` what the kernel reads."""
+
+    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+        """A socket for a ``Connect`` to ``address``, ready for ``_post_connect``."""
+        return outbound_socket(address)
+
+    def _post_connect(self, op: Operation[Link], address: tuple[str, int] | str) -> None:
+        """Post a connect of ``op.owner.sock`` to ``address``."""
+        raise OSError(errno.EOPNOTSUPP, f"the {self.name} driver makes no outbound connections")
+
+    def _connected_socket(self, link: Link) -> None:
+        """A connect completed successfully: make the socket usable (IOCP: update its
+        context); raise ``OSError`` if it cannot be."""
 
     @abc.abstractmethod
     def _cancel(self, op: Operation[Any]) -> None:
@@ -337,6 +365,43 @@ class ProactorBase(Driver[Link]):
         if link.reading and link.recv_op is None:
             self._start_recv(link)
 
+    # -- outbound connections ---------------------------------------------------------------------
+
+    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
+        try:
+            sock = self._outbound_socket(address)
+        except OSError as exc:
+            conn.connection_lost(exc, now)
+            return
+        buffer = self._free_buffers.pop() if self._free_buffers else RecvBuffer()
+        link = self.links[conn] = Link(conn, sock, buffer)
+        op = self._new_op("connect", link, self._connected)
+        try:
+            self._post_connect(op, address)
+        except OSError as exc:
+            self.close(link, exc, now)
+            return
+        self._register(op)
+        link.connect_op = op
+        self.drive(conn, now)  # its timer, the connect timeout
+
+    def _connected(self, op: Operation[Link], result: int, now: float) -> None:
+        link = op.owner
+        link.connect_op = None
+        if link.closed:
+            self._release_if_idle(link)  # timed out or stopped: the cancel came back
+            return
+        try:
+            if result < 0:
+                raise self._error(result)
+            self._connected_socket(link)
+            local = link.sock.getsockname()
+        except OSError as exc:
+            self.close(link, exc, now)
+            return
+        link.conn.connected(local, now)
+        self.drive(link.conn, now)
+
     # -- completions ------------------------------------------------------------------------------
 
     def _received(self, op: Operation[Link], result: int, now: float) -> None:
@@ -442,7 +507,7 @@ class ProactorBase(Driver[Link]):
         if link.closed:
             return
         link.closed = True
-        for op in (link.recv_op, link.send_op):
+        for op in (link.recv_op, link.send_op, link.connect_op):
             if op is not None:
                 self._cancel_op(op)
         self.forget(link.conn, error, now)

@@ -5,11 +5,18 @@ large chunks, writes each ``Send`` gathered with ``sendmsg`` where the platform 
 ``Send`` the kernel cannot take at once (EAGAIN) is held and tried again when the socket is
 writable, so the loop never spins on a full socket. Wake-ups (a call handed to the loop, a
 finished job) arrive through a socket pair (the self-pipe).
+
+Outbound connections: a non-blocking ``connect``, then the socket polled for writability,
+when ``SO_ERROR`` tells how the connect ended (the POSIX way, as asyncio's ``sock_connect``
+does). A Unix domain socket connects or fails at once; its EAGAIN (the listener's backlog
+is full) is a failure, since no writability will ever announce that it went through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import selectors
 import socket
 import time
@@ -18,7 +25,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, outbound_socket, prepare_accepted
 
 __all__ = ["SelectorsDriver"]
 
@@ -32,18 +39,20 @@ _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 class _Link:
     """The driver's side of one connection."""
 
-    __slots__ = ("conn", "mask", "reading", "sending", "sock")
+    __slots__ = ("conn", "connecting", "mask", "reading", "sending", "sock")
 
-    def __init__(self, conn: Connection, sock: socket.socket) -> None:
+    def __init__(self, conn: Connection, sock: socket.socket, *, connecting: bool = False) -> None:
         self.conn = conn
         self.sock = sock
         self.mask = 0  # what the socket is registered for
         self.reading = False
         self.sending: Send | None = None  # held: the kernel took none of it yet
+        self.connecting = connecting  # an outbound connect in progress: polled for writing
 
 
 class SelectorsDriver(Driver[_Link]):
     name = "selectors"
+    connects = True
 
     @classmethod
     def probe(cls) -> tuple[bool, str]:
@@ -130,12 +139,46 @@ class SelectorsDriver(Driver[_Link]):
             self.drive(conn, now)
             self.follow(now)  # at the limit the server stops accepting: before the next one
 
+    # -- connecting -----------------------------------------------------------------------------
+
+    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
+        try:
+            sock = outbound_socket(address)
+        except OSError as exc:
+            conn.connection_lost(exc, now)
+            return
+        link = self.links[conn] = _Link(conn, sock, connecting=True)
+        code = sock.connect_ex(address)
+        if code == 0:
+            self._connected(link, now)
+        elif code == errno.EINPROGRESS and not isinstance(address, str):
+            self.drive(conn, now)  # its timer; writability will say how it ended
+        else:
+            self.close(link, OSError(code, os.strerror(code)), now)
+
+    def _connected(self, link: _Link, now: float) -> None:
+        link.connecting = False
+        try:
+            local = link.sock.getsockname()
+        except OSError as exc:  # reset already
+            self.close(link, exc, now)
+            return
+        link.conn.connected(local, now)
+        self.drive(link.conn, now)
+
     # -- one connection -------------------------------------------------------------------------
 
     def _ready(self, link: _Link, mask: int, now: float) -> None:
         conn = link.conn
         if conn not in self.links:
             return  # closed earlier in this round
+        if link.connecting:
+            code = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self.close(link, OSError(code, os.strerror(code)), now)
+            else:
+                self._connected(link, now)
+            return
         try:
             if mask & _WRITE and link.sending is not None:
                 self.send(link, link.sending, now)
@@ -167,7 +210,10 @@ class SelectorsDriver(Driver[_Link]):
         link.sock.shutdown(socket.SHUT_WR)
 
     def settle(self, link: _Link) -> None:
-        mask = (_READ if link.reading else 0) | (_WRITE if link.sending is not None else 0)
+        if link.connecting:
+            mask = _WRITE
+        else:
+            mask = (_READ if link.reading else 0) | (_WRITE if link.sending is not None else 0)
         if mask != link.mask:
             if link.mask == 0:
                 self._selector.register(link.sock, mask, link)

@@ -13,6 +13,12 @@ same code runs on Linux against the double in ``tests/iocp_double`` (see ``docs/
   ``GetAcceptExSockaddrs``.
 * Receive: ``WSARecv`` into the connection's buffer (flags DWORD passed by pointer). Send:
   ``WSASend`` of a WSABUF array built over the core's buffers as they are (flags by value).
+* Connect: ``ConnectEx`` (its pointer looked up with ``WSAIoctl``, as AcceptEx's) on a socket
+  bound first to the wildcard address, port 0, as ConnectEx requires, and associated with the
+  port; on completion ``SO_UPDATE_CONNECT_CONTEXT`` before anything else touches it (without
+  it getpeername, getsockname and shutdown fail). TCP only: CPython's socket module has no
+  AF_UNIX on Windows (https://github.com/python/cpython/issues/77589), and ConnectEx with a
+  ``sockaddr_un`` needs workarounds (https://github.com/libuv/libuv/pull/4636).
 * Cancel: ``CancelIoEx(socket, OVERLAPPED)``. Wait: ``GetQueuedCompletionStatusEx`` reaping up
   to ``ENTRIES`` packets per call. Wake-ups: ``PostQueuedCompletionStatus`` of a packet without
   an OVERLAPPED, which the registry ignores.
@@ -41,6 +47,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 import socket
 import threading
 from collections.abc import Sequence
@@ -80,6 +87,17 @@ _ACCEPT_ABORTS = frozenset(
         win32.WSAECONNABORTED,
     }
 )
+#: Errors of a connect that failed, as the exceptions the socket module would raise.
+_CONNECT_ERRORS = {
+    win32.ERROR_CONNECTION_REFUSED: (ConnectionRefusedError, errno.ECONNREFUSED),
+    win32.WSAECONNREFUSED: (ConnectionRefusedError, errno.ECONNREFUSED),
+    win32.ERROR_NETWORK_UNREACHABLE: (OSError, errno.ENETUNREACH),
+    win32.WSAENETUNREACH: (OSError, errno.ENETUNREACH),
+    win32.ERROR_HOST_UNREACHABLE: (OSError, errno.EHOSTUNREACH),
+    win32.WSAEHOSTUNREACH: (OSError, errno.EHOSTUNREACH),
+    win32.ERROR_SEM_TIMEOUT: (TimeoutError, errno.ETIMEDOUT),
+    win32.WSAETIMEDOUT: (TimeoutError, errno.ETIMEDOUT),
+}
 #: Errors that end a connection as a reset.
 _RESETS = frozenset(
     {
@@ -123,6 +141,7 @@ class IocpDriver(ProactorBase):
     """The proactor base on an I/O completion port; ``api`` defaults to ``win32.load()``."""
 
     name = "iocp"
+    connects = True
     #: AcceptEx is single-shot: several pending take a burst of connections without waiting
     #: for the loop to post the next one.
     accepts_per_listener = 8
@@ -305,6 +324,46 @@ class IocpDriver(ProactorBase):
         op.key = ctypes.addressof(overlapped)
         op.keep = (overlapped, wsabufs, batch, keepers)
 
+    # -- connect ----------------------------------------------------------------------------------
+
+    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+        if isinstance(address, str):
+            raise OSError(
+                errno.EAFNOSUPPORT, "the iocp driver connects over TCP only (see docs/iocp.md)"
+            )
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))  # ConnectEx's rule
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._associate(sock)
+            except win32.Win32Error as exc:
+                raise self._error(-exc.winerror) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _post_connect(self, op: Operation[Link], address: tuple[str, int] | str) -> None:
+        assert not isinstance(address, str)
+        name, length = win32.sockaddr_from_address(address)
+        overlapped = win32.OVERLAPPED()
+        rc = self._api.ConnectEx(
+            op.owner.fd, ctypes.byref(name), length, None, 0, None, ctypes.byref(overlapped)
+        )
+        if code := self._failure(rc, win32.TRUE):
+            raise self._error(-code)
+        op.key = ctypes.addressof(overlapped)
+        op.keep = (overlapped, name)
+
+    def _connected_socket(self, link: Link) -> None:
+        rc = self._api.setsockopt(
+            link.fd, win32.SOL_SOCKET, win32.SO_UPDATE_CONNECT_CONTEXT, None, 0
+        )
+        if rc == win32.SOCKET_ERROR:
+            raise self._error(-self._api.get_last_error())
+
     # -- cancel, wait, errors ---------------------------------------------------------------------
 
     def _cancel(self, op: Operation[Any]) -> None:
@@ -351,6 +410,9 @@ class IocpDriver(ProactorBase):
     def _error(self, result: int) -> OSError:
         code = -result
         text = f"Windows error {code}"
+        if code in _CONNECT_ERRORS:
+            kind, number = _CONNECT_ERRORS[code]
+            return kind(number, f"{text}: {os.strerror(number)}")
         if code in _RESETS:
             return ConnectionResetError(errno.ECONNRESET, text)
         if code == win32.WSAECONNABORTED:

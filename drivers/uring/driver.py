@@ -9,6 +9,8 @@ next timer; then all available CQEs are reaped and dispatched at once.
   completion otherwise.
 * Receive: RECV into the connection's buffer. Send: SEND for one buffer, SENDMSG for several
   (an iovec per buffer, the core's buffers used in place).
+* Connect: IORING_OP_CONNECT with the sockaddr kept by the operation until its completion;
+  the kernel waits for the handshake and completes with 0 or -errno (-ECONNREFUSED...).
 * Wake-ups (a job finished, ``stop()``): an eventfd with a READ pending in the ring; ``wake()``
   writes to it from any thread, and the READ is re-posted after each completion.
 * Sockets stay in blocking mode: io_uring then waits (poll) for readiness itself, whereas some
@@ -49,6 +51,7 @@ _CANCEL_KEY = 0
 
 class UringDriver(ProactorBase):
     name = "uring"
+    connects = True
     more_flag = uring.IORING_CQE_F_MORE
 
     #: Submission queue entries; the completion queue gets four times as many.
@@ -133,6 +136,17 @@ class UringDriver(ProactorBase):
             msg = uring.MsgHdr(batch)
             ring.sendmsg(fd, msg.address, op.key)
             op.keep = msg
+
+    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+        sock = super()._outbound_socket(address)
+        sock.setblocking(True)  # see the module docstring
+        return sock
+
+    def _post_connect(self, op: Operation[Link], address: tuple[str, int] | str) -> None:
+        assert self._ring is not None
+        sockaddr = uring.SockAddr(address)
+        self._ring.connect(op.owner.fd, sockaddr, op.key)
+        op.keep = sockaddr
 
     def _cancel(self, op: Operation[Any]) -> None:
         assert self._ring is not None

@@ -37,6 +37,7 @@ IORING_OP_SENDMSG = 9
 IORING_OP_TIMEOUT = 11
 IORING_OP_ACCEPT = 13
 IORING_OP_ASYNC_CANCEL = 14
+IORING_OP_CONNECT = 16
 IORING_OP_CLOSE = 19
 IORING_OP_READ = 22
 IORING_OP_SEND = 26
@@ -159,6 +160,32 @@ def _split_ns(seconds: float) -> tuple[int, int]:
 def timespec(seconds: float) -> KernelTimespec:
     """A relative ``__kernel_timespec`` for :meth:`Ring.timeout` (pass its ``addressof``)."""
     return KernelTimespec(*_split_ns(seconds))
+
+
+class SockAddr:
+    """A Linux ``struct sockaddr`` for :meth:`Ring.connect`: ``sockaddr_in``/``sockaddr_in6``
+    for a numeric (host, port), ``sockaddr_un`` for a path ("\\0..." an abstract name)."""
+
+    __slots__ = ("_buffer", "address", "length")
+
+    def __init__(self, address: tuple[str, int] | str) -> None:
+        if isinstance(address, str):
+            path = os.fsencode(address)
+            if not path.startswith(b"\0"):
+                path += b"\0"  # a file name is NUL-terminated, an abstract one is not
+            raw = struct.pack("=H", socket.AF_UNIX) + path
+        elif ":" in address[0]:
+            host = socket.inet_pton(socket.AF_INET6, address[0])
+            # family, port, flowinfo; the address; scope id
+            raw = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", address[1], 0)
+            raw += host + struct.pack("=I", 0)
+        else:
+            host = socket.inet_pton(socket.AF_INET, address[0])
+            raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", address[1]) + host
+            raw += bytes(8)  # sin_zero
+        self._buffer = ctypes.create_string_buffer(raw, len(raw))
+        self.address = ctypes.addressof(self._buffer)
+        self.length = len(raw)
 
 
 class MsgHdr:
@@ -458,6 +485,11 @@ class Ring:
     ) -> None:
         """Gathered send; build the argument with :class:`MsgHdr`."""
         self._push(IORING_OP_SENDMSG, 0, fd, 0, msghdr_address, 1, flags, user_data)
+
+    def connect(self, fd: int, sockaddr: SockAddr, user_data: int) -> None:
+        """connect(2) to a :class:`SockAddr`; ``res`` 0 once connected, else -errno (it waits
+        for the handshake itself: a non-blocking socket never completes with -EINPROGRESS)."""
+        self._push(IORING_OP_CONNECT, 0, fd, sockaddr.length, sockaddr.address, 0, 0, user_data)
 
     def read(self, fd: int, buf_address: int, length: int, user_data: int) -> None:
         """read(2) at the current position: an eventfd or pipe wake-up."""

@@ -17,6 +17,7 @@ import h11
 from spcore.actions import Action, Close, Exit, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
 from spcore.connection import Connection
 from spcore.jobs import Job
+from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
 from spcore.tls.engine import ApplicationData, CloseNotify, HandshakeComplete, RaggedEOF, TLSInfo
 from spcore.tls.openssl import OpenSSLEngine
@@ -350,3 +351,47 @@ class ByHand:
         while chunk := self.take():
             out += chunk
         return bytes(out)
+
+
+class Recorder(ProtocolLayer):
+    """A protocol layer that records every call; ``echo`` writes back what it reads."""
+
+    def __init__(self, *, echo: bool = False, close_on: bytes | None = None) -> None:
+        self.echo = echo
+        self.close_on = close_on
+        self.conn: Connection | None = None
+        self.made_after_handshake: bool | None = None
+        self.data = bytearray()
+        self.eofs: list[bool] = []
+        self.lost: list[BaseException | None] = []
+        self.timers = 0
+        self.resumed = 0
+        self.shutdowns = 0
+
+    def connection_made(self, conn: Connection, now: float) -> None:
+        self.conn = conn
+        self.made_after_handshake = conn.tls is None or conn.tls.handshake_complete
+
+    def data_received(self, data: bytes, now: float) -> None:
+        assert self.conn is not None
+        self.data += data
+        if self.echo:
+            self.conn.write(data)
+        if self.close_on is not None and self.close_on in self.data:
+            self.conn.close()
+
+    def eof_received(self, clean: bool, now: float) -> None:
+        self.eofs.append(clean)
+
+    def resume_writing(self, now: float) -> None:
+        self.resumed += 1
+
+    def timer_expired(self, now: float) -> None:
+        self.timers += 1
+        self.deadline = None
+
+    def shutdown(self, now: float) -> None:
+        self.shutdowns += 1
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        self.lost.append(error)

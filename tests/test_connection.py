@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import PKI
-from memlink import LOCAL, PEER, ByHand, MemLink
+from memlink import LOCAL, PEER, ByHand, MemLink, Recorder
 
 from spcore.actions import CLOSE, READ_OFF, READ_ON, SHUT_WRITE, RunJobs, Send, SetTimer
 from spcore.config import Limits
@@ -32,50 +32,6 @@ from spcore.tls.records import AlertDescription, alert_record
 NOW = 1000.0
 CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
 ALERT = 21
-
-
-class Recorder(ProtocolLayer):
-    """A protocol layer that records every call; ``echo`` writes back what it reads."""
-
-    def __init__(self, *, echo: bool = False, close_on: bytes | None = None) -> None:
-        self.echo = echo
-        self.close_on = close_on
-        self.conn: Connection | None = None
-        self.made_after_handshake: bool | None = None
-        self.data = bytearray()
-        self.eofs: list[bool] = []
-        self.lost: list[BaseException | None] = []
-        self.timers = 0
-        self.resumed = 0
-        self.shutdowns = 0
-
-    def connection_made(self, conn: Connection, now: float) -> None:
-        self.conn = conn
-        self.made_after_handshake = conn.tls is None or conn.tls.handshake_complete
-
-    def data_received(self, data: bytes, now: float) -> None:
-        assert self.conn is not None
-        self.data += data
-        if self.echo:
-            self.conn.write(data)
-        if self.close_on is not None and self.close_on in self.data:
-            self.conn.close()
-
-    def eof_received(self, clean: bool, now: float) -> None:
-        self.eofs.append(clean)
-
-    def resume_writing(self, now: float) -> None:
-        self.resumed += 1
-
-    def timer_expired(self, now: float) -> None:
-        self.timers += 1
-        self.deadline = None
-
-    def shutdown(self, now: float) -> None:
-        self.shutdowns += 1
-
-    def connection_lost(self, error: BaseException | None) -> None:
-        self.lost.append(error)
 
 
 def make_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -31,10 +32,19 @@ def table_row(output: str, driver: str) -> list[str]:
     raise AssertionError(f"no table row for {driver}:\n{output}")
 
 
-def assert_whole_suite_passed(result: subprocess.CompletedProcess[str], driver: str) -> None:
+def assert_whole_suite_passed(
+    result: subprocess.CompletedProcess[str], driver: str, *, skipped_because: str | None = None
+) -> None:
     """The run succeeded, and every scenario (more than 90) passed for ``driver``: none failed,
-    none was skipped."""
+    and none was skipped but, with ``skipped_because``, those whose skip reason (the run must
+    show reasons: ``-rs``) says that (a capability the driver does not have)."""
     assert result.returncode == 0, tail(result)
     row = table_row(result.stdout, driver)
     passed, failed, skipped = (int(n) for n in row[:3])
-    assert (failed, skipped) == (0, 0) and passed > 90, row
+    assert failed == 0 and passed > 90, row
+    reasons = re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", result.stdout, re.MULTILINE)
+    if skipped_because is None:
+        assert skipped == 0, reasons
+        return
+    assert skipped == sum(int(n) for n, _ in reasons) > 0, (row, reasons)
+    assert all(skipped_because in reason for _, reason in reasons), reasons

@@ -47,7 +47,9 @@ from spcore.drivers.iocp import driver as iocp_driver
 from spcore.drivers.iocp import win32
 from spcore.drivers.iocp.driver import AcceptSocket, IocpDriver
 from spcore.drivers.proactor import Buffer, Link, Operation
+from spcore.layer import ProtocolLayer
 from spcore.listeners import stream_listener
+from spcore.remote import Remote
 from spcore.server import Listener, Server
 from spcore.stream import StreamHandler
 from tests.iocp_double.driver import DoubledIocpDriver
@@ -788,6 +790,52 @@ def test_wake_before_run_is_harmless() -> None:
     driver.wake()
     driver.double.close()
     assert spy.named("PostQueuedCompletionStatus") == []
+
+
+# -- outbound connections --------------------------------------------------------------------
+
+
+class Outbound(ProtocolLayer):
+    """Writes a line once connected and records how the connection went."""
+
+    def __init__(self) -> None:
+        self.made = threading.Event()
+        self.lost: list[BaseException | None] = []
+
+    def connection_made(self, conn: Any, now: float) -> None:
+        conn.write(b"out\n")
+        self.made.set()
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        self.lost.append(error)
+
+
+def test_connectex_on_a_bound_associated_socket_then_its_context_then_io() -> None:
+    with serving() as (driver, spy, address):
+        probe = Outbound()
+        remote = Remote(*address)
+        assert driver.server.call_soon_threadsafe(driver.server.open_connection, remote, probe)
+        assert probe.made.wait(WAIT)
+        wait_for(lambda: driver.server.stats.bytes_received >= 8, "the line there and back")
+        (connect_args,) = spy.named("ConnectEx")
+        fd = connect_args[0]
+        calls = [(name, args) for name, args, _ in spy.calls if args and args[0] == fd]
+        names = [name for name, _ in calls]
+        # Associated with the port, then ConnectEx (which the double refuses on an unbound one).
+        assert names[:2] == ["CreateIoCompletionPort", "ConnectEx"]
+        update = names.index("setsockopt")
+        assert calls[update][1][1:3] == (win32.SOL_SOCKET, win32.SO_UPDATE_CONNECT_CONTEXT)
+        assert update < names.index("WSASend") and update < names.index("WSARecv")
+
+
+def test_a_unix_socket_connect_is_refused_as_unsupported(tmp_path: pathlib.Path) -> None:
+    with serving() as (driver, _, _):
+        probe = Outbound()
+        remote = Remote(path=str(tmp_path / "no.sock"))
+        assert driver.server.call_soon_threadsafe(driver.server.open_connection, remote, probe)
+        wait_for(lambda: probe.lost, "the refusal")
+        (error,) = probe.lost
+        assert isinstance(error, OSError) and error.errno == errno.EAFNOSUPPORT
 
 
 # -- the whole conformance suite --------------------------------------------------------------

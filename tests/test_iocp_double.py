@@ -323,6 +323,9 @@ def test_disconnect_codes() -> None:
         (win32.STATUS_REMOTE_DISCONNECT, 64),
         (win32.STATUS_CONNECTION_ABORTED, 1236),
         (win32.STATUS_CONNECTION_REFUSED, 1225),
+        (win32.STATUS_NETWORK_UNREACHABLE, 1231),
+        (win32.STATUS_HOST_UNREACHABLE, 1232),
+        (win32.STATUS_IO_TIMEOUT, 121),
         (0xC0000001, win32.ERROR_MR_MID_NOT_FOUND),
     ],
 )
@@ -608,6 +611,53 @@ def test_connectex_refused_completes_with_connection_refused(
     assert not started(api, rc, win32.TRUE)
     [packet] = reap(api, port, 1)
     assert status_error(api, packet) == win32.ERROR_CONNECTION_REFUSED
+
+
+def test_a_pending_connectex_cancelled_completes_aborted(api: Win32Double, sockets: Track) -> None:
+    """A connect to a listener whose backlog is full waits (the SYN is dropped) until the
+    driver gives up: CancelIoEx, then the packet with STATUS_CANCELLED, as on Windows."""
+    port = new_port(api)
+    full = sockets(socket.socket())
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = sockets(socket.create_connection(full.getsockname(), TIMEOUT))
+    filler.send(b"x")
+    sock = sockets(socket.socket())
+    sock.bind(("127.0.0.1", 0))
+    api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
+    name, name_length = win32.sockaddr_from_address(full.getsockname())
+    ov = win32.OVERLAPPED()
+    rc = api.ConnectEx(sock.fileno(), byref(name), name_length, None, 0, None, byref(ov))
+    assert not started(api, rc, win32.TRUE)
+    assert_no_packet(api, port, ms=200)  # still connecting
+    assert api.CancelIoEx(sock.fileno(), byref(ov))
+    [packet] = reap(api, port, 1)
+    assert status_error(api, packet) == win32.ERROR_OPERATION_ABORTED
+
+
+def test_receiving_before_so_update_connect_context_is_a_violation(
+    doubles: Doubles, sockets: Track
+) -> None:
+    api = doubles(immediate_rate=0.0)
+    port = new_port(api)
+    server = sockets(socket.create_server(("127.0.0.1", 0)))
+    sock = sockets(socket.socket())
+    sock.bind(("127.0.0.1", 0))
+    api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
+    name, name_length = win32.sockaddr_from_address(server.getsockname())
+    ov = win32.OVERLAPPED()
+    rc = api.ConnectEx(sock.fileno(), byref(name), name_length, None, 0, None, byref(ov))
+    assert not started(api, rc, win32.TRUE)
+    assert reap(api, port, 1)[0][2] == win32.STATUS_SUCCESS
+    rc, recv_ov, keep = recv(api, sock, ctypes.create_string_buffer(4))
+    assert api.violations == [
+        f"WSARecv on socket {sock.fileno()} from ConnectEx before"
+        " setsockopt(SO_UPDATE_CONNECT_CONTEXT)"
+    ]
+    api.violations.clear()
+    assert api.CancelIoEx(sock.fileno(), byref(recv_ov))
+    reap(api, port, 1)
+    del keep
 
 
 def test_connectex_needs_a_bound_socket(api: Win32Double, sockets: Track) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway PKI built once per test session, and TLS contexts from it."""
+"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, and
+the HTTP codec parameter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from dataclasses import dataclass
 import pytest
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
+from spcore.http.codec import CODECS, available_codecs
 from spcore.tls import client_context, server_context
+
+
+@pytest.fixture(params=CODECS)
+def http_codec(request: pytest.FixtureRequest) -> str:
+    """Each HTTP codec: the HTTP tests run once per codec (one that cannot run is skipped)."""
+    name: str = request.param
+    if name not in available_codecs():
+        pytest.skip(f"the {name} codec is not installed here")
+    return name
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ buffered behind the application's back: to receive it, the application hands a
 ``BodyReader`` to ``request.read_body()`` and either returns a response at once (it may stream
 from a ``Pipe`` the reader fills) or returns ``None`` and lets ``reader.end()`` produce it.
 ``buffered(fn)`` wraps a ``fn(request, body)`` for applications that do want the whole body.
+An application that answers later, from outside its call, uses ``request.exchange``
+(``spcore.http.exchange``): ``defer()``, then ``respond(response)``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from ..errors import LocalProtocolError
+from .rules import split_target
 
 if TYPE_CHECKING:
     from ..tls.engine import TLSInfo
+    from .exchange import Exchange
 
 __all__ = [
     "App",
@@ -34,9 +38,13 @@ HeaderInput: TypeAlias = "Mapping[str, str] | Iterable[tuple[str | bytes, str | 
 
 
 class BodyReader(Protocol):
-    """Receives a request body piece by piece."""
+    """Receives a request body piece by piece.
 
-    def data(self, chunk: bytes) -> None: ...
+    ``data()`` may return False to pause the body until ``request.exchange.resume_body()``
+    (the connection stops reading meanwhile); anything else takes more.
+    """
+
+    def data(self, chunk: bytes) -> bool | None: ...
 
     def end(self) -> Response | None:
         """The body is complete; return the response unless one was already returned."""
@@ -47,6 +55,7 @@ class Request:
     """One HTTP request head, plus the hook to receive its body."""
 
     __slots__ = (
+        "_exchange",
         "_reader",
         "client",
         "headers",
@@ -73,7 +82,10 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target
-        path, _, query = target.partition("?")
+        if target[:1] == "/":
+            path, _, query = target.partition("?")
+        else:  # absolute-form (its path) or "*"
+            path, query = split_target(target)
         self.path = path
         self.query = query
         #: (lower-case name, value) pairs as received, in order.
@@ -84,6 +96,14 @@ class Request:
         self.tls = tls
         self.scheme = "https" if tls is not None else "http"
         self._reader: BodyReader | None = None
+        self._exchange: Exchange | None = None
+
+    @property
+    def exchange(self) -> Exchange:
+        """The exchange serving this request (to answer later, to pace the body)."""
+        if self._exchange is None:
+            raise LocalProtocolError("this request is not being served")
+        return self._exchange
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded as latin-1."""

@@ -107,7 +107,9 @@ class HttptoolsCodec:
 
     @property
     def buffered(self) -> int:
-        return len(self._held)
+        # What llhttp keeps of an unfinished head is no more than the bytes fed since it began.
+        body = sum(len(event.data) for event in self._events if type(event) is Data)
+        return len(self._held) + body + (self._head_bytes if self._in_head else 0)
 
     def receive_data(self, data: bytes) -> None:
         if self._dead:

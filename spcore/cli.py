@@ -43,6 +43,7 @@ from .drivers import (  # type: ignore[import-not-found, unused-ignore]
     probe_all,
 )
 from .drivers.base import Bound  # type: ignore[import-not-found, unused-ignore]
+from .http.codec import CODECS, codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
@@ -160,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("default", "uvloop"),
         help="event loop of drivers that have one (asyncio)",
     )
+    how.add_argument(
+        "--http",
+        choices=("auto", *CODECS),
+        help="HTTP/1.1 codec: httptools (llhttp, fast) or h11 (pure Python); default auto: "
+        "httptools when installed",
+    )
     how.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="idle timeout")
     how.add_argument("--max-connections", type=_count, metavar="N")
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
@@ -200,14 +207,15 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     driver_cls, driver_options = _driver(args.driver, args.loop)
     user_app = _load_app(args.app) if args.app else None
     context, certfile = _tls_context(args)
-    server = _build_server(args, limits, context, user_app)
+    codec = None if args.line_echo else _codec(args.http)
+    server = _build_server(args, limits, context, user_app, codec)
     try:
         driver = driver_cls(server, **driver_options)
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     bound = _bind(driver)
     with _stop_on_signals(driver):  # before the banner: whoever reads it may signal at once
-        print(_banner(args, driver.name, bound, certfile), flush=True)
+        print(_banner(args, driver.name, codec, bound, certfile), flush=True)
         driver.run()
     return 0
 
@@ -229,6 +237,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
         raise UsageError(f"--plain-port and --port are both {args.port}; give two ports")
     if args.app and args.line_echo:
         raise UsageError("--app and --line-echo exclude each other")
+    if args.http and args.line_echo:
+        raise UsageError("--http applies to HTTP, and --line-echo serves lines")
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -238,6 +248,14 @@ def _limits(args: argparse.Namespace) -> Limits:
     if args.max_connections is not None:
         overrides["max_connections"] = args.max_connections
     return Limits(**overrides)
+
+
+def _codec(name: str | None) -> str:
+    """The HTTP codec's name, "auto" resolved; a codec that cannot load is a usage error."""
+    try:
+        return codec_factory(name or "auto")[0]
+    except ImportError:
+        raise UsageError(f"--http {name} needs {name} (pip install {name})") from None
 
 
 def _driver(name: str, loop: str | None) -> tuple[type[Driver], dict[str, Any]]:
@@ -334,6 +352,7 @@ def _build_server(
     limits: Limits,
     context: ssl.SSLContext | None,
     user_app: App | None,
+    codec: str | None,
 ) -> Server:
     app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
@@ -341,8 +360,8 @@ def _build_server(
     def protocol() -> ProtocolLayer:
         if args.line_echo:
             return StreamProtocol(LineEcho(idle))
-        assert app is not None  # set below, before the driver accepts anything
-        return HTTPProtocol(app)
+        assert app is not None and codec is not None  # set before the driver accepts anything
+        return HTTPProtocol(app, http=codec)
 
     listeners = []
     for host in args.host or ["127.0.0.1"]:
@@ -385,9 +404,14 @@ def _host_port(host: str, port: int) -> str:
 
 
 def _banner(
-    args: argparse.Namespace, driver: str, bound: list[Bound], certfile: Path | None
+    args: argparse.Namespace,
+    driver: str,
+    codec: str | None,
+    bound: list[Bound],
+    certfile: Path | None,
 ) -> str:
-    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver (certificate: ...)``."""
+    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver and the httptools
+    codec (certificate: ...)``."""
     urls = []
     for each in bound:
         secure = each.listener.tls is not None
@@ -399,6 +423,8 @@ def _banner(
     listing = urls[0] if len(urls) == 1 else ", ".join(urls[:-1]) + " and " + urls[-1]
     what = "line echo on " if args.line_echo else ""
     line = f"spcore: serving {what}{listing} with the {driver} driver"
+    if codec is not None:
+        line += f" and the {codec} codec"
     if certfile is not None:
         line += f" (certificate: {_display_path(certfile)})"
     return line

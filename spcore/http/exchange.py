@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..errors import LocalProtocolError
 from .codec import CHUNKED, FIXED, NO_BODY, UNTIL_CLOSE, RequestHead, ResponseHead
-from .dates import DateCache
 from .messages import App, BodyReader, Pipe, Request, Response
 from .writer import REASONS
 
@@ -52,7 +51,7 @@ if TYPE_CHECKING:
     from ..jobs import Job
     from ..layer import Transport
 
-__all__ = ["Carrier", "Exchange", "base_headers", "error_response", "request_for"]
+__all__ = ["Carrier", "Exchange", "error_response", "request_for"]
 
 log = logging.getLogger("spcore.http")
 
@@ -66,7 +65,8 @@ JOB_PULL_BYTES: Final = 256 * 1024
 MAX_EMPTY_CHUNKS: Final = 1024
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-_DATE: Final = DateCache()  # one per process: the header is the same on every connection
+#: A NamedTuple's constructor without the Python frame of its generated ``__new__``.
+_new_tuple: Final = tuple.__new__
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5 as h11 checks it: no NUL, CR, LF; no whitespace at either end.
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
@@ -111,6 +111,10 @@ class Carrier(Protocol):
         """Whether the connection ends after this exchange anyway (server shutdown)."""
         ...
 
+    def date(self, now: float) -> tuple[bytes, bytes]:
+        """The ``Date`` header at ``now``."""
+        ...
+
     def send_interim(self, status: int) -> None: ...
 
     def send_response(self, head: ResponseHead, body: bytes, end: bool) -> None: ...
@@ -150,20 +154,21 @@ class Exchange:
         "close",
         "head",
         "request_done",
+        "response_done",
     )
 
     def __init__(
         self,
         carrier: Carrier,
+        transport: Transport,
         head: RequestHead,
         request: Request,
         app: App,
-        *,
         blocking: bool,
-        server_header: bytes,
+        server_header: tuple[bytes, bytes],
     ) -> None:
         self._carrier = carrier
-        self._transport = carrier.transport
+        self._transport = transport
         self.head = head
         self._request: Request | None = request
         request._exchange = self
@@ -188,16 +193,14 @@ class Exchange:
         self.body_paused = False
         #: The connection closes after this response.
         self.close = False
+        #: The response has ended (or will never be sent: the connection is gone).
+        self.response_done = False
 
     def __repr__(self) -> str:
         head = self.head
         return f"<Exchange {head.method.decode()} {head.target[:80].decode('latin-1')}>"
 
     # -- where it stands ------------------------------------------------------------------------
-
-    @property
-    def response_done(self) -> bool:
-        return self._state == _DONE
 
     @property
     def busy(self) -> bool:
@@ -333,11 +336,12 @@ class Exchange:
             return
         streaming = self._state == _STREAMING
         self._state = _DONE
+        self.response_done = True
         self._close_source()
         self._held = None
         if streaming:
             return  # the carrier closes after what was sent: the client sees it cut short
-        base = base_headers(transport, now, self._server_header)
+        base = [self._carrier.date(now), self._server_header]
         head, body = error_response(status, reason, self.head.method, base)
         self._carrier.send_response(head, body, True)
 
@@ -347,6 +351,7 @@ class Exchange:
         # else a worker may be inside the response body: the job's return closes it
         if self._state != _DONE:
             self._state = _DONE
+            self.response_done = True
             callback, self._disconnect = self._disconnect, None
             if callback is not None:
                 try:
@@ -443,9 +448,16 @@ class Exchange:
             self._fail_app("the application returned an invalid response", now)
             return
         if payload is not None or head.framing == NO_BODY:
-            _close_body(response.body if payload is None else None)
+            if payload is None:
+                _close_body(response.body)  # a HEAD's: never iterated
             self._state = _DONE
-            self._send_head(head, b"" if head.framing == NO_BODY else payload or b"", True)
+            self.response_done = True
+            try:
+                self._carrier.send_response(
+                    head, b"" if head.framing == NO_BODY else payload or b"", True
+                )
+            except LocalProtocolError as exc:
+                self._broken(exc)
             return
         self._source = response.body
         self._held = head
@@ -461,12 +473,15 @@ class Exchange:
         self, response: Response, now: float
     ) -> tuple[ResponseHead, bytes | None, Pipe | Iterator[Any] | None]:
         """The head, and either the whole body (bytes) or what streams it."""
-        if not isinstance(response, Response):
+        if type(response) is not Response and not isinstance(response, Response):
             raise TypeError(f"expected a Response, got {type(response).__name__}")
         status = response.status
-        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 999:
+        if type(status) is not int:
+            if not isinstance(status, int) or isinstance(status, bool):
+                raise ValueError(f"{status!r} is not a status code")
+            status = int(status)  # an IntEnum such as HTTPStatus.OK
+        if not 200 <= status <= 999:
             raise ValueError(f"{status!r} is not a final status code")
-        status = int(status)
         head = self.head
         headers, lengths, coding, closing, flags = _headers(response.headers)
         no_body = status in _NO_BODY_STATUSES or head.method == b"HEAD"
@@ -515,14 +530,14 @@ class Exchange:
         if no_body:
             framing = NO_BODY
         if not flags & _HAS_DATE:
-            headers.append((b"date", _DATE(self._transport.wall_time(now))))
+            headers.append(self._carrier.date(now))
         if not flags & _HAS_SERVER:
-            headers.append((b"server", self._server_header))
+            headers.append(self._server_header)
         if closing or framing == UNTIL_CLOSE or self._must_close():
             self.close = True
             if not closing:
                 headers.append(_CLOSE)
-        return ResponseHead(status, headers, framing, length), payload, stream
+        return _new_tuple(ResponseHead, (status, headers, framing, length)), payload, stream
 
     def _must_close(self) -> bool:
         """Whether this response has to end the connection (the app's ``Connection: close``
@@ -539,12 +554,6 @@ class Exchange:
             return True  # the rest's size is unknown
         return (head.content_length or 0) - self._received > DRAIN_LIMIT
 
-    def _send_head(self, head: ResponseHead, body: bytes, end: bool) -> None:
-        try:
-            self._carrier.send_response(head, body, end)
-        except LocalProtocolError as exc:
-            self._broken(exc)
-
     def _send(self, body: bytes, end: bool, now: float) -> None:
         """Response body bytes (with the head, if it is still held)."""
         held = self._held
@@ -560,6 +569,7 @@ class Exchange:
             return
         if end:
             self._state = _DONE
+            self.response_done = True
             self._close_source()
 
     def _pipe_ready(self) -> None:
@@ -626,6 +636,7 @@ class Exchange:
     def _abort(self, reason: str) -> None:
         self._transport.stats.errors += 1
         self._state = _DONE
+        self.response_done = True
         self.close = True
         self._close_source()
         self._transport.abort(reason)
@@ -637,11 +648,6 @@ class Exchange:
             self._pipe.set_waiter(None)
             self._pipe = None
         _close_body(source)
-
-
-def base_headers(transport: Transport, now: float, server: bytes) -> list[tuple[bytes, bytes]]:
-    """``Date`` (made once a second) and ``Server``."""
-    return [(b"date", _DATE(transport.wall_time(now))), (b"server", server)]
 
 
 def error_response(
@@ -669,7 +675,7 @@ def _headers(
     """An application's response headers as checked (lower-case name, value) pairs, and what
     the framing needs from them: Content-Length values, the Transfer-Encoding, whether
     ``Connection`` says close, and which of Date, Server, Content-Type are present."""
-    items = given.items() if isinstance(given, Mapping) else given
+    items = given if type(given) is list else given.items() if isinstance(given, Mapping) else given
     headers: list[tuple[bytes, bytes]] = []
     lengths: list[int] = []
     coding: bytes | None = None
@@ -721,7 +727,7 @@ def _header_pair(item: Any) -> tuple[bytes, bytes]:
     return pair
 
 
-def request_for(head: RequestHead, transport: Transport, context: tuple[Any, Any, Any]) -> Request:
+def request_for(head: RequestHead, context: tuple[Any, Any, Any]) -> Request:
     """The application's view of ``head``; ``context`` is (client, server, tls)."""
     method = _METHODS.get(head.method) or head.method.decode("ascii")
     client, server, tls = context

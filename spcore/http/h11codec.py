@@ -56,9 +56,9 @@ _HEAD_END = b"\r\n\r\n"
 _HEAD_PREFIX = b"HEAD "
 _SPACES = re.compile(b" {2,}")
 _SIMPLE_REQUEST = re.compile(rb"[!-~]+ +[!-~]+\r\n")
-# A control character other than HTAB, a CR not before LF, an LF not after CR, a line that
-# starts with whitespace (obs-fold).
-_RAW_BAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]")
+#: The control characters h11 lets through in field values (it refuses NUL and whitespace
+#: other than SP and HTAB itself; CR and LF are the line ends).
+_CONTROLS = bytes(range(9)) + bytes(range(14, 32)) + b"\x7f"
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_LINE = re.compile(
@@ -88,6 +88,8 @@ class H11Codec:
         self._line_open = True  # the request line has not ended yet
         self._method: bytes | None = None  # the parsed head's
         self._idle = True  # nothing fed since the cycle began: h11 has nothing to tell
+        self._fed = 0  # bytes given to h11 since the cycle began
+        self._consumed: int | None = None  # how many of them the request takes, when known
         self._chunks: _ChunkLines | None = None
         self._error: RequestError | None = None
         self._dead = False  # an error was reported: nothing more is parsed
@@ -119,6 +121,7 @@ class H11Codec:
                 self._fail_at(error)
                 return
         self._idle = False
+        self._fed += len(data)
         self._h11.receive_data(data)
 
     def next_event(self) -> Event:
@@ -147,7 +150,9 @@ class H11Codec:
         return PAUSED
 
     def start_next_cycle(self) -> None:
-        pending = self._h11.trailing_data[0]
+        # What h11 holds beyond the request: known when its length was, else asked for.
+        known = self._consumed is not None and self._fed == self._consumed
+        pending = b"" if known else self._h11.trailing_data[0]
         restart = pending[:1] in (b"\r", b"\n")
         if restart:
             # Empty lines before the next request line: h11 would refuse them from its buffer,
@@ -162,6 +167,8 @@ class H11Codec:
         self._line_open = True
         self._method = None
         self._idle = not pending
+        self._fed = len(pending) if not restart else 0
+        self._consumed = None
         if restart:
             self.receive_data(pending)
         elif pending:
@@ -190,7 +197,7 @@ class H11Codec:
             return b""
         self._line_open = False
         data = bytes(raw[:held]) + data if held else data
-        if b"  " in raw[:end]:
+        if raw.find(b"  ", 0, end) >= 0:
             # Runs of SP between the request line's parts: llhttp takes them (RFC 9112 §3
             # allows it), h11 does not; both codecs see them as one.
             data = _SPACES.sub(b" ", data[:end]) + data[end:]
@@ -209,9 +216,10 @@ class H11Codec:
         self._in_head = False
         self._raw = bytearray()
         method = self._method = event.method
-        if _RAW_BAD.search(head) is not None:
+        if _malformed(head):
             return self._fail(RequestError(400, _MALFORMED_HEAD, method))
-        headers = list(event.headers)
+        fields = event.headers  # (a Sequence: iterating it would end in an IndexError)
+        headers = [fields[i] for i in range(len(fields))]
         limits = self._limits
         result = check_head(method, event.target, event.http_version, headers, len(head), limits)
         if isinstance(result, RequestError):
@@ -221,7 +229,9 @@ class H11Codec:
             if len(values) > 1 or (values and b"," in values[0]):
                 error = RequestError(400, "the request has an invalid Content-Length", method)
                 return self._fail(error)
+        self._consumed = len(head) + (result.content_length or 0)
         if result.chunked:
+            self._consumed = None
             self._chunks = _ChunkLines()
             chunk_error = self._chunks.feed(self._h11.trailing_data[0])
             if chunk_error is not None:
@@ -367,9 +377,23 @@ class _ChunkLines:
             self._state = self._DATA if self._left else self._TRAILER
         elif line == b"\r\n":
             self._state = self._DONE
-        elif _RAW_BAD.search(line[:-2]) is not None or not line.endswith(b"\r\n"):
+        elif not line.endswith(b"\r\n") or _malformed(line):
             return RequestError(400, _MALFORMED_HEAD)
         return None
+
+
+def _malformed(head: bytes) -> bool:
+    """A control character other than HTAB, CR and LF; a CR or an LF not in a CRLF; a line
+    that starts with whitespace (obs-fold). One pass each, where a single regular expression
+    with lookarounds costs several times as much."""
+    crlf = head.count(b"\r\n")
+    return (
+        len(head.translate(None, _CONTROLS)) != len(head)
+        or head.count(b"\n") != crlf
+        or head.count(b"\r") != crlf
+        or b"\n " in head
+        or b"\n\t" in head
+    )
 
 
 def _raw_values(head: bytes, name: bytes) -> list[bytes]:

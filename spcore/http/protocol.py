@@ -33,7 +33,8 @@ from .codec import (
     ResponseHead,
     codec_factory,
 )
-from .exchange import Exchange, base_headers, error_response, request_for
+from .dates import DateCache
+from .exchange import Exchange, error_response, request_for
 from .messages import App
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = ["HTTPProtocol"]
 
 log = logging.getLogger("spcore.http")
 
+_DATE: Final = DateCache()  # one per process: the header is the same on every connection
 #: A round's output is written as soon as it reaches this much.
 COALESCE_BYTES: Final = 64 * 1024
 _IDLE_REASON: Final = "the request head did not arrive in time"
@@ -59,7 +61,7 @@ class HTTPProtocol(ProtocolLayer):
     def __init__(self, app: App, *, http: str = "auto", server_header: bytes = b"spcore") -> None:
         self.app = app
         self.codec_name, self._new_codec = codec_factory(http)
-        self._server_header = server_header
+        self._server_header = (b"server", server_header)
         self._blocking = bool(getattr(app, "blocking", False))
         self._conn: Transport | None = None
         self._codec: Codec | None = None
@@ -72,6 +74,8 @@ class HTTPProtocol(ProtocolLayer):
         self._head_started = False  # bytes of the next request head have arrived
         self._close_now = False  # close once this round's output is written
         self._close_when_done = False  # shutdown requested
+        self._date: tuple[bytes, bytes] = (b"date", b"")
+        self._date_until = float("-inf")
 
     @property
     def buffered(self) -> int:
@@ -92,7 +96,7 @@ class HTTPProtocol(ProtocolLayer):
         # This round's output counts as the connection's: it is written when the round ends.
         return conn.writable and (
             not self._out or conn.output_size + self._out_size < conn.limits.write_high_water
-        )
+        )  # (_out_size counts only while _out has something)
 
     @property
     def in_round(self) -> bool:
@@ -108,11 +112,25 @@ class HTTPProtocol(ProtocolLayer):
 
     def send_response(self, head: ResponseHead, body: bytes, end: bool) -> None:
         assert self._codec is not None
-        self._emit(self._codec.response(head, body, end))
+        data = self._codec.response(head, body, end)
+        if self._processing and not self._out:  # the common case, _emit's first branch
+            self._out.append(data)
+            self._out_size = len(data)
+        else:
+            self._emit(data)
 
     def send_data(self, body: bytes, end: bool) -> None:
         assert self._codec is not None
         self._emit(self._codec.data(body, end))
+
+    def date(self, now: float) -> tuple[bytes, bytes]:
+        """The ``Date`` header at ``now``: looked up once per second of the driver's clock."""
+        if now >= self._date_until:
+            assert self._conn is not None
+            wall = self._conn.wall_time(now)
+            self._date = _DATE(wall)
+            self._date_until = now + (1 - wall % 1)  # when the wall clock's second changes
+        return self._date
 
     def run(self, step: Callable[[float], None] | None, now: float) -> None:
         self._round(step, now)
@@ -176,42 +194,38 @@ class HTTPProtocol(ProtocolLayer):
             if first is not None:
                 first(now)
             return
+        conn = self._conn
+        assert conn is not None
         self._processing = True
         try:
             if first is not None:
                 first(now)
-            assert self._conn is not None
-            if not self._conn.closing:
+            if not conn.closing:
                 self._process(now)
             exchange = self._exchange
             if exchange is not None:
                 exchange.flush(now)
         finally:
             self._processing = False
-        self._end_round(now)
-
-    def _end_round(self, now: float) -> None:
-        conn = self._conn
-        assert conn is not None
-        self._write_out()
+        out = self._out
+        if out:
+            self._out = []
+            conn.write(out[0] if len(out) == 1 else b"".join(out))
         if self._close_now:
             conn.close()
-            return
-        exchange = self._exchange
-        if exchange is None:
-            return
-        if exchange.busy or exchange.body_paused:
-            self.deadline = None  # the server's doing, not the client's
-        elif self.deadline is None and exchange.wants_body and _has_body(exchange.head):
-            self.deadline = now + conn.limits.body_timeout
+        elif exchange is not None:
+            if exchange.busy or exchange.body_paused:
+                self.deadline = None  # the server's doing, not the client's
+            elif self.deadline is None and exchange.wants_body and _has_body(exchange.head):
+                self.deadline = now + conn.limits.body_timeout
 
     def _emit(self, data: bytes) -> None:
         if not self._processing:
             assert self._conn is not None
             self._conn.write(data)
             return
+        self._out_size = self._out_size + len(data) if self._out else len(data)
         self._out.append(data)
-        self._out_size += len(data)
         if self._out_size >= COALESCE_BYTES:
             self._write_out()
 
@@ -220,7 +234,6 @@ class HTTPProtocol(ProtocolLayer):
         if out:
             assert self._conn is not None
             self._out = []
-            self._out_size = 0
             self._conn.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _process(self, now: float) -> None:
@@ -251,17 +264,20 @@ class HTTPProtocol(ProtocolLayer):
             elif self._cycle_due and not self._next_cycle(now):
                 return
             event = codec.next_event()
-            if not handlers[type(event)](self, event, now):
-                return
+            handler = handlers[type(event)]
+            if handler is None or not handler(self, event, now):
+                return  # (None: NEED_DATA or PAUSED)
 
     def _next_cycle(self, now: float) -> bool:
         """A request and its response are complete: read the next one, once the client has
         read enough of the answers (pipelined requests wait in the kernel meanwhile)."""
-        if not self.writable:
-            return False  # resume_writing comes back here
         conn = self._conn
         codec = self._codec
         assert conn is not None and codec is not None
+        if self._out and not self.writable:
+            return False  # resume_writing comes back here
+        if not conn.writable:
+            return False
         self._cycle_due = False
         codec.start_next_cycle()
         limits = conn.limits
@@ -280,13 +296,9 @@ class HTTPProtocol(ProtocolLayer):
         assert conn is not None
         conn.stats.requests += 1
         self.deadline = None
+        request = request_for(head, self._context)
         exchange = self._exchange = Exchange(
-            self,
-            head,
-            request_for(head, conn, self._context),
-            self.app,
-            blocking=self._blocking,
-            server_header=self._server_header,
+            self, conn, head, request, self.app, self._blocking, self._server_header
         )
         exchange.start(now)
         return True
@@ -318,17 +330,13 @@ class HTTPProtocol(ProtocolLayer):
         self._close_now = True
         return False
 
-    def _on_wait(self, _event: object, now: float) -> bool:
-        return False
-
     def _error(self, status: int, reason: str, method: bytes | None, now: float) -> None:
         """Answer a request the codec refused (no exchange began), then close."""
         conn = self._conn
         assert conn is not None
         log.info("%r: HTTP %d: %s", conn, status, reason)
         conn.stats.errors += 1
-        base = base_headers(conn, now, self._server_header)
-        head, body = error_response(status, reason, method, base)
+        head, body = error_response(status, reason, method, [self.date(now), self._server_header])
         self.send_response(head, body, True)
         self._close_now = True
 
@@ -362,12 +370,13 @@ def _has_body(head: RequestHead) -> bool:
     return head.chunked or bool(head.content_length)
 
 
-_HANDLERS: Final[dict[type, Callable[[HTTPProtocol, Any, float], bool]]] = {
+#: What each event calls (None: wait for more input or the next cycle).
+_HANDLERS: Final[dict[type, Callable[[HTTPProtocol, Any, float], bool] | None]] = {
     RequestHead: HTTPProtocol._on_head,
     Data: HTTPProtocol._on_data,
     type(END_OF_REQUEST): HTTPProtocol._on_end,
     RequestError: HTTPProtocol._on_error,
-    type(NEED_DATA): HTTPProtocol._on_wait,
-    type(PAUSED): HTTPProtocol._on_wait,
+    type(NEED_DATA): None,
+    type(PAUSED): None,
     type(CLOSED): HTTPProtocol._on_closed,
 }

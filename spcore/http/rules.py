@@ -59,8 +59,13 @@ _HOST = re.compile(
 )
 # RFC 9112 §3.2.2: absolute-form, with the scheme, the authority and the rest apart.
 _ABSOLUTE = re.compile(rb"([A-Za-z][-A-Za-z0-9+.]*)://([^/?#]*)([^#]*)")
-_DIGITS = re.compile(rb"[0-9]+")
 _HOST_NAME: Final = b"host"
+#: Host values already found valid (the same few come back on every request); cleared when
+#: full.
+_GOOD_HOSTS: set[bytes] = set()
+_MAX_GOOD_HOSTS: Final = 256
+#: A NamedTuple's constructor without the Python frame its generated ``__new__`` adds.
+_new_head: Final = tuple.__new__
 _SPECIAL: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"}
 )
@@ -96,7 +101,7 @@ def check_head(
         return RequestError(414, "the request target is longer than this server accepts", method)
     if size > limits.max_header_size:
         return RequestError(431, "the request head is larger than this server accepts", method)
-    if target[:1] != b"/" and not _other_form_ok(method, target):
+    if not target.startswith(b"/") and not _other_form_ok(method, target):
         return RequestError(400, "the request target is not in origin or absolute form", method)
     hosts = 0
     length: int | None = None
@@ -110,10 +115,10 @@ def check_head(
             continue
         if name == _HOST_NAME:
             hosts += 1
-            if hosts > 1 or _HOST.fullmatch(value) is None:
+            if hosts > 1 or (value not in _GOOD_HOSTS and not _valid_host(value)):
                 return RequestError(400, "the request needs exactly one valid Host", method)
         elif name == b"content-length":
-            if length is not None or _DIGITS.fullmatch(value) is None:
+            if length is not None or not (value.isdigit() and value.isascii()):
                 return RequestError(400, "the request has an invalid Content-Length", method)
             length = int(value)
             if length >= _LENGTH_LIMIT:
@@ -143,17 +148,21 @@ def check_head(
         if error is not None:
             return error._replace(method=method)
         chunked = True
-    return RequestHead(
-        method,
-        target,
-        http_version,
-        headers,
-        length,
-        chunked,
-        keep_alive,
-        expect_continue,
-        upgrade if wants_upgrade else None,
+    head: RequestHead = _new_head(
+        RequestHead,
+        (
+            method,
+            target,
+            http_version,
+            headers,
+            length,
+            chunked,
+            keep_alive,
+            expect_continue,
+            upgrade if wants_upgrade else None,
+        ),
     )
+    return head
 
 
 def transfer_coding_error(codings: Iterable[bytes]) -> RequestError | None:
@@ -177,6 +186,15 @@ def split_target(target: str) -> tuple[str, str]:
         target = match.group(3).decode("latin-1") or "/"
     path, _, query = target.partition("?")
     return path, query
+
+
+def _valid_host(value: bytes) -> bool:
+    if _HOST.fullmatch(value) is None:
+        return False
+    if len(_GOOD_HOSTS) >= _MAX_GOOD_HOSTS:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(value)
+    return True
 
 
 def _other_form_ok(method: bytes, target: bytes) -> bool:

@@ -24,10 +24,11 @@ _STATUS_LINES: Final = {
     status: b"HTTP/1.1 %d %s\r\n" % (status, phrase) for status, phrase in REASONS.items()
 }
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-#: Header names already checked (the same few names come back on every response).
-_GOOD_NAMES: set[bytes] = set()
-_MAX_GOOD_NAMES: Final = 256
-_SEP, _CRLF, _LAST_CHUNK = b": ", b"\r\n", b"0\r\n\r\n"
+#: Header lines already checked and written, by (name, value): the same few come back on
+#: every response (cleared when full).
+_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_MAX_LINES: Final = 1024
+_CRLF, _LAST_CHUNK = b"\r\n", b"0\r\n\r\n"
 
 
 class ResponseWriter:
@@ -46,17 +47,8 @@ class ResponseWriter:
             if not 100 <= status <= 999:
                 raise LocalProtocolError(f"status {status} is not a three-digit code")
             line = b"HTTP/1.1 %d \r\n" % status
-        headers = head.headers
-        parts = [line]
-        for name, value in headers:
-            if name not in _GOOD_NAMES:
-                _check_name(name)
-            parts += (name, _SEP, value, _CRLF)
-        parts.append(_CRLF)
-        out = b"".join(parts)
-        lines = len(headers) + 2
-        if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\0" in out:
-            raise LocalProtocolError("a response header holds CR, LF or NUL")
+        lines = _LINES
+        out = b"".join([line, *[lines.get(pair) or _line(pair) for pair in head.headers], _CRLF])
         self._framing = head.framing
         self._left = head.length
         if body or end:
@@ -88,9 +80,15 @@ class ResponseWriter:
         return self.response(ResponseHead(status, headers, NO_BODY), b"", False)
 
 
-def _check_name(name: bytes) -> None:
+def _line(pair: tuple[bytes, bytes]) -> bytes:
+    """``name: value`` CRLF, once checked: the name a token, no CR, LF or NUL in the value."""
+    name, value = pair
     if _TOKEN.fullmatch(name) is None:
         raise LocalProtocolError(f"{name!r} is not a valid header name")
-    if len(_GOOD_NAMES) >= _MAX_GOOD_NAMES:
-        _GOOD_NAMES.clear()
-    _GOOD_NAMES.add(name)
+    if b"\r" in value or b"\n" in value or b"\0" in value:
+        raise LocalProtocolError(f"the value of {name!r} holds CR, LF or NUL")
+    line = b"%s: %s\r\n" % pair
+    if len(_LINES) >= _MAX_LINES:
+        _LINES.clear()
+    _LINES[pair] = line
+    return line

@@ -16,6 +16,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -23,6 +24,7 @@ import pytest
 from memlink import MemLink, http_server, read_response
 
 from spcore.config import KiB, MiB
+from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
 
@@ -978,6 +980,12 @@ BAD_RESPONSES = [
     pytest.param(Response(200, [("x", "€")], b""), id="header-encoding"),
     pytest.param(Response(200, [], 42), id="body-type"),  # type: ignore[arg-type]
     pytest.param(Response(200, [("Content-Length", "9")], b"short"), id="length-mismatch"),
+    pytest.param(Response(200, [("x-bad", "a\x00b")], b""), id="header-nul"),
+    pytest.param(Response(200, [("x-bad", "a\nb")], b""), id="header-lf"),
+    pytest.param(Response(200, [("x-bad", " padded")], b""), id="header-outer-space"),
+    pytest.param(Response(200, [("Transfer-Encoding", "chunked")], b"x"), id="te-on-bytes"),
+    pytest.param(Response(200, [("Transfer-Encoding", "gzip")], iter([b"x"])), id="te-gzip"),
+    pytest.param(Response(101, [], b""), id="status-informational"),
     pytest.param("not a response", id="not-a-response"),
 ]
 
@@ -1122,6 +1130,132 @@ class TestApplicationErrors:
         link.closed = True
         assert probe.closed
         assert link.server.connections == {}
+
+
+# --- the exchange's own API: deferred responses, flow control, back-pressure ------------------
+
+
+class TestExchangeAPI:
+    def test_a_response_given_later_from_outside_the_call(self, connect: Connect) -> None:
+        waiting: list[Request] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            waiting.append(req)
+
+        link = connect(app)
+        link.send(request(target="/later"))
+        assert link.take() == b"" and not link.conn.reading  # the next request waits
+        waiting[0].exchange.respond(Response(200, [], b"answered later"))
+        link.pump()  # the driver syncs the woken connection
+        assert parse_one(link.take()).body == b"answered later"
+        link.send(request())  # and the connection goes on
+        assert len(waiting) == 2
+
+    def test_a_streamed_response_given_later(self, connect_plain: Connect) -> None:
+        waiting: list[Request] = []
+        link = connect_plain(lambda req: waiting.append(req) or req.exchange.defer())
+        link.send(request())
+        pipe = Pipe()
+        waiting[0].exchange.respond(Response(200, [], pipe))
+        pipe.write(b"late ")
+        pipe.write(b"data")
+        pipe.close()
+        link.pump()
+        assert parse_one(link.take()).body == b"late data"
+
+    def test_a_second_response_given_later_is_ignored(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        waiting: list[Request] = []
+        link = connect_plain(lambda req: waiting.append(req) or Response(200, [], b"first"))
+        link.send(request())
+        probe = Probe(1)
+        waiting[0].exchange.respond(Response(200, [], probe))
+        assert parse_one(link.take()).body == b"first"
+        assert probe.closed and "second response" in caplog.text
+
+    def test_a_reader_pauses_the_body_until_it_resumes(self, connect_plain: Connect) -> None:
+        """(Plaintext: over TLS a whole record is decrypted at once, so the pause holds the
+        rest in the codec instead of in the client's socket.)"""
+
+        class Slow:
+            """Takes one piece, then asks for a pause until the test resumes it."""
+
+            def __init__(self) -> None:
+                self.chunks: list[bytes] = []
+                self.request: Request | None = None
+
+            def data(self, chunk: bytes) -> bool:
+                self.chunks.append(chunk)
+                return False
+
+            def end(self) -> Response:
+                return Response(200, [], b"".join(self.chunks))
+
+        reader = Slow()
+
+        def app(req: Request) -> None:
+            reader.request = req
+            req.read_body(reader)
+
+        link = connect_plain(app, chunk=512)
+        body = bytes(range(256)) * 40
+        link.send(request("POST", "/", [("Content-Length", str(len(body)))], body))
+        assert len(reader.chunks) == 1 and not link.conn.reading
+        assert len(link.to_server) > len(body) // 2  # the rest waits on the client's side
+        assert reader.request is not None
+        resumed = 0
+        while not link.received and resumed < 200:
+            pieces = len(reader.chunks)
+            reader.request.exchange.resume_body()
+            link.pump()
+            resumed += 1
+            assert len(reader.chunks) <= pieces + 1  # one piece per resume, at most
+        assert parse_one(link.take(), "POST").body == body
+        assert resumed > 5
+
+    def test_writable_and_on_writable_follow_the_client(self, connect_whole: Connect) -> None:
+        pipe = Pipe(high_water=1 << 30)
+        served: list[Request] = []
+        link = connect_whole(
+            lambda req: served.append(req) or Response(200, [], pipe),
+            write_high_water=16 * KiB,
+            write_low_water=4 * KiB,
+        )
+        link.window = 0  # the client does not read
+        link.send(request())
+        exchange = served[0].exchange
+        pipe.write(b"x" * 64 * KiB)
+        link.pump()
+        assert not exchange.writable
+        calls: list[bool] = []
+        exchange.on_writable(lambda: calls.append(exchange.writable))
+        link.let_client_read(None)
+        assert calls == [True]
+
+    def test_a_lost_connection_is_reported_to_a_deferred_response(self, connect: Connect) -> None:
+        gone: list[str] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            req.exchange.on_disconnect(lambda: gone.append(req.target))
+
+        link = connect(app)
+        link.send(request(target="/waiting"))
+        link.conn.abort("the peer reset the connection")  # as a driver reports a reset
+        link.pump()
+        assert link.closed and gone == ["/waiting"]
+
+    def test_a_request_outside_an_exchange_has_none(self) -> None:
+        req = Request("GET", "/", [], "1.1", client=None, server=None, tls=None)
+        with pytest.raises(LocalProtocolError):
+            req.exchange  # noqa: B018
+
+    def test_an_int_enum_status_is_a_status(self, connect_plain: Connect) -> None:
+        link = connect_plain(lambda req: Response(HTTPStatus.CREATED, [], b"made"))
+        link.send(request())
+        assert parse_one(link.take()).status == 201
 
 
 # --- blocking applications ----------------------------------------------------------------------

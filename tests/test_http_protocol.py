@@ -27,6 +27,7 @@ from spcore.config import KiB, MiB
 from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
+from spcore.layer import ProtocolLayer
 
 # --- a parsing client ---------------------------------------------------------------------------
 
@@ -1246,6 +1247,43 @@ class TestExchangeAPI:
         link.conn.abort("the peer reset the connection")  # as a driver reports a reset
         link.pump()
         assert link.closed and gone == ["/waiting"]
+
+    def test_an_upgrade_hands_the_connection_and_what_followed_to_another_layer(
+        self, connect: Connect
+    ) -> None:
+        class Echo(ProtocolLayer):
+            def connection_made(self, conn: Any, now: float) -> None:
+                self.conn = conn
+
+            def data_received(self, data: bytes, now: float) -> None:
+                self.conn.write(data.upper())
+
+        def app(req: Request) -> Response | None:
+            if req.path != "/ws":
+                return Response(200, [], b"plain")
+            req.exchange.upgrade(Echo(), [("Upgrade", "shout"), ("Connection", "Upgrade")])
+            return None
+
+        link = connect(app)
+        asking = [("Connection", "Upgrade"), ("Upgrade", "shout")]
+        link.send(request(target="/ws", headers=asking) + b"already sent")
+        head, _, rest = link.take().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"upgrade: shout" in head.lower() and rest == b"ALREADY SENT"
+        link.send(b"and more")
+        assert link.take() == b"AND MORE"
+        assert link.conn.reading and not link.client_got_eof
+
+    def test_only_a_request_asking_for_an_upgrade_gets_one(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def app(req: Request) -> Response | None:
+            req.exchange.upgrade(ProtocolLayer())
+            return None
+
+        link = connect_plain(app)
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"raised an exception")
 
     def test_a_request_outside_an_exchange_has_none(self) -> None:
         req = Request("GET", "/", [], "1.1", client=None, server=None, tls=None)

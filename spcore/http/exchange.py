@@ -31,6 +31,8 @@ For the application side, beyond returning a ``Response`` from ``app(request)``
 * Back-pressure on the response: ``writable`` says whether the client keeps up, and
   ``on_writable(callback)`` calls back once it does again (a ``Pipe`` is paced the same way).
 * ``on_disconnect(callback)``: called if the connection goes before the response ends.
+* ``upgrade(layer, headers)``: ``101 Switching Protocols``; the connection (and the bytes the
+  client sent after the request) goes to another protocol layer, a WebSocket for instance.
 
 Calls from another thread must be marshalled to the loop thread first.
 """
@@ -44,12 +46,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..errors import LocalProtocolError
 from .codec import CHUNKED, FIXED, NO_BODY, UNTIL_CLOSE, RequestHead, ResponseHead
-from .messages import App, BodyReader, Pipe, Request, Response
+from .messages import App, BodyReader, HeaderInput, Pipe, Request, Response
 from .writer import REASONS
 
 if TYPE_CHECKING:
     from ..jobs import Job
-    from ..layer import Transport
+    from ..layer import ProtocolLayer, Transport
 
 __all__ = ["Carrier", "Exchange", "error_response", "request_for"]
 
@@ -155,6 +157,7 @@ class Exchange:
         "head",
         "request_done",
         "response_done",
+        "switch",
     )
 
     def __init__(
@@ -195,6 +198,8 @@ class Exchange:
         self.close = False
         #: The response has ended (or will never be sent: the connection is gone).
         self.response_done = False
+        #: After ``upgrade()``: the layer to switch to and the 101's headers.
+        self.switch: tuple[ProtocolLayer, list[tuple[bytes, bytes]]] | None = None
 
     def __repr__(self) -> str:
         head = self.head
@@ -245,6 +250,28 @@ class Exchange:
     def on_disconnect(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` if the connection is lost before the response has ended."""
         self._disconnect = callback
+
+    def upgrade(self, layer: ProtocolLayer, headers: HeaderInput = ()) -> None:
+        """Answer ``101 Switching Protocols`` (with ``headers``, the ``Upgrade`` and
+        ``Connection`` to send among them) and hand the connection, and whatever the client
+        sent after this request, to ``layer`` (a WebSocket, say) once the request is complete.
+
+        Only a request that asked for an upgrade (``Connection: upgrade`` and ``Upgrade``,
+        RFC 9110 §7.8) and has no body can be upgraded; anything else raises
+        ``LocalProtocolError``.
+        """
+        head = self.head
+        if head.upgrade is None or head.chunked or head.content_length:
+            raise LocalProtocolError("only a request asking for an upgrade, bodiless, can have it")
+        if self._state != _WAITING:
+            raise LocalProtocolError("this request has been answered already")
+        pairs = _headers(headers)[0]
+        self._deferred = True  # the app returns None
+        self._state = _DONE
+        self.response_done = True
+        self.switch = (layer, pairs)
+        if not self._carrier.in_round:
+            self._carrier.run(None, self._transport.now)
 
     # -- driven by the carrier ----------------------------------------------------------------
 

@@ -12,6 +12,10 @@ end: a response whose parts are at hand costs one write (one TLS record), a burs
 pipelined requests one write for all their responses, and a request that turns out broken
 later in the same round can still be answered with its error instead of a response already
 half sent.
+
+After ``101 Switching Protocols`` (``Exchange.upgrade``) the connection belongs to another
+protocol layer: every call is passed on to it, starting with the bytes the client sent after
+the request.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class HTTPProtocol(ProtocolLayer):
         self._head_started = False  # bytes of the next request head have arrived
         self._close_now = False  # close once this round's output is written
         self._close_when_done = False  # shutdown requested
+        self._upgraded: ProtocolLayer | None = None  # the layer after a 101
         self._date: tuple[bytes, bytes] = (b"date", b"")
         self._date_until = float("-inf")
 
@@ -139,6 +144,8 @@ class HTTPProtocol(ProtocolLayer):
 
     @property
     def reading(self) -> bool:
+        if self._upgraded is not None:
+            return self._upgraded.reading
         if self._codec is None or self._close_now or self._cycle_due:
             return False
         exchange = self._exchange
@@ -156,6 +163,9 @@ class HTTPProtocol(ProtocolLayer):
         self.deadline = now + conn.limits.idle_timeout
 
     def data_received(self, data: bytes, now: float) -> None:
+        if self._upgraded is not None:
+            self._pass_on(self._upgraded.data_received, data, now)
+            return
         assert self._codec is not None and self._conn is not None
         if self._exchange is None and not self._head_started:
             # The first byte of a request head: the header deadline runs from here (slowloris).
@@ -165,23 +175,38 @@ class HTTPProtocol(ProtocolLayer):
         self._round(None, now)
 
     def eof_received(self, clean: bool, now: float) -> None:
+        if self._upgraded is not None:
+            self._pass_on(self._upgraded.eof_received, clean, now)
+            return
         assert self._codec is not None
         self._codec.receive_data(b"")
         self._round(None, now)
 
     def resume_writing(self, now: float) -> None:
+        if self._upgraded is not None:
+            self._pass_on(self._upgraded.resume_writing, now)
+            return
         self._round(self._resume_writing, now)
 
     def timer_expired(self, now: float) -> None:
+        if self._upgraded is not None:
+            self._pass_on(self._upgraded.timer_expired, now)
+            return
         self._round(self._timer_expired, now)
 
     def shutdown(self, now: float) -> None:
+        if self._upgraded is not None:
+            self._pass_on(self._upgraded.shutdown, now)
+            return
         assert self._conn is not None
         self._close_when_done = True
         if self._exchange is None and not self._head_started and not self._processing:
             self._conn.close()
 
     def connection_lost(self, error: BaseException | None) -> None:
+        if self._upgraded is not None:
+            self._upgraded.connection_lost(error)
+            return
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.connection_lost()
@@ -251,6 +276,9 @@ class HTTPProtocol(ProtocolLayer):
                 if exchange.response_done:
                     if exchange.close or self._close_when_done:
                         self._close_now = True
+                        return
+                    if exchange.switch is not None and exchange.request_done:
+                        self._switch(exchange.switch, now)
                         return
                     if exchange.request_done:
                         self._exchange = None
@@ -329,6 +357,29 @@ class HTTPProtocol(ProtocolLayer):
         # The client ended its side between requests: nothing more will come.
         self._close_now = True
         return False
+
+    def _pass_on(self, call: Callable[..., None], *args: Any) -> None:
+        """After a 101: a call for the layer switched to, and its deadline back."""
+        assert self._upgraded is not None
+        call(*args)
+        self.deadline = self._upgraded.deadline
+
+    def _switch(self, switch: tuple[ProtocolLayer, list[tuple[bytes, bytes]]], now: float) -> None:
+        """101 Switching Protocols: from here on ``layer`` is this connection's protocol, and
+        every call is passed on to it (its deadline and reading with them)."""
+        codec = self._codec
+        conn = self._conn
+        assert codec is not None and conn is not None
+        layer, headers = switch
+        self._emit(codec.interim(101, headers))
+        self._write_out()
+        rest = codec.take_rest()
+        self._exchange = None
+        self._upgraded = layer
+        layer.connection_made(conn, now)
+        if rest and not conn.closing:
+            layer.data_received(rest, now)
+        self.deadline = layer.deadline
 
     def _error(self, status: int, reason: str, method: bytes | None, now: float) -> None:
         """Answer a request the codec refused (no exchange began), then close."""

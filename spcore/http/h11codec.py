@@ -1,4 +1,4 @@
-"""The h11 codec: h11 parses and writes HTTP/1.1; this adapter makes it as strict as llhttp.
+"""The h11 codec: h11 parses requests; this adapter makes it as strict as llhttp.
 
 h11 is the reference: pure Python, always installed, a model of a sans-IO state machine. Where
 it is more tolerant than RFC 9112 asks of a server (or than llhttp is), the adapter looks at
@@ -19,6 +19,13 @@ the raw bytes itself, so that both codecs answer every request alike
 
 Everything else is h11's own parsing, and ``spcore.http.rules`` makes the decisions of meaning.
 See https://github.com/python-hyper/h11/blob/master/h11/_abnf.py for h11's grammar.
+
+Responses are written by ``spcore.http.writer``, as for httptools: the exchange has decided
+every header and the framing already, and h11's writer would check them again at half the
+cost of a whole request cycle (h11's ``send`` of a response, its body and its end costs
+about as much as parsing the request). So both codecs send the same bytes, and h11 keeps
+reading: each request is parsed by a fresh ``h11.Connection`` (the state
+``start_next_cycle`` would restore), given whatever followed the last one.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from .codec import (
     ResponseHead,
 )
 from .rules import check_head, transfer_coding_error
-from .writer import REASONS
+from .writer import ResponseWriter
 
 if TYPE_CHECKING:
     from ..config import Limits
@@ -81,6 +88,7 @@ class H11Codec:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_size)
+        self._writer = ResponseWriter()
         self._in_head = True  # waiting for a request head
         self._raw = bytearray()  # the bytes of this head so far (bounded)
         self._raw_room = max(limits.max_header_size, limits.max_url_length + REQUEST_LINE_SLACK)
@@ -152,26 +160,18 @@ class H11Codec:
         # What h11 holds beyond the request: known when its length was, else asked for.
         known = self._consumed is not None and self._fed == self._consumed
         pending = b"" if known else self._h11.trailing_data[0]
-        restart = pending[:1] in (b"\r", b"\n")
-        if restart:
-            # Empty lines before the next request line: h11 would refuse them from its buffer,
-            # so a fresh h11 connection (the same state as after a finished cycle) gets the rest.
-            self._h11 = h11.Connection(
-                h11.SERVER, max_incomplete_event_size=self._limits.max_header_size
-            )
-        else:
-            self._h11.start_next_cycle()
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self._limits.max_header_size
+        )
         self._in_head = True
         self._raw = bytearray()
         self._line_open = True
         self._method = None
-        self._idle = not pending
-        self._fed = len(pending) if not restart else 0
+        self._idle = True
+        self._fed = 0
         self._consumed = None
-        if restart:
-            self.receive_data(pending)
-        elif pending:
-            self._head_bytes(pending)  # h11 holds them already: only account for them
+        if pending:
+            self.receive_data(pending)  # (empty lines before a request line are skipped here)
 
     def _head_bytes(self, data: bytes) -> bytes:
         """Account for head bytes: skip leading empty lines, keep a bounded copy, answer 414
@@ -278,46 +278,16 @@ class H11Codec:
     # -- output -----------------------------------------------------------------------------
 
     def response(self, head: ResponseHead, body: bytes, end: bool) -> bytes:
-        send = self._h11.send
-        try:
-            out = (
-                send(
-                    h11.Response(
-                        status_code=head.status,
-                        headers=head.headers,
-                        reason=REASONS.get(head.status, b""),
-                    )
-                )
-                or b""
-            )
-            if body:
-                out += send(h11.Data(data=body)) or b""
-            if end:
-                out += send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError as exc:
-            raise _local(exc) from None
-        return out
+        return self._writer.response(head, body, end)
 
     def data(self, body: bytes, end: bool) -> bytes:
-        send = self._h11.send
-        try:
-            out = (send(h11.Data(data=body)) or b"") if body else b""
-            if end:
-                out += send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError as exc:
-            raise _local(exc) from None
-        return out
+        return self._writer.data(body, end)
 
     def interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        try:
-            out = self._h11.send(
-                h11.InformationalResponse(
-                    status_code=status, headers=headers, reason=REASONS.get(status, b"")
-                )
-            )
-        except h11.LocalProtocolError as exc:
-            raise _local(exc) from None
-        return out or b""
+        out = self._writer.interim(status, headers)
+        if status == 101:
+            self._dead = True
+        return out
 
     def take_rest(self) -> bytes:
         self._dead = True
@@ -401,9 +371,3 @@ def _raw_values(head: bytes, name: bytes) -> list[bytes]:
         if colon and field.lower() == name:
             values.append(value.strip(b" \t"))
     return values
-
-
-def _local(exc: h11.LocalProtocolError) -> Exception:
-    from ..errors import LocalProtocolError
-
-    return LocalProtocolError(str(exc), exc.error_status_hint)

@@ -248,40 +248,21 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 
 @needs_signals
-def test_serve_with_each_driver_gives_curl_the_page_over_tls(
-    driver: str, env: dict[str, str]
+def test_serve_with_each_driver_and_codec_gives_curl_the_page_over_tls(
+    driver: str, http_codec: str, env: dict[str, str]
 ) -> None:
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
-    with served(["--port", "0", "--driver", driver], env) as server:
-        assert server.driver == driver
-        url = f"https://127.0.0.1:{server.endpoints[0].port}/"
-        page = subprocess.run(
-            [curl, "-sSk", "--max-time", "10", "-w", "%{http_version}", url],
-            capture_output=True,
-            timeout=15,
-        )
-        assert page.returncode == 0, page.stderr
-        assert b"<h1>spcore</h1>" in page.stdout
-        assert f"<td>{driver}</td>".encode() in page.stdout
-        assert page.stdout.endswith(b"1.1")
-        assert server.stop() == 0
-
-
-def test_serve_with_each_http_codec_gives_curl_the_page_over_tls(
-    http_codec: str, env: dict[str, str]
-) -> None:
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
-    with served(["--port", "0", "--http", http_codec], env) as server:
-        assert server.codec == http_codec
+    with served(["--port", "0", "--driver", driver, "--http", http_codec], env) as server:
+        assert (server.driver, server.codec) == (driver, http_codec)
         url = f"https://127.0.0.1:{server.endpoints[0].port}/"
         fetch = [curl, "-sSk", "--max-time", "10", "-w", " HTTP/%{http_version}"]
         page = subprocess.run([*fetch, url], capture_output=True, timeout=15)
         assert page.returncode == 0, page.stderr
-        assert b"<h1>spcore</h1>" in page.stdout and page.stdout.endswith(b" HTTP/1.1")
+        assert b"<h1>spcore</h1>" in page.stdout
+        assert f"<td>{driver}</td>".encode() in page.stdout
+        assert page.stdout.endswith(b" HTTP/1.1")
         upload = [*fetch, "--data-binary", "@-", "-H", "Transfer-Encoding: chunked", url + "echo"]
         echo = subprocess.run(upload, input=b"x" * 100_000, capture_output=True, timeout=15)
         assert echo.returncode == 0, echo.stderr

@@ -282,19 +282,7 @@ class Exchange:
         if head.content_length is not None and head.content_length > limit:
             self.fail(413, f"the request body exceeds {limit} bytes", now)
             return
-        request = self._request
-        assert request is not None
-        if self._blocking:
-            app = self._app
-            self._submit(lambda: app(request), self._app_returned)
-            return
-        try:
-            result = self._app(request)
-        except Exception:
-            log.exception("application error")
-            self._fail_app("the application raised an exception", now)
-            return
-        self._app_returned(result, now)
+        self._call(self._app, self._request, self._app_returned, now)
 
     def body_data(self, data: bytes, now: float) -> None:
         received = self._received + len(data)
@@ -304,35 +292,14 @@ class Exchange:
             self.fail(413, f"the request body exceeds {limit} bytes", now)
             return
         reader = self._reader
-        if reader is None:
-            return  # not asked for: drained
-        if self._blocking:
-            self._submit(lambda: reader.data(data), self._data_taken)
-            return
-        try:
-            taken = reader.data(data)
-        except Exception:
-            log.exception("application error")
-            self._fail_app("the application raised an exception", now)
-            return
-        if taken is False:
-            self.body_paused = True
+        if reader is not None:  # (else not asked for: drained)
+            self._call(reader.data, data, self._data_taken, now)
 
     def body_end(self, now: float) -> None:
         self.request_done = True
         reader, self._reader = self._reader, None
-        if reader is None:
-            return
-        if self._blocking:
-            self._submit(reader.end, self._body_ended)
-            return
-        try:
-            result = reader.end()
-        except Exception:
-            log.exception("application error")
-            self._fail_app("the application raised an exception", now)
-            return
-        self._body_ended(result, now)
+        if reader is not None:
+            self._call(_call_end, reader, self._body_ended, now)
 
     def resume_writing(self, now: float) -> None:
         """The connection drained below its low-water mark: produce more."""
@@ -412,6 +379,26 @@ class Exchange:
             self._start_response(result, now)
         elif self._state == _WAITING and not self._deferred:
             self._fail_app("the body reader's end() returned no response", now)
+
+    def _call(
+        self,
+        fn: Callable[[Any], Any],
+        arg: Any,
+        then: Callable[[Any, float], None],
+        now: float,
+    ) -> None:
+        """Application code: ``then(fn(arg), now)``, here or as a job when the app is
+        blocking; an exception is a 500 (or an abort, once the response is on its way)."""
+        if self._blocking:
+            self._submit(lambda: fn(arg), then)
+            return
+        try:
+            result = fn(arg)
+        except Exception:
+            log.exception("application error")
+            self._fail_app("the application raised an exception", now)
+            return
+        then(result, now)
 
     def _submit(
         self,
@@ -767,6 +754,10 @@ def request_for(head: RequestHead, context: tuple[Any, Any, Any]) -> Request:
         server=server,
         tls=tls,
     )
+
+
+def _call_end(reader: BodyReader) -> Response | None:
+    return reader.end()
 
 
 def _chunk_bytes(chunk: Any) -> bytes:

@@ -44,7 +44,6 @@ from .codec import (
     Event,
     RequestError,
     RequestHead,
-    ResponseHead,
 )
 from .rules import check_head, transfer_coding_error
 from .writer import ResponseWriter
@@ -80,7 +79,7 @@ _MALFORMED_HEAD = (
 )
 
 
-class H11Codec:
+class H11Codec(ResponseWriter):
     """One server connection's HTTP/1.1 through h11 (see ``spcore.http.codec``)."""
 
     name = "h11"
@@ -88,7 +87,7 @@ class H11Codec:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_size)
-        self._writer = ResponseWriter()
+        super().__init__()
         self._in_head = True  # waiting for a request head
         self._raw = bytearray()  # the bytes of this head so far (bounded)
         self._raw_room = max(limits.max_header_size, limits.max_url_length + REQUEST_LINE_SLACK)
@@ -275,19 +274,7 @@ class H11Codec:
         error = transfer_coding_error(codings)
         return error or RequestError(400, "the request's Transfer-Encoding is malformed")
 
-    # -- output -----------------------------------------------------------------------------
-
-    def response(self, head: ResponseHead, body: bytes, end: bool) -> bytes:
-        return self._writer.response(head, body, end)
-
-    def data(self, body: bytes, end: bool) -> bytes:
-        return self._writer.data(body, end)
-
-    def interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        out = self._writer.interim(status, headers)
-        if status == 101:
-            self._dead = True
-        return out
+    # -- output: ResponseWriter's response(), data(), interim() ----------------------------------
 
     def take_rest(self) -> bytes:
         self._dead = True

@@ -33,7 +33,6 @@ from .codec import (
     Data,
     Event,
     RequestError,
-    ResponseHead,
 )
 from .rules import check_head
 from .writer import ResponseWriter
@@ -62,7 +61,7 @@ class _Stop(Exception):
         self.error = error
 
 
-class HttptoolsCodec:
+class HttptoolsCodec(ResponseWriter):
     """One server connection's HTTP/1.1 through httptools (see ``spcore.http.codec``)."""
 
     name = "httptools"
@@ -71,7 +70,7 @@ class HttptoolsCodec:
         self._limits = limits
         self._parser = self._new_parser()
         self._events: deque[Event] = deque()
-        self._writer = ResponseWriter()
+        super().__init__()
         self._dead = False  # an error was queued, or a request ended the connection
         self._waiting = False  # a request is complete: the next waits for start_next_cycle
         self._held = bytearray()  # after an Upgrade request: the rest, unparsed
@@ -278,19 +277,7 @@ class HttptoolsCodec:
         self._in_head = False
         self._events.append(error)
 
-    # -- output -----------------------------------------------------------------------------
-
-    def response(self, head: ResponseHead, body: bytes, end: bool) -> bytes:
-        return self._writer.response(head, body, end)
-
-    def data(self, body: bytes, end: bool) -> bytes:
-        return self._writer.data(body, end)
-
-    def interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        out = self._writer.interim(status, headers)
-        if status == 101:
-            self._dead = True
-        return out
+    # -- output: ResponseWriter's response(), data(), interim() ----------------------------------
 
     def take_rest(self) -> bytes:
         self._dead = True

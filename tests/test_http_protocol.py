@@ -1153,6 +1153,14 @@ class TestExchangeAPI:
         link.send(request())  # and the connection goes on
         assert len(waiting) == 2
 
+    def test_a_response_given_through_the_exchange_within_the_call(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        link = connect_plain(lambda req: req.exchange.respond(Response(200, [], b"direct")))
+        link.send(request())
+        assert parse_one(link.take()).body == b"direct"
+        assert error_records(caplog) == [] and not link.client_got_eof
+
     def test_a_streamed_response_given_later(self, connect_plain: Connect) -> None:
         waiting: list[Request] = []
         link = connect_plain(lambda req: waiting.append(req) or req.exchange.defer())

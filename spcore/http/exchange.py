@@ -367,7 +367,7 @@ class Exchange:
                 self._carrier.send_interim(100)
         if result is not None:
             self._start_response(result, now)
-        elif reader is None and not self._deferred:
+        elif reader is None and not self._deferred and self._state == _WAITING:
             self._fail_app("the application returned no response and read no body", now)
 
     def _data_taken(self, taken: object, now: float) -> None:

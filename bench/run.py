@@ -1,4 +1,5 @@
-"""wrk benchmark of spcore's drivers against uvicorn and hypercorn (by hand, or ``tox -e bench``).
+"""wrk benchmark of spcore's drivers and HTTP codecs against uvicorn (h11 + asyncio, and
+httptools + uvloop), hypercorn and granian (by hand, or ``tox -e bench``).
 
 Every server runs the same hello-world app (``spcore_hello.py``, ``asgi_hello.py``) pinned to
 one core (``taskset -c 0``) while wrk loads it from the other (``taskset -c 1``), over plain
@@ -41,6 +42,7 @@ from typing import Any, TextIO, TypeVar
 
 from spcore.certs import CertPair, dev_certificate
 from spcore.drivers import probe_all
+from spcore.http.codecs import available_codecs
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -50,6 +52,8 @@ BODY = b"Hello, world!"
 SERVER_CPU, WRK_CPU = "0", "1"
 #: The uvicorn configuration every other server is compared with.
 BASELINE = ("uvicorn", "h11+asyncio")
+#: The optional peers and what they need.
+PEERS = ("httptools", "uvloop", "granian")
 #: The share of the server's core that others may take before the run is called noisy.
 NOISY = 0.05
 READY_TIMEOUT = 30.0
@@ -68,7 +72,8 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """One server configuration: a server, its driver (or HTTP stack and loop), a transport."""
+    """One server configuration: a server, its stack (spcore: driver+codec; uvicorn: its HTTP
+    implementation+loop), a transport."""
 
     server: str
     driver: str
@@ -84,22 +89,30 @@ class Target:
 
     @property
     def traceable(self) -> bool:
-        """Whether one process does all the work (hypercorn serves from a child process)."""
-        return self.server != "hypercorn"
+        """Whether one process does all the work (hypercorn and granian serve from a child)."""
+        return self.server not in ("hypercorn", "granian")
 
     def command(self, port: int, cert: CertPair) -> list[str]:
         python = sys.executable
         if self.server == "spcore":
-            argv = [python, "-m", "spcore", "serve", "--driver", self.driver, "--host", HOST]
-            argv += ["--port", str(port), "--app", "spcore_hello:app", "--log-level", "warning"]
+            driver, _, codec = self.driver.partition("+")
+            argv = [python, "-m", "spcore", "serve", "--driver", driver, "--http", codec]
+            argv += ["--host", HOST, "--port", str(port), "--app", "spcore_hello:app"]
+            argv += ["--log-level", "warning"]
             tls = ["--cert", str(cert.certfile), "--key", str(cert.keyfile)]
             return argv + (tls if self.tls else ["--no-tls"])
         if self.server == "uvicorn":
-            loop = self.driver.partition("+")[2]
+            http, _, loop = self.driver.partition("+")
             argv = [python, "-m", "uvicorn", "asgi_hello:app", "--host", HOST, "--port", str(port)]
-            argv += ["--http", "h11", "--loop", loop, "--workers", "1", "--lifespan", "on"]
+            argv += ["--http", http, "--loop", loop, "--workers", "1", "--lifespan", "on"]
             argv += ["--no-access-log", "--log-level", "warning"]
             tls = ["--ssl-certfile", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
+            return argv + (tls if self.tls else [])
+        if self.server == "granian":
+            argv = [python, "-m", "granian", "--interface", "asgi", "--http", "1", "--no-ws"]
+            argv += ["--workers", "1", "--host", HOST, "--port", str(port)]
+            argv += ["--log-level", "warning", "asgi_hello:app"]
+            tls = ["--ssl-certificate", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
             return argv + (tls if self.tls else [])
         argv = [python, "-m", "hypercorn", "asgi_hello:app", "--bind", f"{HOST}:{port}"]
         argv += ["--workers", "1", "--worker-class", "asyncio", "--log-level", "warning"]
@@ -108,13 +121,21 @@ class Target:
 
 
 def targets(only: Sequence[str]) -> list[Target]:
-    """Every spcore driver available here, uvicorn and hypercorn; plain, then TLS."""
-    uvloop = importlib.util.find_spec("uvloop") is not None
-    stacks = [("spcore", spec.name) for spec, ok, _why in probe_all() if ok]  # uvloop is one
+    """Every spcore driver available here with each codec, uvicorn (h11 + asyncio, httptools +
+    uvloop), hypercorn and granian where installed; plain, then TLS."""
+    installed = {name: importlib.util.find_spec(name) is not None for name in PEERS}
+    stacks = [
+        ("spcore", f"{spec.name}+{codec}")
+        for spec, ok, _why in probe_all()  # uvloop is one
+        if ok
+        for codec in available_codecs()
+    ]
     stacks.append(BASELINE)
-    if uvloop:
-        stacks.append(("uvicorn", "h11+uvloop"))
+    if installed["httptools"] and installed["uvloop"]:
+        stacks.append(("uvicorn", "httptools+uvloop"))
     stacks.append(("hypercorn", "h11+asyncio"))
+    if installed["granian"]:
+        stacks.append(("granian", "rust+asgi"))
     chosen = [Target(server, driver, tls) for tls in (False, True) for server, driver in stacks]
     if only:
         chosen = [t for t in chosen if any(word in t.label for word in only)]
@@ -465,7 +486,7 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for package in ("spcore", "h11", "uvicorn", "hypercorn", "uvloop"):
+    for package in ("spcore", "h11", "httptools", "uvicorn", "hypercorn", "uvloop", "granian"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -688,7 +709,8 @@ def write_json(report: dict[str, Any]) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="wrk benchmark of spcore's drivers against uvicorn and hypercorn"
+        description="wrk benchmark of spcore's drivers and codecs against uvicorn, hypercorn "
+        "and granian"
     )
     parser.add_argument("--duration", type=float, help="seconds of each measured run (10)")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive connections (50)")

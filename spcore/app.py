@@ -156,8 +156,8 @@ class _BuiltinApp:
         request.read_body(pipe)
         headers = [("content-type", request.header("content-type") or "application/octet-stream")]
         length = request.header("content-length")
-        if length is not None:  # the same length back: no chunked framing needed
-            headers.append(("content-length", length))
+        if length is not None and request.header("transfer-encoding") is None:
+            headers.append(("content-length", length))  # the same length back: not chunked
         return Response(200, headers, pipe)
 
     def _stream(self, request: Request) -> Response:

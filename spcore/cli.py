@@ -49,6 +49,7 @@ from .drivers import (  # type: ignore[import-not-found, unused-ignore]
 )
 from .drivers.base import Bound  # type: ignore[import-not-found, unused-ignore]
 from .drivers.listening import reuse_port_option  # type: ignore[import-not-found, unused-ignore]
+from .http.codecs import CODECS, codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
@@ -171,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("default", "uvloop"),
         help="event loop of drivers that have one (asyncio)",
     )
+    how.add_argument(
+        "--http",
+        choices=("auto", *CODECS),
+        help="HTTP/1.1 codec: httptools (llhttp, fast) or h11 (pure Python); default auto: "
+        "httptools when installed",
+    )
     how.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="idle timeout")
     how.add_argument("--max-connections", type=_count, metavar="N")
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
@@ -213,7 +220,8 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
         return _supervise(args, limits, driver_cls, handed_in)
     user_app = _load_app(args.app) if args.app else None
     context, certfile = _tls_context(args)
-    server = _build_server(args, limits, context, user_app, handed_in)
+    codec = None if args.line_echo else _codec(args.http)
+    server = _build_server(args, limits, context, user_app, handed_in, codec)
     try:
         driver = driver_cls(server, **driver_options)
     except OSError as exc:
@@ -228,7 +236,7 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
             driver.run()
         return 0
     with _stop_on_signals(driver):  # before the banner: whoever reads it may signal at once
-        print(_banner(args, driver.name, bound, certfile), flush=True)
+        print(_banner(args, driver.name, codec, bound, certfile), flush=True)
         driver.run()
     return 0
 
@@ -264,6 +272,8 @@ def _check_combinations(args: argparse.Namespace) -> None:
         raise UsageError(f"--plain-port and --port are both {port}; give two ports")
     if args.app and args.line_echo:
         raise UsageError("--app and --line-echo exclude each other")
+    if args.http and args.line_echo:
+        raise UsageError("--http applies to HTTP, and --line-echo serves lines")
     _check_process_options(args)
 
 
@@ -274,6 +284,14 @@ def _limits(args: argparse.Namespace) -> Limits:
     if args.max_connections is not None:
         overrides["max_connections"] = args.max_connections
     return Limits(**overrides)
+
+
+def _codec(name: str | None) -> str:
+    """The HTTP codec's name, "auto" resolved; a codec that cannot load is a usage error."""
+    try:
+        return codec_factory(name or "auto")[0]
+    except ImportError:
+        raise UsageError(f"--http {name} needs {name} (pip install {name})") from None
 
 
 def _driver(name: str, loop: str | None) -> tuple[type[Driver[Any]], dict[str, Any]]:
@@ -371,6 +389,7 @@ def _build_server(
     context: ssl.SSLContext | None,
     user_app: App | None,
     handed_in: list[tuple[int, bool]],
+    codec: str | None,
 ) -> Server:
     app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
@@ -379,8 +398,8 @@ def _build_server(
     def protocol() -> ProtocolLayer:
         if args.line_echo:
             return StreamProtocol(LineEcho(idle), sessions)
-        assert app is not None  # set below, before the driver accepts anything
-        return HTTPProtocol(app)
+        assert app is not None and codec is not None  # set before the driver accepts anything
+        return HTTPProtocol(app, http=codec)
 
     server = Server(_listeners(args, protocol, context, handed_in), limits)
     if app is None:
@@ -449,13 +468,17 @@ def _bind_error(exc: OSError, listener: Listener | None) -> str:
 def _banner(
     args: argparse.Namespace,
     driver: str,
+    codec: str | None,
     bound: list[Bound],
     certfile: Path | None,
     workers: list[int] | None = None,
 ) -> str:
-    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver (certificate: ...)``;
-    with workers, ``... with the uring driver in 2 workers, pids 4242, 4243 (certificate: ...)``."""
+    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver and the httptools
+    codec (certificate: ...)``; with workers, ``... with the uring driver and the httptools
+    codec in 2 workers, pids 4242, 4243 (certificate: ...)``."""
     line = f"spcore: serving {_listing(args, bound)} with the {driver} driver"
+    if codec is not None:
+        line += f" and the {codec} codec"
     if workers is not None:
         pids = ", ".join(map(str, workers))
         line += f" in {len(workers)} workers, pid{'s' if len(workers) > 1 else ''} {pids}"
@@ -702,6 +725,7 @@ def _supervise(
     """``--workers N``: check what can be checked here (the TLS files; the development
     certificate is made once, here), bind the sockets, and run the workers."""
     context, certfile = _tls_context(args)
+    codec = None if args.line_echo else _codec(args.http)
 
     def no_protocol() -> ProtocolLayer:
         raise AssertionError("the supervisor serves no connection")
@@ -716,7 +740,7 @@ def _supervise(
     command = [sys.executable, "-c", _WORKER_BOOT, package_root, *args.argv]
 
     def announce(pids: list[int]) -> None:
-        print(_banner(args, driver_cls.name, sockets.of(0), certfile, pids), flush=True)
+        print(_banner(args, driver_cls.name, codec, sockets.of(0), certfile, pids), flush=True)
 
     supervisor = Supervisor(
         args.workers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 
+from .http.codecs import codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .server import Listener
@@ -20,10 +21,16 @@ def http_listener(
     port: int = 0,
     tls: ssl.SSLContext | None = None,
     proxy_protocol: bool = False,
+    http: str = "auto",
 ) -> Listener:
-    """A listener serving ``app(request) -> Response | None`` over HTTP/1.1."""
+    """A listener serving ``app(request) -> Response | None`` over HTTP/1.1.
+
+    ``http`` picks the codec: "auto" (httptools when installed, else h11), "h11" or
+    "httptools"; an unknown or missing one raises ``ValueError`` or ``ImportError`` here.
+    """
+    codec_factory(http)  # fail now, not at the first connection
     return Listener(
-        protocol=lambda: HTTPProtocol(app),
+        protocol=lambda: HTTPProtocol(app, http=http),
         host=host,
         port=port,
         tls=tls,

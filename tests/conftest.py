@@ -1,5 +1,6 @@
-"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, and a
-private development-certificate cache for the servers the tests start."""
+"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, a
+private development-certificate cache for the servers the tests start, and the HTTP codec
+parameter."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ import pytest
 from servekit import SLOW_APP
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
+from spcore.http.codecs import CODECS, available_codecs
 from spcore.tls import client_context, server_context
+
+
+@pytest.fixture(params=CODECS)
+def http_codec(request: pytest.FixtureRequest) -> str:
+    """Each HTTP codec: the HTTP tests run once per codec (one that cannot run is skipped)."""
+    name: str = request.param
+    if name not in available_codecs():
+        pytest.skip(f"the {name} codec is not installed here")
+    return name
 
 
 @dataclass(frozen=True)

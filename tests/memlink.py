@@ -268,12 +268,14 @@ def http_server(
     app: Callable[..., object],
     *,
     tls: ssl.SSLContext | None = None,
+    http: str = "auto",
     **limits: object,
 ) -> Server:
+    """A started server with one HTTP listener running ``app`` through the codec ``http``."""
     from spcore.config import Limits
     from spcore.http.protocol import HTTPProtocol
 
-    listener = Listener(protocol=lambda: HTTPProtocol(app), tls=tls)  # type: ignore[arg-type]
+    listener = Listener(protocol=lambda: HTTPProtocol(app, http=http), tls=tls)  # type: ignore[arg-type]
     server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(1000.0, 1_700_000_000.0)
     return server

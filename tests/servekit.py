@@ -24,7 +24,10 @@ import pytest
 from netkit import wait_for
 
 STARTUP_TIMEOUT = 20.0  # a cold interpreter on a busy CI machine
-BANNER = re.compile(r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver(?P<rest>.*)$")
+BANNER = re.compile(
+    r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver"
+    r"(?: and the (?P<codec>\S+) codec)?(?P<rest>.*)$"
+)
 #: The supervisor's startup line says ``... driver in 2 workers, pids 4242, 4243 ...``.
 WORKERS = re.compile(r" in (?P<count>\d+) workers?, pids? (?P<pids>\d+(?:, \d+)*)")
 URL = re.compile(
@@ -80,6 +83,7 @@ class Served:
         match = BANNER.match(self.line)
         assert match, self.line
         self.driver = match["driver"]
+        self.codec = match["codec"]
         self.rest = match["rest"]
         if workers := WORKERS.match(self.rest):
             self.workers = [int(pid) for pid in workers["pids"].split(", ")]

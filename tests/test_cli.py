@@ -33,6 +33,7 @@ from servekit import (
 
 from spcore import cli
 from spcore.drivers import DRIVERS
+from spcore.http.codecs import available_codecs
 
 
 def _has_ipv6() -> bool:
@@ -65,6 +66,7 @@ def test_serve_prints_its_url_and_serves_the_builtin_page(
         endpoint = server.endpoints[0]
         assert endpoint.host == "127.0.0.1" and endpoint.port > 0
         assert server.rest == f" (certificate: {cache_dir / 'dev-cert.pem'})"
+        assert server.codec == available_codecs()[0]  # auto: httptools when installed
         status, body = get(endpoint, "/?format=json", tls_client(cache_dir))
         assert status == 200
         info = json.loads(body)
@@ -94,24 +96,25 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 
 @needs_signals
-def test_serve_with_each_driver_gives_curl_the_page_over_tls(
-    driver: str, env: dict[str, str]
+def test_serve_with_each_driver_and_codec_gives_curl_the_page_over_tls(
+    driver: str, http_codec: str, env: dict[str, str]
 ) -> None:
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
-    with served(["--port", "0", "--driver", driver], env) as server:
-        assert server.driver == driver
+    with served(["--port", "0", "--driver", driver, "--http", http_codec], env) as server:
+        assert (server.driver, server.codec) == (driver, http_codec)
         url = f"https://127.0.0.1:{server.endpoints[0].port}/"
-        page = subprocess.run(
-            [curl, "-sSk", "--max-time", "10", "-w", "%{http_version}", url],
-            capture_output=True,
-            timeout=15,
-        )
+        fetch = [curl, "-sSk", "--max-time", "10", "-w", " HTTP/%{http_version}"]
+        page = subprocess.run([*fetch, url], capture_output=True, timeout=15)
         assert page.returncode == 0, page.stderr
         assert b"<h1>spcore</h1>" in page.stdout
         assert f"<td>{driver}</td>".encode() in page.stdout
-        assert page.stdout.endswith(b"1.1")
+        assert page.stdout.endswith(b" HTTP/1.1")
+        upload = [*fetch, "--data-binary", "@-", "-H", "Transfer-Encoding: chunked", url + "echo"]
+        echo = subprocess.run(upload, input=b"x" * 100_000, capture_output=True, timeout=15)
+        assert echo.returncode == 0, echo.stderr
+        assert echo.stdout == b"x" * 100_000 + b" HTTP/1.1"
         assert server.stop() == 0
 
 
@@ -337,6 +340,8 @@ MORE_USER_ERRORS = [
     ("app exits on import", ["serve", "--app", "cli_exits:app"], "SystemExit"),
     ("host malformed", ["serve", "--host", "127.0.0.1..1", "--port", "0"], "invalid host name"),
     ("app and line echo", ["serve", "--app", "json:loads", "--line-echo"], "exclude"),
+    ("unknown codec", ["serve", "--http", "h2"], "invalid choice"),
+    ("codec for line echo", ["serve", "--http", "h11", "--line-echo"], "applies to HTTP"),
     ("timeout zero", ["serve", "--timeout", "0"], "greater than 0"),
     ("timeout infinite", ["serve", "--timeout", "inf"], "greater than 0"),
     ("max connections zero", ["serve", "--max-connections", "0"], "at least 1"),

@@ -282,11 +282,15 @@ class Served:
 
 
 class Serve:
-    """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``."""
+    """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``.
 
-    def __init__(self, factory: DriverFactory, pki: PKI) -> None:
+    ``http`` is the HTTP codec of the listeners it builds for an ``app``.
+    """
+
+    def __init__(self, factory: DriverFactory, pki: PKI, http: str = "auto") -> None:
         self.factory = factory
         self.pki = pki
+        self.http = http
 
     @contextlib.contextmanager
     def __call__(
@@ -318,7 +322,9 @@ class Serve:
             if (app is None) == (handler is None):
                 raise ValueError("serve() needs exactly one of app= and handler=")
             if app is not None:
-                listeners = [http_listener(app, host=host, tls=context) for host in hosts]
+                listeners = [
+                    http_listener(app, host=host, tls=context, http=self.http) for host in hosts
+                ]
             else:
                 assert handler is not None
                 listeners = [

@@ -17,10 +17,13 @@ import pytest
 if TYPE_CHECKING:  # the plugin loads in every pytest run: import the suite only when it runs
     from .harness import DriverFactory
 
-__all__ = ["DriverChoice", "chosen_drivers", "raise_fd_limit"]
+__all__ = ["STREAM_MARK", "DriverChoice", "chosen_codecs", "chosen_drivers", "raise_fd_limit"]
 
+#: The marker of the scenarios that serve no HTTP (they do not run once per codec).
+STREAM_MARK = "spcore_stream"
 _DRIVER_OPTION = "spcore_driver"
 _FACTORY_OPTION = "spcore_driver_factory"
+_HTTP_OPTION = "spcore_http"
 _CHOICES_KEY = pytest.StashKey[list["DriverChoice"]]()
 _RESULTS_PLUGIN = "spcore-conformance-results"
 
@@ -56,6 +59,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run them against a third-party driver: CALLABLE(server) returns an object with "
         "bind(), run() and stop() like spcore.drivers.base.Driver (repeatable)",
     )
+    group.addoption(
+        "--spcore-http",
+        action="append",
+        dest=_HTTP_OPTION,
+        metavar="CODEC",
+        help="run the HTTP scenarios with this HTTP codec (h11, httptools; repeatable; "
+        "default: every codec installed here)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,6 +76,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_CHOICES_KEY] = _choose(names, factories)
     if not config.pluginmanager.has_plugin(_RESULTS_PLUGIN):
         config.pluginmanager.register(Results(), _RESULTS_PLUGIN)
+    config.addinivalue_line("markers", f"{STREAM_MARK}: an spcore scenario that serves no HTTP")
+
+
+def chosen_codecs(config: pytest.Config) -> list[str]:
+    """The HTTP codecs the HTTP scenarios run with."""
+    from spcore.http.codecs import CODECS, available_codecs
+
+    names = config.getoption(_HTTP_OPTION) or available_codecs()
+    for name in names:
+        if name not in CODECS:
+            raise pytest.UsageError(f"--spcore-http: unknown codec {name!r} ({', '.join(CODECS)})")
+        if name not in available_codecs():
+            raise pytest.UsageError(f"--spcore-http: {name} is not installed here")
+    return list(dict.fromkeys(names))
 
 
 def chosen_drivers(config: pytest.Config) -> list[DriverChoice]:

@@ -230,12 +230,14 @@ class OpenSSLEngine:
             self._write(chunk)
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
+            written = self._ssl.write(data)
+            if written < len(data):
                 # A memory BIO never refuses, but SSL_MODE_ENABLE_PARTIAL_WRITE allows short
                 # writes, so loop rather than assume.
-                view = view[self._ssl.write(view) :]
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[self._ssl.write(view) :]
         except ssl.SSLError as exc:
             self._state = _State.FAILED
             raise _error_from(exc, during_handshake=False) from None

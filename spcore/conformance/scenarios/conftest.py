@@ -1,4 +1,5 @@
-"""Fixtures of the scenarios: ``driver`` (one per chosen driver), ``serve`` and ``pki``.
+"""Fixtures of the scenarios: ``driver`` (one per chosen driver), ``http_codec`` (one per
+chosen HTTP codec, for every scenario but the stream ones), ``serve`` and ``pki``.
 
 They live here rather than in the auto-loaded plugin so that fixture names as common as
 ``driver`` never leak into other projects' test runs.
@@ -13,7 +14,13 @@ import pytest
 
 from spcore.conformance import harness
 from spcore.conformance.harness import PKI, Serve
-from spcore.conformance.plugin import DriverChoice, chosen_drivers, raise_fd_limit
+from spcore.conformance.plugin import (
+    STREAM_MARK,
+    DriverChoice,
+    chosen_codecs,
+    chosen_drivers,
+    raise_fd_limit,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +32,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     choices = chosen_drivers(metafunc.config)
     metafunc.parametrize("driver", choices, ids=[c.name for c in choices], indirect=True)
+    if "serve" in metafunc.fixturenames and not metafunc.definition.get_closest_marker(STREAM_MARK):
+        codecs = chosen_codecs(metafunc.config)
+        metafunc.parametrize("http_codec", codecs, ids=codecs, indirect=True)
+
+
+@pytest.fixture
+def http_codec(request: pytest.FixtureRequest) -> str:
+    """The HTTP codec under test ("auto" for the scenarios that serve no HTTP)."""
+    return getattr(request, "param", "auto")
 
 
 @pytest.fixture
@@ -59,10 +75,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 
 
 @pytest.fixture
-def serve(driver: DriverChoice, pki: PKI) -> Serve:
+def serve(driver: DriverChoice, pki: PKI, http_codec: str) -> Serve:
     """``with serve(app, transport=..., limits=...) as served:`` runs the driver under test.
 
     See ``spcore.conformance.harness.Serve`` for the arguments and the checks made on exit.
     """
     assert driver.factory is not None
-    return Serve(driver.factory, pki)
+    return Serve(driver.factory, pki, http=http_codec)

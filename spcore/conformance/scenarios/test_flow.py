@@ -132,6 +132,7 @@ class CountingEcho(StreamHandler):
         session.send(message)
 
 
+@pytest.mark.spcore_stream
 @pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 def test_echo_flood_from_a_peer_that_does_not_read(serve: Serve, transport: Transport) -> None:
     """A peer sending lines without reading the echoes: the server stops reading too (its

@@ -11,6 +11,7 @@ from spcore.conformance.clients import Client
 from spcore.conformance.harness import Serve, Served, Transport, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
 
+pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
 TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 AnySession = Session | DeferredSession
 

@@ -30,6 +30,7 @@ from spcore.remote import Remote
 from spcore.stream import DeferredSession, Session, StreamHandler
 from spcore.tls import client_context
 
+pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
 AnySession = Session | DeferredSession
 TIMEOUT = 10.0
 

@@ -13,6 +13,7 @@ from spcore.conformance.harness import Serve, Transport, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
 from spcore.timers import Timer
 
+pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
 AnySession = Session | DeferredSession
 TICK = 0.1
 

@@ -615,15 +615,13 @@ class Connection:
 
     def write_eof(self) -> None:
         """End our side after what was written (a half-close): TLS close_notify, then the
-        write side is shut; input goes on until ``close()``. Idempotent; before the
-        connection is open, a close."""
+        write side is shut; input goes on until ``close()``. Idempotent. Asked before the
+        connection is open (an outbound one still connecting or handshaking: what was
+        written waits too), it happens once open."""
         if self._state in CLOSING_STATES or self._output is not Output.OPEN:
             return
-        if self._state is not _OPEN:
-            self.close()  # nothing was said yet: there is no half of it to end
-            return
         self._output = Output.ENDING
-        if self.tls is not None:
+        if self._state is _OPEN and self.tls is not None:
             self.tls.close()  # close_notify after what is queued
         self._touch()
 
@@ -842,6 +840,8 @@ class Connection:
                 self.stats.handshakes += 1
                 self._fire(Event.HANDSHAKE_DONE)
                 self.protocol.connection_made(self, now)
+                if self._output is Output.ENDING:
+                    tls.close()  # a half-close asked for while handshaking
             elif kind is CloseNotify:
                 self._end_of_input(True, now)
             elif kind is RaggedEOF:

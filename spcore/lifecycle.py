@@ -28,8 +28,8 @@ then, whichever way it came::
 
 The peer's side is tracked apart (:class:`Input`): whether its stream ended (TLS
 close_notify) and whether its transport did (EOF); FLUSHING's exit depends on it. So is our
-own side while OPEN (:class:`Output`): a half-close (``Transport.write_eof``) ends it after
-what was written, and input goes on; the close that follows has nothing left to shut.
+own side (:class:`Output`): a half-close (``Transport.write_eof``) ends it in OPEN after what
+was written, and input goes on; the close that follows has nothing left to shut.
 
 The states' timers (:data:`STATE_TIMEOUTS`): the connect timeout runs in CONNECTING; the
 handshake timeout from the accept (or the connect) through every state before OPEN; the close
@@ -102,8 +102,8 @@ class Input(_Fast):
 
 
 class Output(_Fast):
-    """Our side while OPEN: OPEN -> ENDING (a half-close asked for: what was written, then
-    close_notify on TLS, goes out) -> ENDED (the write side is shut)."""
+    """Our side: OPEN -> ENDING (a half-close asked for: what was written, then close_notify
+    on TLS, goes out once the connection is OPEN) -> ENDED (the write side is shut)."""
 
     OPEN = enum.auto()
     ENDING = enum.auto()

@@ -1,7 +1,8 @@
 """What may come before TLS: a PROXY protocol header, then the first bytes worth sniffing.
 
 Behind a load balancer the real client address arrives as a PROXY protocol header (v1 text or
-v2 binary, as HAProxy specifies them) ahead of everything else. After it, a TLS listener looks
+v2 binary, as HAProxy specifies them) ahead of everything else; a tunnel sends one to its
+backend the same way (``proxy_header``). After it, a TLS listener looks
 at the first bytes: OpenSSL meets a plain HTTP request with reason ``HTTP_REQUEST`` and sends
 nothing, so we recognise it first and answer in cleartext, as nginx does.
 """
@@ -12,6 +13,7 @@ import enum
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -19,8 +21,10 @@ __all__ = [
     "ProxyError",
     "ProxyHeaderReader",
     "ProxyInfo",
+    "ProxyVersion",
     "Sniff",
     "plaintext_http_rejection",
+    "proxy_header",
     "sniff",
 ]
 
@@ -176,6 +180,41 @@ def _parse_v2(command: int, family_transport: int, payload: bytes) -> ProxyInfo:
     source_port, destination_port = struct.unpack_from("!HH", payload, 2 * size)
     # Any TLVs after the addresses are skipped.
     return ProxyInfo((str(source), source_port), (str(destination), destination_port), protocol)
+
+
+ProxyVersion = Literal["v1", "v2"]
+
+
+def proxy_header(source: Any, destination: Any, version: ProxyVersion) -> bytes:
+    """The PROXY header telling a backend that the connection from ``source`` came in at
+    ``destination`` (socket addresses; (host, port, ...) tuples of one IP family). Addresses
+    it cannot carry (a Unix socket's, none) give ``UNKNOWN`` (v1) or ``UNSPEC`` (v2), which
+    tell the backend to use the connection's own (the spec's section 2.1 and 2.2).
+
+    https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
+    """
+    endpoints = None
+    if isinstance(source, tuple) and isinstance(destination, tuple):
+        try:
+            pair = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+        except ValueError:
+            pair = None
+        if pair is not None and pair[0].version == pair[1].version:
+            endpoints = pair, int(source[1]), int(destination[1])
+    if version == "v1":
+        if endpoints is None:
+            return b"PROXY UNKNOWN\r\n"
+        (src, dst), sport, dport = endpoints
+        protocol = "TCP4" if src.version == 4 else "TCP6"
+        return f"PROXY {protocol} {src} {dst} {sport} {dport}\r\n".encode("ascii")
+    if endpoints is None:
+        return _V2_HEADER.pack(_V2_SIGNATURE, 0x20 | _V2_PROXY, _AF_UNSPEC << 4, 0)
+    (src, dst), sport, dport = endpoints
+    family = _AF_INET if src.version == 4 else _AF_INET6
+    block = src.packed + dst.packed + struct.pack("!HH", sport, dport)
+    return (
+        _V2_HEADER.pack(_V2_SIGNATURE, 0x20 | _V2_PROXY, family << 4 | _STREAM, len(block)) + block
+    )
 
 
 class ProxyHeaderReader:

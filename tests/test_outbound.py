@@ -275,3 +275,26 @@ def test_a_half_close_over_tls_sends_close_notify_and_reads_on(
     assert bytes(probe.data) == b"the answer"
     backend.shut()
     assert probe.eofs == [True]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_half_close_asked_for_while_connecting_happens_once_open(
+    pki: PKI, server_tls: ssl.SSLContext, tls: bool
+) -> None:
+    """A tunnel's client may send its last bytes and its FIN before the backend connected."""
+    net = MemNet()
+    backends = net.serve(BACKEND, tls=server_tls if tls else None)
+    net.black_hole(BACKEND)
+    server = net.add(client_server())
+    trust = client_context(cafile=pki.ca_file) if tls else None
+    conn = server.open_connection(Remote(*BACKEND, tls=trust, server_name="localhost"), Recorder())
+    conn.write(b"all of it")
+    conn.write_eof()
+    net.pump()
+    assert conn.state is State.CONNECTING
+    net.release(BACKEND)
+    (backend,) = backends
+    assert backend.take() == b"all of it" and backend.got_eof
+    assert backend.clean_eof is (True if tls else None)  # close_notify on TLS
+    backend.send(b"the answer")
+    assert conn.state is State.OPEN

@@ -15,8 +15,10 @@ from spcore.preamble import (
     ProxyError,
     ProxyHeaderReader,
     ProxyInfo,
+    ProxyVersion,
     Sniff,
     plaintext_http_rejection,
+    proxy_header,
     sniff,
 )
 
@@ -347,3 +349,30 @@ def test_proxy_reader_only_raises_proxy_error(
     assert outcome == _proxy_outcome([wire])
     if isinstance(outcome, tuple):
         assert wire.endswith(outcome[1])
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
+    ("source", "destination", "expected"),
+    [
+        (
+            ("192.0.2.7", 51000),
+            ("198.51.100.1", 443),
+            ProxyInfo(("192.0.2.7", 51000), ("198.51.100.1", 443), "TCP4"),
+        ),
+        (
+            ("2001:db8::7", 51000, 0, 0),
+            ("2001:db8::1", 443, 0, 0),
+            ProxyInfo(("2001:db8::7", 51000), ("2001:db8::1", 443), "TCP6"),
+        ),
+        (None, ("198.51.100.1", 443), ProxyInfo(None, None, "UNKNOWN")),
+        (("192.0.2.7", 51000), ("2001:db8::1", 443, 0, 0), ProxyInfo(None, None, "UNKNOWN")),
+    ],
+    ids=["ipv4", "ipv6", "unix-client", "mixed-families"],
+)
+def test_a_header_we_send_reads_back_as_sent(
+    version: ProxyVersion, source: object, destination: object, expected: ProxyInfo
+) -> None:
+    header = proxy_header(source, destination, version)
+    assert ProxyHeaderReader().feed(header + b"rest") == (expected, b"rest")
+    assert header.startswith(b"PROXY " if version == "v1" else b"\r\n\r\n\x00\r\nQUIT\n")

@@ -1,4 +1,4 @@
-"""The ``spcore`` command: ``serve``, ``drivers`` and ``conformance``.
+"""The ``spcore`` command: ``serve``, ``tunnel``, ``drivers`` and ``conformance``.
 
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
 development certificate), imports the user's application, binds sockets through a driver (or
@@ -53,10 +53,12 @@ from .http.codecs import CODECS, codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
+from .remote import Remote
 from .server import Listener, Server
 from .stream import Sessions, StreamProtocol
 from .supervisor import UP, ListenFailed, Supervisor, WorkerSockets, cpu_count
-from .tls.context import ClientCertMode, server_context
+from .tls.context import ClientCertMode, client_context, server_context
+from .tunnel import Tunnel
 
 __all__ = ["UsageError", "main"]
 
@@ -204,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         "default); repeatable",
     )
     conformance.set_defaults(run=_conformance)
+    _add_tunnel(commands)
     return parser
 
 
@@ -339,8 +342,13 @@ def _load_app(spec: str) -> App:
     return app
 
 
-def _tls_context(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Path | None]:
-    """The listeners' TLS context and the certificate file it serves (None for --no-tls)."""
+def _tls_context(
+    args: argparse.Namespace, alpn: Sequence[str] | None = None
+) -> tuple[ssl.SSLContext | None, Path | None]:
+    """The listeners' TLS context and the certificate file it serves (None for --no-tls);
+    ALPN offers ``alpn`` (default: what the served protocol speaks)."""
+    if alpn is None:
+        alpn = () if args.line_echo else ("http/1.1",)
     if args.no_tls:
         return None, None
     if args.cert is not None:
@@ -374,7 +382,7 @@ def _tls_context(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Path 
             context = server_context(
                 pair.certfile,
                 pair.keyfile,
-                alpn_protocols=() if args.line_echo else ("http/1.1",),
+                alpn_protocols=alpn,
                 client_ca=client_ca,
                 client_cert=mode,
             )
@@ -828,6 +836,248 @@ def _conformance(args: argparse.Namespace, extra: list[str]) -> int:
     return int(run(drivers, pytest_args))
 
 
+# -- spcore tunnel -----------------------------------------------------------------------------
+
+#: What ``--accept`` and ``--connect`` take: (host, port), or ("unix", path).
+_Endpoint = tuple[str, Any]
+
+
+def _endpoint(text: str) -> _Endpoint:
+    """``HOST:PORT`` (``[::1]:443`` for IPv6), or ``unix:PATH``."""
+    if text.startswith("unix:"):
+        if len(text) == len("unix:"):
+            raise argparse.ArgumentTypeError("unix: needs the socket's path (unix:/run/app.sock)")
+        return "unix", text[len("unix:") :]
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT (or unix:PATH)")
+    return _host(host), _port(port)
+
+
+def _add_tunnel(commands: Any) -> None:
+    tunnel = commands.add_parser(
+        "tunnel",
+        help="relay connections to a backend, terminating or originating TLS (like stunnel)",
+        description="Accept connections and relay each one to the backend: TLS in and plaintext "
+        "out by default (terminate), or --in plain --out tls (originate: the backend's "
+        "certificate is verified, with SNI), or TLS both ways. SIGINT or SIGTERM shuts down "
+        "gracefully.",
+        allow_abbrev=False,
+    )
+    ends = tunnel.add_argument_group("the two ends")
+    ends.add_argument(
+        "--accept",
+        required=True,
+        type=_endpoint,
+        metavar="HOST:PORT",
+        help="where clients connect (port 0 picks one; unix:PATH for a socket)",
+    )
+    ends.add_argument(
+        "--connect",
+        required=True,
+        type=_endpoint,
+        metavar="HOST:PORT",
+        help="the backend (a name is resolved once, at start; unix:PATH)",
+    )
+    ends.add_argument(
+        "--in",
+        dest="tls_in",
+        choices=("tls", "plain"),
+        default="tls",
+        help="what clients speak (default tls)",
+    )
+    ends.add_argument(
+        "--out",
+        dest="tls_out",
+        choices=("plain", "tls"),
+        default="plain",
+        help="what the backend speaks (default plain)",
+    )
+    tls_in = tunnel.add_argument_group("TLS in (--in tls)")
+    tls_in.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="PEM certificate (chain); needs --key (default: the development certificate)",
+    )
+    tls_in.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    tls_in.add_argument("--client-ca", metavar="FILE", help="CA file verifying client certificates")
+    tls_in.add_argument(
+        "--client-cert",
+        choices=("none", "optional", "required"),
+        help="ask for client certificates (default: required with --client-ca)",
+    )
+    tls_in.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="an ALPN protocol to accept (repeatable; default none)",
+    )
+    tls_out = tunnel.add_argument_group("TLS out (--out tls)")
+    tls_out.add_argument(
+        "--connect-ca",
+        metavar="FILE",
+        help="CA file verifying the backend (default: the system's store)",
+    )
+    tls_out.add_argument(
+        "--connect-name",
+        metavar="NAME",
+        help="the name sent as SNI and verified (default: the --connect host)",
+    )
+    tls_out.add_argument("--connect-cert", metavar="FILE", help="a client certificate to present")
+    tls_out.add_argument("--connect-key", metavar="FILE", help="the private key of --connect-cert")
+    tls_out.add_argument(
+        "--connect-alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="an ALPN protocol to offer the backend (repeatable)",
+    )
+    how = tunnel.add_argument_group("how")
+    how.add_argument(
+        "--send-proxy",
+        choices=("v1", "v2"),
+        help="send the backend a PROXY protocol header naming the client",
+    )
+    how.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY v1/v2 header from clients first",
+    )
+    how.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"for the backend's connect (default {Limits.connect_timeout:g})",
+    )
+    how.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=3600.0,
+        help="close a tunnel idle this long either way (default 3600)",
+    )
+    how.add_argument("--max-connections", type=_count, metavar="N", help="clients at once")
+    how.add_argument("--driver", default="auto", help="I/O driver (see spcore drivers)")
+    how.add_argument(
+        "--loop",
+        choices=("default", "uvloop"),
+        help="event loop of drivers that have one (asyncio)",
+    )
+    how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
+    tunnel.set_defaults(run=_tunnel, worker=None, workers=None, no_tls=False)
+
+
+def _tunnel(args: argparse.Namespace, _extra: list[str]) -> int:
+    _configure_logging(args)
+    _check_tunnel_options(args)
+    driver_cls, driver_options = _driver(args.driver, args.loop)
+    if not driver_cls.connects:
+        raise UsageError(f"the {driver_cls.name} driver makes no outbound connections")
+    server_tls, certfile, client_tls = _tunnel_tls(args)
+    tunnel = Tunnel(
+        _backend(args.connect, client_tls, args.connect_name),
+        proxy_header=args.send_proxy,
+        idle_timeout=args.idle_timeout,
+    )
+    host, where = args.accept
+    place: dict[str, Any] = {"path": where} if host == "unix" else {"host": host, "port": where}
+    listener = tunnel.listener(tls=server_tls, proxy_protocol=args.proxy_protocol, **place)
+    overrides: dict[str, Any] = {}
+    if args.connect_timeout is not None:
+        overrides["connect_timeout"] = args.connect_timeout
+    if args.max_connections is not None:
+        overrides["max_connections"] = args.max_connections
+    server = Server([listener], Limits(**overrides))
+    try:
+        driver = driver_cls(server, **driver_options)
+    except OSError as exc:
+        raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
+    (bound,) = _bind(driver)
+    with _stop_on_signals(driver):
+        scheme = "tls" if server_tls is not None else "tcp"
+        line = f"spcore: tunnel from {_url(scheme, bound.sock.getsockname())} to "
+        line += f"{_url(args.tls_out.replace('plain', 'tcp'), tunnel.backend.address)}"
+        line += f" with the {driver.name} driver"
+        if certfile is not None:
+            line += f" (certificate: {_display_path(certfile)})"
+        print(line, flush=True)
+        driver.run()
+    return 0
+
+
+def _check_tunnel_options(args: argparse.Namespace) -> None:
+    for side, unused, options in (
+        ("--in", args.tls_in == "plain", ("cert", "key", "client_ca", "client_cert", "alpn")),
+        (
+            "--out",
+            args.tls_out == "plain",
+            ("connect_ca", "connect_name", "connect_cert", "connect_key", "connect_alpn"),
+        ),
+    ):
+        given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
+        if unused and given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise UsageError(f"{'/'.join(given)} {verb} {side} tls")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError(
+            "give both --cert and --key, or neither to use the development certificate"
+        )
+    if args.connect_key is not None and args.connect_cert is None:
+        raise UsageError("--connect-key needs --connect-cert")
+
+
+def _tunnel_tls(
+    args: argparse.Namespace,
+) -> tuple[ssl.SSLContext | None, Path | None, ssl.SSLContext | None]:
+    """The tunnel's TLS, made in this one place: the server side (``--in tls``) with the
+    certificate file it serves, and the client side (``--out tls``)."""
+    server_tls, certfile = (None, None)
+    if args.tls_in == "tls":
+        server_tls, certfile = _tls_context(args, args.alpn or ())
+    client_tls = None
+    if args.tls_out == "tls":
+        for option, path in (
+            ("--connect-ca", args.connect_ca),
+            ("--connect-cert", args.connect_cert),
+        ):
+            if path is not None and not os.path.isfile(path):
+                raise UsageError(f"{option}: the file {path} does not exist")
+        try:
+            client_tls = client_context(
+                cafile=args.connect_ca,
+                certfile=args.connect_cert,
+                keyfile=args.connect_key,
+                alpn_protocols=args.connect_alpn or (),
+            )
+        except OSError as exc:  # ssl.SSLError included
+            raise UsageError(f"cannot set up TLS to the backend: {_reason(exc)}") from None
+    return server_tls, certfile, client_tls
+
+
+def _backend(endpoint: _Endpoint, tls: ssl.SSLContext | None, name: str | None) -> Remote:
+    """The backend, its name resolved now (neither the core nor a driver resolves names:
+    stunnel's default, ``delay = no``, does the same)."""
+    host, where = endpoint
+    if host == "unix":
+        if tls is not None and name is None:
+            raise UsageError("--connect unix:... with --out tls needs --connect-name")
+        return Remote(path=where, tls=tls, server_name=name)
+    try:
+        infos = socket.getaddrinfo(host, where, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"cannot resolve the backend {host!r}: {exc}") from None
+    address = str(infos[0][4][0])
+    if name is None and address != host:
+        name = host  # verified as the name given, not as the address it resolved to
+    return Remote(address, where, tls=tls, server_name=name)
+
+
+def _url(scheme: str, address: Any) -> str:
+    """``tls://127.0.0.1:8443``, ``unix:/run/app.sock (tls)``."""
+    if isinstance(address, tuple):
+        return f"{scheme}://{host_port(address[0], address[1])}"
+    return f"{describe_address(address)} ({scheme})"
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -849,7 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # a supervisor's workers get it
         if args.command is None:
-            raise UsageError("name a command: serve, drivers or conformance (see spcore --help)")
+            raise UsageError(
+                "name a command: serve, tunnel, drivers or conformance (see spcore --help)"
+            )
         if extra and args.command != "conformance":
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         command: Callable[[argparse.Namespace, list[str]], int] = args.run

@@ -179,11 +179,9 @@ class _Pair:
             return
         if side is self.backend and not side.made:
             reason = error or "closed before it was up"
+            where = self.tunnel.backend.where
             log.warning(
-                "tunnel: cannot connect to the backend %s: %s; closing %r",
-                self.tunnel.backend.where,
-                reason,
-                other.conn,
+                "%r: cannot connect to the backend %s: %s; closing", other.conn, where, reason
             )
             other.conn.close()
         elif error is None:

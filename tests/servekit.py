@@ -80,6 +80,9 @@ class Served:
         except BaseException:
             self.close()
             raise
+        self._read_banner()
+
+    def _read_banner(self) -> None:
         match = BANNER.match(self.line)
         assert match, self.line
         self.driver = match["driver"]

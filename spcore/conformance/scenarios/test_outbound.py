@@ -15,16 +15,15 @@ import errno
 import os
 import queue
 import socket
-import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from spcore.conformance.harness import PKI, Serve, Served, suite_limits, wait_until
+from spcore.conformance.peers import echo, hold, peer, server_tls
 from spcore.layer import ProtocolLayer, Transport
 from spcore.remote import Remote
 from spcore.stream import DeferredSession, Session, StreamHandler
@@ -78,85 +77,6 @@ def _open(served: Served, remote: Remote, protocol: ProtocolLayer) -> None:
     assert served.server.call_soon_threadsafe(served.server.open_connection, remote, protocol)
 
 
-# -- a peer played by Python -------------------------------------------------------------------
-
-
-class Peer:
-    """A listening socket in a thread: each connection is echoed back (or, ``hold``, taken
-    and never read), over TLS if given a context; the server names asked for are recorded."""
-
-    def __init__(self, family: int, address: Any, tls: ssl.SSLContext | None, hold: bool) -> None:
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.bind(address)
-        self.listener.listen(16)
-        self.address = self.listener.getsockname()
-        self.tls = tls
-        self.hold = hold
-        self.names: list[str | None] = []
-        self.held: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
-        if tls is not None:
-            tls.sni_callback = lambda sock, name, context: self.names.append(name)
-        self._start(self._accept)
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stopping:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.hold:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                self.held.append(sock)
-            else:
-                self._start(self._echo, sock)
-
-    def _echo(self, sock: socket.socket) -> None:
-        with contextlib.suppress(OSError), sock:
-            sock.settimeout(TIMEOUT)
-            stream: socket.socket = sock
-            if self.tls is not None:
-                stream = self.tls.wrap_socket(sock, server_side=True)
-            while data := stream.recv(65536):
-                stream.sendall(data)
-
-    def close(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for sock in self.held:
-            sock.close()
-        for thread in self._threads:
-            thread.join(TIMEOUT)
-
-
-@contextlib.contextmanager
-def peer(
-    tls: ssl.SSLContext | None = None, *, hold: bool = False, unix: str | None = None
-) -> Iterator[Peer]:
-    if unix is not None:
-        running = Peer(socket.AF_UNIX, unix, tls, hold)
-    else:
-        running = Peer(socket.AF_INET, ("127.0.0.1", 0), tls, hold)
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def _server_tls(pki: PKI) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(pki.server.certfile), str(pki.server.keyfile))
-    return context
-
-
 class Echo(StreamHandler):
     def message(self, session: AnySession, message: bytes) -> None:
         session.send(message)
@@ -169,8 +89,8 @@ class Echo(StreamHandler):
 def test_connect_and_talk(serve: Serve, pki: PKI, transport: str) -> None:
     """The connection carries bytes both ways; over TLS it sent SNI, verified the peer's
     certificate and settled TLS 1.3; it reports its addresses."""
-    tls = _server_tls(pki) if transport == "tls" else None
-    with serve(handler=Echo) as served, peer(tls) as running:
+    tls = server_tls(pki) if transport == "tls" else None
+    with serve(handler=Echo) as served, peer(echo, tls) as running:
         _require_outbound(served)
         host, port = running.address[:2]
         client_tls = client_context(cafile=pki.ca_file) if tls else None
@@ -195,7 +115,7 @@ def test_connect_to_a_unix_socket(serve: Serve) -> None:
     with tempfile.TemporaryDirectory() as directory, serve(handler=Echo) as served:
         _require_outbound(served)
         path = os.path.join(directory, "peer.sock")
-        with peer(unix=path):
+        with peer(echo, unix=path):
             probe = Probe(b"over a unix socket\n", until=b"\n")
             _open(served, Remote(path=path), probe)
             kind, value = probe.next()
@@ -326,7 +246,7 @@ def test_a_peer_that_never_reads_costs_the_high_water_mark_then_the_send_timeout
 ) -> None:
     high_water = 64 * 1024
     limits = suite_limits(write_high_water=high_water, write_low_water=16 * 1024, send_timeout=1.0)
-    with serve(handler=Echo, limits=limits) as served, peer(hold=True) as running:
+    with serve(handler=Echo, limits=limits) as served, peer(hold) as running:
         _require_outbound(served)
         flood = Flood()
         started = time.monotonic()

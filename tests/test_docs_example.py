@@ -38,14 +38,14 @@ def test_the_documented_code_is_the_tested_code(monkeypatch: pytest.MonkeyPatch)
 
 
 @contextlib.contextmanager
-def script(name: str, tmp_path: pathlib.Path) -> Iterator[int]:
-    """Run ``docs/examples/<name>`` on a free port; yield the port; end it with SIGINT, as
-    Ctrl-C would, and require a clean exit."""
+def script(name: str, tmp_path: pathlib.Path, *args: str) -> Iterator[int]:
+    """Run ``docs/examples/<name>`` on a free port (then ``args``); yield the port; end it
+    with SIGINT, as Ctrl-C would, and require a clean exit."""
     env = dict(os.environ, SPCORE_CACHE_DIR=str(tmp_path / "cache"))
     root = str(DOCS.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / name), "0"],
+        [sys.executable, str(EXAMPLES / name), "0", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -130,3 +130,69 @@ def test_the_tiny_driver_serves_http_until_ctrl_c(tmp_path: pathlib.Path) -> Non
         time.sleep(0.2)  # (the resets reach the server)
         lines = curl(url + "stats", url + "stats")
         assert lines[-1] == "#0"  # the second on the first's keep-alive connection
+
+
+def _line(sock: socket.socket, ending: bytes = b"\r\n") -> bytes:
+    data = b""
+    while not data.endswith(ending):
+        chunk = sock.recv(1)
+        assert chunk, f"the stream ended after {data!r}"
+        data += chunk
+    return data
+
+
+def test_the_chat_relays_lines_and_sends_a_heartbeat(tmp_path: pathlib.Path) -> None:
+    heartbeats: dict[socket.socket, int] = {}
+
+    def said(sock: socket.socket) -> bytes:
+        """The next line but heartbeats (the server's timer, every 0.3 s), which are counted."""
+        while (line := _line(sock)) == b"* heartbeat\r\n":
+            heartbeats[sock] = heartbeats.get(sock, 0) + 1
+        return line
+
+    with script("chat.py", tmp_path, "0.3") as port:
+        alice = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        bob = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        with alice, bob:
+            assert said(alice).startswith(b"welcome, guest")
+            assert said(bob).startswith(b"welcome, guest")
+            assert said(alice).endswith(b" joined\r\n")  # bob
+            alice.sendall(b"/nick alice\n")
+            assert said(alice).endswith(b" is now alice\r\n")
+            assert said(bob).endswith(b" is now alice\r\n")
+            alice.sendall(b"hello bob\n")
+            assert said(bob) == b"<alice> hello bob\r\n"
+            for sock in (alice, bob):
+                if not heartbeats.get(sock):
+                    assert _line(sock) == b"* heartbeat\r\n"
+            alice.sendall(b"/quit\n")
+            assert said(alice) == b"bye\r\n" and alice.recv(1) == b""
+            alice.close()
+            assert said(bob) == b"* alice left\r\n"
+            rude_clients(port, lambda sock: sock)
+
+
+def test_the_dot_echo_frames_like_smtp_data(tmp_path: pathlib.Path) -> None:
+    with script("dot_echo.py", tmp_path) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            assert _line(client, b"\r\n.\r\n").startswith(b"220 dot echo ready")
+            client.sendall(b"hello\r\n..a line that starts with a dot\r\n.\r\n")
+            assert _line(client, b"\r\n.\r\n") == (
+                b"250 37 bytes:\r\nhello\r\n..a line that starts with a dot\r\n.\r\n"
+            )
+            client.sendall(b"QUIT\r\n.\r\n")
+            assert _line(client, b"\r\n.\r\n") == b"221 bye\r\n.\r\n"
+            assert client.recv(1) == b""
+        rude_clients(port, lambda sock: sock)
+
+
+def test_the_tunnel_example_puts_https_in_front_of_a_plain_server(tmp_path: pathlib.Path) -> None:
+    with script("tunnel_http.py", tmp_path) as port:
+        url = f"https://127.0.0.1:{port}"
+        lines = curl(url + "/one", url + "/two")  # (http.server closes after each answer)
+        assert lines[::2] == [
+            "hello from a plain HTTP server, path /one",
+            "hello from a plain HTTP server, path /two",
+        ]
+        rude_clients(port, tls_client)
+        assert curl(url + "/after")[0] == "hello from a plain HTTP server, path /after"

@@ -24,8 +24,10 @@ What it reproduces:
 - AcceptEx on a pre-created accept socket: the accepted connection is ``dup2``-ed onto the
   accept socket's descriptor, so the driver's socket object becomes the connection; the output
   buffer holds received data (if asked for) then the local and remote addresses in an internal
-  format only the double's GetAcceptExSockaddrs decodes. ConnectEx needs a bound socket and may
-  send a first buffer. Connection refused completes with ERROR_CONNECTION_REFUSED.
+  format only the double's GetAcceptExSockaddrs decodes. ConnectEx (only once looked up with
+  WSAIoctl) needs a bound socket and may send a first buffer; a refused connect completes with
+  ERROR_CONNECTION_REFUSED, an unreachable network or host or a timeout with theirs (1231,
+  1232, 121), one that hangs (a SYN dropped) until cancelled with STATUS_CANCELLED.
 - CancelIoEx (one OVERLAPPED or all): ERROR_NOT_FOUND when nothing is pending, else the
   operation completes later with STATUS_CANCELLED (995 through RtlNtStatusToDosError), or, at a
   seeded rate, a cancelled receive that has data completes successfully with it. Closing a

@@ -956,7 +956,12 @@ def _add_tunnel(commands: Any) -> None:
         help="close a tunnel idle this long either way (default 3600)",
     )
     how.add_argument("--max-connections", type=_count, metavar="N", help="clients at once")
-    how.add_argument("--driver", default="auto", help="I/O driver (see spcore drivers)")
+    how.add_argument(
+        "--driver",
+        default="selectors",
+        help="I/O driver (default selectors, which relays with the least CPU here: see "
+        "docs/benchmarks.md; auto, or any of spcore drivers)",
+    )
     how.add_argument(
         "--loop",
         choices=("default", "uvloop"),

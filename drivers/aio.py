@@ -53,7 +53,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, outbound_socket, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, prepare_accepted
 
 __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
@@ -304,12 +304,9 @@ class AsyncioDriver(Driver[_Link]):
 
     # -- connecting -----------------------------------------------------------------------------
 
-    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
-        try:
-            sock = outbound_socket(address)
-        except OSError as exc:
-            conn.connection_lost(exc, now)
-            return
+    def start_connect(
+        self, conn: Connection, sock: socket.socket, address: tuple[str, int] | str, now: float
+    ) -> None:
         link = self.links[conn] = _Link(self, conn)
         assert self._loop is not None
         link.connecting = self._loop.create_task(self._dial(link, sock, address))

@@ -295,8 +295,8 @@ class Driver(abc.ABC, Generic[_L]):
     ``call_soon_threadsafe(fn, *args)`` may be called from any thread (or a signal handler)
     to run ``fn`` on the loop thread; ``stop()`` hands the server's stop request over that way.
     A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks; one that
-    makes outbound connections (the ``Connect`` action) implements ``connect`` and says so
-    with ``connects = True`` (without, every outbound connection fails at once).
+    makes outbound connections (the ``Connect`` action) implements ``start_connect`` and says
+    so with ``connects = True`` (without, every outbound connection fails at once).
     """
 
     name: ClassVar[str]
@@ -462,11 +462,34 @@ class Driver(abc.ABC, Generic[_L]):
         """Close the socket, dropping what is unsent, and end the link (``forget``); once."""
 
     def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
-        """Connect a socket to ``address`` for ``conn`` (a ``Connect``): make its link, report
+        """Carry out a ``Connect``: a socket for ``address`` (``outbound_socket``), then
+        ``start_connect``; a socket that cannot be made fails the connection at once, as
+        does every ``Connect`` of a driver that does not declare ``connects``."""
+        if not self.connects:
+            error = OSError(
+                errno.EOPNOTSUPP, f"the {self.name} driver makes no outbound connections"
+            )
+            conn.connection_lost(error, now)
+            return
+        try:
+            sock = self.outbound_socket(address)
+        except OSError as exc:
+            conn.connection_lost(exc, now)
+            return
+        self.start_connect(conn, sock, address, now)
+
+    def outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+        """The socket of a ``Connect`` (``outbound_socket``'s, unless the platform wants
+        another: blocking, bound first...)."""
+        return outbound_socket(address)
+
+    def start_connect(
+        self, conn: Connection, sock: socket.socket, address: tuple[str, int] | str, now: float
+    ) -> None:
+        """Connect ``sock`` to ``address`` for ``conn``: make its link, report
         ``conn.connected(local, now)`` once connected, then ``drive`` it; a failure ends the
-        link with the error (``close``). Drivers without outbound connections fail it."""
-        error = OSError(errno.EOPNOTSUPP, f"the {self.name} driver makes no outbound connections")
-        conn.connection_lost(error, now)
+        link with the error (``close``). Drivers that declare ``connects`` implement it."""
+        raise NotImplementedError
 
     def settle(self, link: _L) -> None:
         """After a connection's last action: apply what they left (register, post)."""

@@ -51,7 +51,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, outbound_socket
+from .base import READ_SIZE, Bound, Driver
 
 __all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
 
@@ -179,8 +179,9 @@ class ProactorBase(Driver[Link]):
 
     Subclasses implement the hooks below (``_open``, ``_close_resources``, ``_post_accept``,
     ``_accepted_socket``, ``_post_recv``, ``_post_send``, ``_cancel``, ``_wait``, ``_error``,
-    ``wake``, optionally ``_release_accept``; for outbound connections ``_outbound_socket``,
-    ``_post_connect`` and ``_connected_socket``) and ``probe``. Every ``_post_*`` hook gets a
+    ``wake``, optionally ``_release_accept``; for outbound connections ``_post_connect``,
+    ``_connected_socket`` and, if it needs another socket, ``outbound_socket``) and
+    ``probe``. Every ``_post_*`` hook gets a
     fresh :class:`Operation`, posts it and fills ``op.keep`` (and ``op.key`` if the
     completion names it differently); the base registers it afterwards. A hook raises
     ``OSError`` when the post failed at once and no completion will come (the base then
@@ -235,10 +236,6 @@ class ProactorBase(Driver[Link]):
     def _post_send(self, op: Operation[Link], buffers: Sequence[Buffer]) -> None:
         """Post one (gathered) send of the first buffers of ``buffers`` (a ``Send``'s),
         referenced as they are: keep in ``op.keep`` what the kernel reads."""
-
-    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
-        """A socket for a ``Connect`` to ``address``, ready for ``_post_connect``."""
-        return outbound_socket(address)
 
     def _post_connect(self, op: Operation[Link], address: tuple[str, int] | str) -> None:
         """Post a connect of ``op.owner.sock`` to ``address``."""
@@ -367,12 +364,9 @@ class ProactorBase(Driver[Link]):
 
     # -- outbound connections ---------------------------------------------------------------------
 
-    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
-        try:
-            sock = self._outbound_socket(address)
-        except OSError as exc:
-            conn.connection_lost(exc, now)
-            return
+    def start_connect(
+        self, conn: Connection, sock: socket.socket, address: tuple[str, int] | str, now: float
+    ) -> None:
         buffer = self._free_buffers.pop() if self._free_buffers else RecvBuffer()
         link = self.links[conn] = Link(conn, sock, buffer)
         op = self._new_op("connect", link, self._connected)

@@ -25,7 +25,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, outbound_socket, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, prepare_accepted
 
 __all__ = ["SelectorsDriver"]
 
@@ -141,12 +141,9 @@ class SelectorsDriver(Driver[_Link]):
 
     # -- connecting -----------------------------------------------------------------------------
 
-    def connect(self, conn: Connection, address: tuple[str, int] | str, now: float) -> None:
-        try:
-            sock = outbound_socket(address)
-        except OSError as exc:
-            conn.connection_lost(exc, now)
-            return
+    def start_connect(
+        self, conn: Connection, sock: socket.socket, address: tuple[str, int] | str, now: float
+    ) -> None:
         link = self.links[conn] = _Link(conn, sock, connecting=True)
         code = sock.connect_ex(address)
         if code == 0:

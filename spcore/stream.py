@@ -29,9 +29,19 @@ from .timers import Timer, check_delay
 if TYPE_CHECKING:
     from .tls.engine import TLSInfo
 
-__all__ = ["DeferredSession", "Session", "Sessions", "StreamHandler", "StreamProtocol"]
+__all__ = [
+    "DeferredSession",
+    "Session",
+    "SessionCallback",
+    "Sessions",
+    "StreamHandler",
+    "StreamProtocol",
+]
 
 log = logging.getLogger("spcore.stream")
+
+#: What a session's timer runs: ``callback(session)`` (a deferred one, for blocking handlers).
+SessionCallback = Callable[["Session | DeferredSession"], object]
 
 
 class StreamHandler:
@@ -173,21 +183,15 @@ class Session:
         return self._sessions.broadcast(message, exclude=None if include_self else self.id)
 
     def call_later(
-        self,
-        delay: float,
-        callback: Callable[[Session | DeferredSession], object],
-        *,
-        every: float | None = None,
+        self, delay: float, callback: SessionCallback, *, every: float | None = None
     ) -> Timer:
         """Call ``callback(session)`` in ``delay`` seconds (then every ``every`` seconds),
         as a handler call (on a worker, with a deferred session, for a blocking handler),
-        until ``cancel()``-ed or the connection ends."""
+        until the timer is cancelled or the connection ends."""
         check_delay(delay, every)
         return self._arm(self._timer(callback, every), delay)
 
-    def _timer(
-        self, callback: Callable[[Session | DeferredSession], object], every: float | None
-    ) -> Timer:
+    def _timer(self, callback: SessionCallback, every: float | None) -> Timer:
         handle = self._handle
         return Timer(lambda now: handle(callback), every)
 
@@ -225,11 +229,7 @@ class DeferredSession:
         return len(self.session_ids) - (0 if include_self else 1)
 
     def call_later(
-        self,
-        delay: float,
-        callback: Callable[[Session | DeferredSession], object],
-        *,
-        every: float | None = None,
+        self, delay: float, callback: SessionCallback, *, every: float | None = None
     ) -> Timer:
         """As ``Session.call_later``; the timer is armed when the job is back (its delay
         counts from then), and may be cancelled before."""

@@ -31,7 +31,58 @@ class Clock:
         self.now = now
 
 
-class MemLink:
+class Driven:
+    """A connection's driver side in memory: what its actions said (reading, the timer, the
+    ``Send`` in flight, closed), carried out by ``carry_out``; a subclass says what a socket
+    does with a ``Send`` (``push``: True if the kernel took it), with jobs, with the shut
+    write side and with the close."""
+
+    conn: Connection
+
+    def __init__(self) -> None:
+        self.reading = False
+        self.timer: float | None = None
+        self.sending: Send | None = None
+        self.closed = False
+
+    def carry_out(self) -> bool:
+        """Carry out the connection's actions until it has none; whether anything happened."""
+        if self.closed:
+            return False
+        progressed = self.push()
+        conn = self.conn
+        while not self.closed and (action := conn.next_action()) is not None:
+            progressed = True
+            kind = type(action)
+            if kind is Send:
+                self.sending = action  # type: ignore[assignment]
+                self.push()
+            elif kind is Read:
+                self.reading = action.on  # type: ignore[union-attr]
+            elif kind is SetTimer:
+                self.timer = action.at  # type: ignore[union-attr]
+            elif kind is RunJobs:
+                self.jobs(action.jobs)  # type: ignore[union-attr]
+            elif kind is ShutWrite:
+                self.shut()
+            elif kind is Close:
+                self.close()
+        return progressed
+
+    def push(self) -> bool:
+        raise NotImplementedError
+
+    def jobs(self, jobs: tuple[Job, ...]) -> None:
+        raise NotImplementedError
+
+    def shut(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class MemLink(Driven):
     """One connection: client side in the test, server side in the core."""
 
     def __init__(
@@ -45,6 +96,7 @@ class MemLink:
         clock: Clock | None = None,
         run_jobs: bool = True,
     ) -> None:
+        super().__init__()
         self.server = server
         self.clock = clock or Clock()
         self.chunk = chunk
@@ -64,12 +116,7 @@ class MemLink:
         self.to_server = bytearray()  # client bytes the server has not read yet
         self.server_eof_pending = False
         self.client_got_eof = False  # the server shut its write side or closed
-        self.closed = False
         self.jobs_pending: list[Job] = []
-        #: What the driver was told: read or not, the timer, the Send in flight.
-        self.reading = False
-        self.timer: float | None = None
-        self.sending: Send | None = None
         #: How many more bytes the client's socket takes (None: all); 0 = a client not reading.
         self.window: int | None = None
         self.sync()
@@ -179,33 +226,21 @@ class MemLink:
 
     def _sync_one(self) -> bool:
         """Carry out the connection's actions until it has none."""
-        conn = self.conn
-        conn._memlink = self  # type: ignore[attr-defined]
-        if self.closed:
-            return False
-        progressed = self._try_send()
-        while (action := conn.next_action()) is not None:
-            progressed = True
-            kind = type(action)
-            if kind is Send:
-                self.sending = action  # type: ignore[assignment]
-                self._try_send()
-            elif kind is Read:
-                self.reading = action.on  # type: ignore[union-attr]
-            elif kind is SetTimer:
-                self.timer = action.at  # type: ignore[union-attr]
-            elif kind is RunJobs:
-                self.jobs_pending.extend(action.jobs)  # type: ignore[union-attr]
-            elif kind is ShutWrite:
-                self._client_eof()
-            elif kind is Close:
-                self.closed = True
-                conn.connection_lost(None, self.clock.now)
-                self._client_eof()
-                break
-        return progressed
+        self.conn._memlink = self  # type: ignore[attr-defined]
+        return self.carry_out()
 
-    def _try_send(self) -> bool:
+    def jobs(self, jobs: tuple[Job, ...]) -> None:
+        self.jobs_pending.extend(jobs)
+
+    def shut(self) -> None:
+        self._client_eof()
+
+    def close(self) -> None:
+        self.closed = True
+        self.conn.connection_lost(None, self.clock.now)
+        self._client_eof()
+
+    def push(self) -> bool:
         """Hand the client's socket what its window takes of the Send in flight."""
         send = self.sending
         if send is None or self.closed:

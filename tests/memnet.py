@@ -16,22 +16,11 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from memlink import Clock
+from memlink import Clock, Driven
 
-from spcore.actions import (
-    Accepting,
-    Close,
-    CloseListeners,
-    Connect,
-    Exit,
-    Read,
-    RunJobs,
-    Send,
-    SetTimer,
-    ShutWrite,
-    Sync,
-)
+from spcore.actions import Accepting, CloseListeners, Connect, Exit, SetTimer, Sync
 from spcore.connection import Connection
+from spcore.jobs import Job
 from spcore.server import Listener, Server
 from spcore.tls.engine import ApplicationData, CloseNotify, RaggedEOF, TLSEngine
 from spcore.tls.openssl import OpenSSLEngine
@@ -74,16 +63,13 @@ class Node:
         raise NotImplementedError
 
 
-class ConnNode(Node):
+class ConnNode(Node, Driven):
     """A core connection, driven as a driver would."""
 
     def __init__(self, net: MemNet, conn: Connection) -> None:
-        super().__init__(net)
+        Node.__init__(self, net)
+        Driven.__init__(self)
         self.conn = conn
-        self.reading = False
-        self.timer: float | None = None
-        self.sending: Send | None = None
-        self.closed = False
         self.eof_delivered = False
         conn._memnet = self  # type: ignore[attr-defined]
 
@@ -107,29 +93,18 @@ class ConnNode(Node):
         return progressed
 
     def sync(self) -> bool:
-        if self.closed:
-            return False
-        progressed = self._push()
-        conn, now = self.conn, self.net.clock.now
-        while not self.closed and (action := conn.next_action()) is not None:
-            progressed = True
-            kind = type(action)
-            if kind is Send:
-                self.sending = action  # type: ignore[assignment]
-                self._push()
-            elif kind is Read:
-                self.reading = action.on  # type: ignore[union-attr]
-            elif kind is SetTimer:
-                self.timer = action.at  # type: ignore[union-attr]
-            elif kind is RunJobs:
-                for job in action.jobs:  # type: ignore[union-attr]
-                    job.run()
-                    conn.job_done(job, now)
-            elif kind is ShutWrite:
-                self.tx.eof = True
-            elif kind is Close:
-                self.end(None)
-        return progressed
+        return self.carry_out()
+
+    def jobs(self, jobs: tuple[Job, ...]) -> None:
+        for job in jobs:
+            job.run()
+            self.conn.job_done(job, self.net.clock.now)
+
+    def shut(self) -> None:
+        self.tx.eof = True
+
+    def close(self) -> None:
+        self.end(None)
 
     def end(self, error: BaseException | None) -> None:
         """The socket closes: the peer sees EOF (a reset if ``error`` says so)."""
@@ -138,7 +113,7 @@ class ConnNode(Node):
         self.tx.eof = True
         self.conn.connection_lost(error, self.net.clock.now)
 
-    def _push(self) -> bool:
+    def push(self) -> bool:
         send = self.sending
         if send is None or self.closed:
             return False

@@ -594,21 +594,30 @@ def test_connectex_connects_a_bound_socket_and_sends_first_data(
         assert connection.recv(16) == b"hello"
 
 
-def test_connectex_refused_completes_with_connection_refused(
-    api: Win32Double, sockets: Track
-) -> None:
+def connect_ex(
+    api: win32.Win32Api, sockets: Track, address: tuple[str, int]
+) -> tuple[int, socket.socket, win32.OVERLAPPED, bool]:
+    """A ConnectEx, without first data, from a new bound socket on a new port: (the port, the
+    socket, its OVERLAPPED (to keep until the packet), whether it completed at once)."""
     port = new_port(api)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    address = closed.getsockname()
-    closed.close()
     sock = sockets(socket.socket())
     sock.bind(("127.0.0.1", 0))
     api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
     name, name_length = win32.sockaddr_from_address(address)
     ov = win32.OVERLAPPED()
     rc = api.ConnectEx(sock.fileno(), byref(name), name_length, None, 0, None, byref(ov))
-    assert not started(api, rc, win32.TRUE)
+    return port, sock, ov, started(api, rc, win32.TRUE)
+
+
+def test_connectex_refused_completes_with_connection_refused(
+    api: Win32Double, sockets: Track
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()
+    port, _, _ov, at_once = connect_ex(api, sockets, address)  # (_ov: alive until reaped)
+    assert not at_once
     [packet] = reap(api, port, 1)
     assert status_error(api, packet) == win32.ERROR_CONNECTION_REFUSED
 
@@ -616,19 +625,13 @@ def test_connectex_refused_completes_with_connection_refused(
 def test_a_pending_connectex_cancelled_completes_aborted(api: Win32Double, sockets: Track) -> None:
     """A connect to a listener whose backlog is full waits (the SYN is dropped) until the
     driver gives up: CancelIoEx, then the packet with STATUS_CANCELLED, as on Windows."""
-    port = new_port(api)
     full = sockets(socket.socket())
     full.bind(("127.0.0.1", 0))
     full.listen(0)
     filler = sockets(socket.create_connection(full.getsockname(), TIMEOUT))
     filler.send(b"x")
-    sock = sockets(socket.socket())
-    sock.bind(("127.0.0.1", 0))
-    api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
-    name, name_length = win32.sockaddr_from_address(full.getsockname())
-    ov = win32.OVERLAPPED()
-    rc = api.ConnectEx(sock.fileno(), byref(name), name_length, None, 0, None, byref(ov))
-    assert not started(api, rc, win32.TRUE)
+    port, sock, ov, at_once = connect_ex(api, sockets, full.getsockname())
+    assert not at_once
     assert_no_packet(api, port, ms=200)  # still connecting
     assert api.CancelIoEx(sock.fileno(), byref(ov))
     [packet] = reap(api, port, 1)
@@ -639,17 +642,11 @@ def test_receiving_before_so_update_connect_context_is_a_violation(
     doubles: Doubles, sockets: Track
 ) -> None:
     api = doubles(immediate_rate=0.0)
-    port = new_port(api)
     server = sockets(socket.create_server(("127.0.0.1", 0)))
-    sock = sockets(socket.socket())
-    sock.bind(("127.0.0.1", 0))
-    api.CreateIoCompletionPort(sock.fileno(), port, CONN_KEY, 0)
-    name, name_length = win32.sockaddr_from_address(server.getsockname())
-    ov = win32.OVERLAPPED()
-    rc = api.ConnectEx(sock.fileno(), byref(name), name_length, None, 0, None, byref(ov))
-    assert not started(api, rc, win32.TRUE)
+    port, sock, _ov, at_once = connect_ex(api, sockets, server.getsockname())
+    assert not at_once
     assert reap(api, port, 1)[0][2] == win32.STATUS_SUCCESS
-    rc, recv_ov, keep = recv(api, sock, ctypes.create_string_buffer(4))
+    _, recv_ov, keep = recv(api, sock, ctypes.create_string_buffer(4))
     assert api.violations == [
         f"WSARecv on socket {sock.fileno()} from ConnectEx before"
         " setsockopt(SO_UPDATE_CONNECT_CONTEXT)"

@@ -33,6 +33,12 @@ def tunnel_net(
     return net, server
 
 
+def relay(tls_in: ssl.SSLContext | None) -> tuple[MemNet, Server, list[Endpoint]]:
+    """A plain tunnel, TLS in if given, to a backend the test plays."""
+    net, server = tunnel_net(Tunnel(Remote(*BACKEND)), tls_in=tls_in)
+    return net, server, net.serve(BACKEND)
+
+
 def dial(net: MemNet, pki: PKI, tls: bool) -> Endpoint:
     return net.dial(FRONT, tls=client_context(cafile=pki.ca_file) if tls else None)
 
@@ -119,8 +125,7 @@ def test_a_slow_side_slows_the_other_and_the_tunnel_holds_little(
 def test_a_half_close_is_carried_across_both_ways(
     pki: PKI, server_tls: ssl.SSLContext, tls_in: bool
 ) -> None:
-    net, server = tunnel_net(Tunnel(Remote(*BACKEND)), tls_in=server_tls if tls_in else None)
-    backends = net.serve(BACKEND)
+    net, server, backends = relay(server_tls if tls_in else None)
     client = dial(net, pki, tls_in)
     client.send(b"the whole request")
     client.shut()  # FIN (after close_notify on TLS)
@@ -167,8 +172,7 @@ def test_a_backend_that_never_answers_times_out(pki: PKI, caplog: pytest.LogCapt
 def test_a_backend_gone_mid_stream_aborts_the_client_and_the_tunnel_goes_on(
     pki: PKI, server_tls: ssl.SSLContext, tls_in: bool
 ) -> None:
-    net, server = tunnel_net(Tunnel(Remote(*BACKEND)), tls_in=server_tls if tls_in else None)
-    backends = net.serve(BACKEND)
+    net, server, backends = relay(server_tls if tls_in else None)
     other = dial(net, pki, tls_in)
     client = dial(net, pki, tls_in)
     client.send(b"first half")

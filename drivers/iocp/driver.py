@@ -326,7 +326,7 @@ class IocpDriver(ProactorBase):
 
     # -- connect ----------------------------------------------------------------------------------
 
-    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+    def outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
         if isinstance(address, str):
             raise OSError(
                 errno.EAFNOSUPPORT, "the iocp driver connects over TCP only (see docs/iocp.md)"

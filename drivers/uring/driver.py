@@ -137,8 +137,8 @@ class UringDriver(ProactorBase):
             ring.sendmsg(fd, msg.address, op.key)
             op.keep = msg
 
-    def _outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
-        sock = super()._outbound_socket(address)
+    def outbound_socket(self, address: tuple[str, int] | str) -> socket.socket:
+        sock = super().outbound_socket(address)
         sock.setblocking(True)  # see the module docstring
         return sock
 

@@ -124,6 +124,51 @@ def test_a_backend_whose_certificate_does_not_verify_is_refused(
             assert "CERTIFICATE_VERIFY_FAILED" in running.errors()
 
 
+def test_it_relays_tls_to_tls(env: dict[str, str], pki: PKI, cache_dir: pathlib.Path) -> None:
+    with peer(echo, server_tls(pki)) as backend:
+        args = [*backend_args(backend), "--out", "tls", "--connect-ca", str(pki.ca_file)]
+        with tunnel(env, *args, "--connect-name", "localhost") as running:
+            raw = socket.create_connection(running.address, TIMEOUT)
+            with tls_client(cache_dir).wrap_socket(raw, server_hostname="127.0.0.1") as client:
+                client.sendall(b"encrypted twice")
+                assert _read_exactly(client, 15) == b"encrypted twice"
+            assert backend.names == ["localhost"]
+
+
+def test_its_timeouts_and_connection_limit(env: dict[str, str]) -> None:
+    """An idle tunnel is closed; a backend that never answers times out, with a warning; a
+    client over --max-connections waits (in the backlog) until another one is gone."""
+    with contextlib.ExitStack() as stack:
+        full = stack.enter_context(socket.socket())
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        filler = stack.enter_context(socket.create_connection(full.getsockname(), TIMEOUT))
+        filler.send(b"x")  # the backlog is full: connects to it hang
+        args = ["--in", "plain", "--connect", f"127.0.0.1:{full.getsockname()[1]}"]
+        running = stack.enter_context(tunnel(env, *args, "--connect-timeout", "0.5"))
+        with socket.create_connection(running.address, TIMEOUT) as client:
+            started = time.monotonic()
+            assert _read_to_end(client) == b""
+            assert 0.4 < time.monotonic() - started < 8.0
+        wait_for_log(running, "connect timed out after 0.5 s")
+    with peer(echo) as backend:
+        args = [*backend_args(backend), "--in", "plain", "--idle-timeout", "2"]
+        with tunnel(env, *args, "--max-connections", "1") as running:
+            first = socket.create_connection(running.address, TIMEOUT)
+            first.sendall(b"1")
+            assert _read_exactly(first, 1) == b"1"
+            second = socket.create_connection(running.address, TIMEOUT)  # in the backlog
+            second.sendall(b"2")
+            second.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                second.recv(1)  # not accepted: the first one is the one allowed
+            second.settimeout(TIMEOUT)
+            with first:
+                assert _read_to_end(first) == b""  # idle for two seconds: closed
+            with second:
+                assert _read_exactly(second, 1) == b"2"  # accepted once the first was gone
+
+
 # -- a gigabyte -----------------------------------------------------------------------------------
 
 GIB = 1 << 30

@@ -336,6 +336,9 @@ class AsyncioDriver(Driver[_Link]):
         transport = link.transport
         assert transport is not None
         transport.set_write_buffer_limits(high=0, low=0)  # resume_writing: all handed over
+        if link.closed:  # an outbound connection given up while its transport was being made
+            transport.abort()
+            return
         if link.connecting is not None:  # an outbound connection: it connected
             link.connecting = None
             now = self._now()

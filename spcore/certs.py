@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -200,6 +201,34 @@ class CertificateAuthority:
         pair = CertPair(directory / f"{stem}-cert.pem", directory / f"{stem}-key.pem")
         _write_pair(pair, cert, key)
         return pair
+
+    def ocsp_response(
+        self,
+        certfile: os.PathLike[str] | str,
+        now: datetime.datetime,
+        *,
+        revoked: bool = False,
+        lifetime: datetime.timedelta = datetime.timedelta(days=7),
+    ) -> bytes:
+        """A DER OCSP response (RFC 6960) for a certificate this CA issued, as an OCSP
+        responder would sign it at ``now``: status good (or revoked), valid for ``lifetime``.
+        What a server staples; tests make their own instead of asking a responder."""
+        now = _utc(now)
+        cert = x509.load_pem_x509_certificate(pathlib.Path(certfile).read_bytes())
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert,
+            issuer=self._cert,
+            algorithm=hashes.SHA256(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+            this_update=now - _ONE_DAY / 24,
+            next_update=now + lifetime,
+            revocation_time=now - _ONE_DAY if revoked else None,
+            revocation_reason=None,
+        )
+        # By name: GnuTLS finds a signer that is not in the response by its DN only.
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.NAME, self._cert)
+        response = builder.sign(self._key, hashes.SHA256())
+        return response.public_bytes(serialization.Encoding.DER)
 
 
 # --- building ---------------------------------------------------------------------------------

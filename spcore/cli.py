@@ -1,4 +1,4 @@
-"""The ``spcore`` command: ``serve``, ``drivers`` and ``conformance``.
+"""The ``spcore`` command: ``serve``, ``drivers``, ``engines``, ``ticket-key`` and ``conformance``.
 
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
 development certificate), imports the user's application, binds sockets through a driver and
@@ -22,13 +22,13 @@ import os
 import re
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from . import cli_tls
 from .app import LineEcho, builtin_app
 from .certs import CertificateError, CertPair, check_cert_key, dev_certificate
 from .config import Limits
@@ -48,7 +48,7 @@ from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
 from .server import Listener, Server
 from .stream import StreamProtocol
-from .tls.context import ClientCertMode, server_context
+from .tls.config import ClientCertMode, ServerTLS, TLSConfigError
 
 __all__ = ["UsageError", "main"]
 
@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("none", "optional", "required"),
         help="ask for client certificates (default: required with --client-ca, else none)",
     )
+    cli_tls.add_engine_options(serve)
     what = serve.add_argument_group("what to serve")
     what.add_argument(
         "--app", metavar="MODULE:CALLABLE", help="your app(request) -> Response | None"
@@ -169,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         "drivers", help="list the drivers and whether they run here", allow_abbrev=False
     )
     drivers.set_defaults(run=_drivers)
+    cli_tls.add_tls_commands(commands)
 
     conformance = commands.add_parser(
         "conformance",
@@ -199,14 +201,15 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     limits = _limits(args)
     driver_cls, driver_options = _driver(args.driver, args.loop)
     user_app = _load_app(args.app) if args.app else None
-    context, certfile = _tls_context(args)
-    server = _build_server(args, limits, context, user_app)
+    tls, certfile = _tls_config(args)
+    server = _build_server(args, limits, tls, user_app)
     try:
         driver = driver_cls(server, **driver_options)
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     bound = _bind(driver)
-    with _stop_on_signals(driver):  # before the banner: whoever reads it may signal at once
+    # Signals before the banner: whoever reads it may signal at once.
+    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
         print(_banner(args, driver.name, bound, certfile), flush=True)
         driver.run()
     return 0
@@ -217,6 +220,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
         for given, option in (
             (args.cert or args.key, "--cert/--key"),
             (args.client_ca or args.client_cert, "--client-ca/--client-cert"),
+            (args.ocsp_response or args.ticket_key_file, "--ocsp-response/--ticket-key-file"),
             (args.plain_port is not None, "--plain-port (--port is already plain)"),
         ):
             if given:
@@ -285,8 +289,8 @@ def _load_app(spec: str) -> App:
     return app
 
 
-def _tls_context(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Path | None]:
-    """The listeners' TLS context and the certificate file it serves (None for --no-tls)."""
+def _tls_config(args: argparse.Namespace) -> tuple[ServerTLS | None, Path | None]:
+    """The listeners' TLS configuration and the certificate file it serves (None for --no-tls)."""
     if args.no_tls:
         return None, None
     if args.cert is not None:
@@ -311,28 +315,17 @@ def _tls_context(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, Path 
         raise UsageError("--client-ca is unused with --client-cert none")
     if args.client_ca and not os.path.isfile(args.client_ca):
         raise UsageError(f"the client CA file {args.client_ca} does not exist")
-    # The certificate alone first, so that an error names the file at fault.
-    attempts: list[tuple[str, str | None, ClientCertMode]] = [(str(pair.certfile), None, "none")]
-    if args.client_ca:
-        attempts.append((f"the client CA file {args.client_ca}", args.client_ca, client_cert))
-    for what, client_ca, mode in attempts:
-        try:
-            context = server_context(
-                pair.certfile,
-                pair.keyfile,
-                alpn_protocols=() if args.line_echo else ("http/1.1",),
-                client_ca=client_ca,
-                client_cert=mode,
-            )
-        except OSError as exc:  # ssl.SSLError included
-            raise UsageError(f"cannot set up TLS with {what}: {_reason(exc)}") from None
-    return context, pair.certfile
+    alpn = () if args.line_echo else ("http/1.1",)
+    try:
+        return cli_tls.server_tls(args, pair, client_cert, alpn), pair.certfile
+    except TLSConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _build_server(
     args: argparse.Namespace,
     limits: Limits,
-    context: ssl.SSLContext | None,
+    tls: ServerTLS | None,
     user_app: App | None,
 ) -> Server:
     app: App | None = user_app
@@ -346,7 +339,13 @@ def _build_server(
 
     listeners = []
     for host in args.host or ["127.0.0.1"]:
-        listeners.append(Listener(protocol, host, args.port, context, args.proxy_protocol))
+        try:  # the engine builds its state here, reading every file the configuration names
+            listener = Listener(
+                protocol, host, args.port, tls, args.proxy_protocol, tls_engine=args.tls_engine
+            )
+        except TLSConfigError as exc:
+            raise UsageError(f"cannot set up TLS: {exc}") from None
+        listeners.append(listener)
         if args.plain_port is not None:
             listeners.append(Listener(protocol, host, args.plain_port, None, args.proxy_protocol))
     server = Server(listeners, limits)
@@ -506,12 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("name a command: serve, drivers or conformance (see spcore --help)")
+            raise UsageError(
+                "name a command: serve, drivers, engines, ticket-key or conformance "
+                "(see spcore --help)"
+            )
         if extra and args.command != "conformance":
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         command: Callable[[argparse.Namespace, list[str]], int] = args.run
         return command(args, extra)
-    except UsageError as exc:
+    except (UsageError, TLSConfigError) as exc:
         message = " ".join(str(exc).split())
         print(f"spcore: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USAGE

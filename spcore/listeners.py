@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .server import Listener
 from .stream import StreamHandler, StreamProtocol
+from .tls.config import ServerTLS
+from .tls.engine import EngineFactory
 
 __all__ = ["http_listener", "stream_listener"]
 
@@ -18,8 +19,9 @@ def http_listener(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     proxy_protocol: bool = False,
+    tls_engine: str | EngineFactory = "openssl",
 ) -> Listener:
     """A listener serving ``app(request) -> Response | None`` over HTTP/1.1."""
     return Listener(
@@ -28,6 +30,7 @@ def http_listener(
         port=port,
         tls=tls,
         proxy_protocol=proxy_protocol,
+        tls_engine=tls_engine,
     )
 
 
@@ -36,8 +39,9 @@ def stream_listener(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     proxy_protocol: bool = False,
+    tls_engine: str | EngineFactory = "openssl",
 ) -> Listener:
     """A listener running a new ``handler()`` per connection over its framing."""
     return Listener(
@@ -46,4 +50,5 @@ def stream_listener(
         port=port,
         tls=tls,
         proxy_protocol=proxy_protocol,
+        tls_engine=tls_engine,
     )

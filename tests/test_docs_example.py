@@ -30,7 +30,7 @@ def test_the_documented_code_is_the_tested_code() -> None:
     assert len(source.splitlines()) <= 25
 
 
-def test_blocking_loop_serves_https(server_tls, client_tls) -> None:
+def test_blocking_loop_serves_https(server_tls, stdlib_client) -> None:
     def app(request: spcore.Request) -> spcore.Response:
         return spcore.Response(200, body=f"hello {request.path}\n")
 
@@ -44,7 +44,7 @@ def test_blocking_loop_serves_https(server_tls, client_tls) -> None:
         thread.start()
         with (
             socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-            client_tls.wrap_socket(raw, server_hostname="localhost") as tls,
+            stdlib_client.wrap_socket(raw, server_hostname="localhost") as tls,
         ):
             tls.sendall(b"GET /docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             response = b""

@@ -9,14 +9,15 @@ connection is closed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import h11
 import hypothesis
 import pytest
+from engines import ENGINE_NAMES, skip_unavailable
 from errorlog import no_error_logs
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from spcore.http.messages import Pipe, Request, Response, buffered
 from spcore.http.protocol import HTTPProtocol
 from spcore.preamble import plaintext_http_rejection
 from spcore.server import Server
-from spcore.tls import ApplicationData, OpenSSLEngine, TLSError, client_context
+from spcore.tls import ApplicationData, ClientContext, ClientTLS, ServerTLS, TLSError
 
 LIMITS: dict[str, Any] = {
     "max_header_size": 2048,
@@ -346,14 +347,17 @@ def test_the_seeds_themselves_are_served() -> None:
 # --- TLS --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=ENGINE_NAMES)
 def contexts(
-    pki: Any, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
-) -> dict[str, ssl.SSLContext]:
+    request: pytest.FixtureRequest, server_tls: ServerTLS, client_tls: ClientTLS
+) -> dict[str, Any]:
+    """The server's configuration and engine, and clients for both versions."""
+    engine = skip_unavailable(request.param)
     return {
+        "engine": engine,
         "server": server_tls,
-        "1.3": client_tls,
-        "1.2": client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2),
+        "1.3": ClientContext(client_tls),
+        "1.2": ClientContext(dataclasses.replace(client_tls, max_version="1.2")),
     }
 
 
@@ -367,7 +371,7 @@ def contexts(
     draw=st.data(),
 )
 def test_mutated_ciphertext(
-    contexts: dict[str, ssl.SSLContext],
+    contexts: dict[str, Any],
     request: bytes,
     version: str,
     target: int,
@@ -380,9 +384,9 @@ def test_mutated_ciphertext(
     The request inside may be mutated too, so the HTTP layer meets bad input behind TLS.
     """
     assume(b"HEAD" not in request)
-    server = http_server(router, tls=contexts["server"], **LIMITS)
+    server = http_server(router, tls=contexts["server"], tls_engine=contexts["engine"], **LIMITS)
     link = MemLink(server)  # no client engine in the link: the test plays the client
-    client = OpenSSLEngine(contexts[version], server_side=False, server_hostname="localhost")
+    client = contexts[version].new_engine("localhost")
     client.start()
     client.send(request)  # sent as soon as the handshake completes
     plaintext = bytearray()
@@ -426,9 +430,9 @@ def test_mutated_ciphertext(
     linger=st.booleans(),
 )
 def test_raw_bytes_on_a_tls_listener(
-    contexts: dict[str, ssl.SSLContext], data: bytes, sizes: list[int], linger: bool
+    contexts: dict[str, Any], data: bytes, sizes: list[int], linger: bool
 ) -> None:
-    server = http_server(router, tls=contexts["server"], **LIMITS)
+    server = http_server(router, tls=contexts["server"], tls_engine=contexts["engine"], **LIMITS)
     link = MemLink(server)
     with no_error_logs():
         feed(link, data, sizes)

@@ -12,7 +12,6 @@ import email.utils
 import itertools
 import logging
 import re
-import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from memlink import MemLink, http_server, read_response
 from spcore.config import KiB, MiB
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
+from spcore.tls import ClientTLS, ServerTLS
 
 # --- a parsing client ---------------------------------------------------------------------------
 
@@ -185,13 +185,11 @@ Connect = Callable[..., MemLink]
 
 
 @pytest.fixture(scope="module")
-def tls_contexts(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
-) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_contexts(server_tls: ServerTLS, client_tls: ClientTLS) -> tuple[ServerTLS, ClientTLS]:
     return server_tls, client_tls
 
 
-def _connector(transport: Transport, contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Connect:
+def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS]) -> Connect:
     def connect(
         app: Callable[[Request], Response | None],
         *,
@@ -202,7 +200,7 @@ def _connector(transport: Transport, contexts: tuple[ssl.SSLContext, ssl.SSLCont
         server = http_server(app, tls=contexts[0] if transport.tls else None, **limits)
         return MemLink(
             server,
-            client_context=contexts[1] if transport.tls else None,
+            client=contexts[1] if transport.tls else None,
             chunk=transport.chunk if chunk == "transport" else chunk,  # type: ignore[arg-type]
             run_jobs=run_jobs,
         )
@@ -542,10 +540,10 @@ class TestResponseBodies:
 
 
 def test_a_handshake_larger_than_the_high_water_mark_completes(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server = http_server(hello, tls=server_tls, write_high_water=100, write_low_water=0)
-    link = MemLink(server, client_context=client_tls)  # the certificate alone is over 100 bytes
+    link = MemLink(server, client=client_tls)  # the certificate alone is over 100 bytes
     link.send(request())
     assert parse_one(link.take()).body == b"GET /"
     assert not link.closed

@@ -10,25 +10,60 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 import selectors
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
+
+from spcore.tls.alerts import Alert
+from spcore.tls.openssl import alert_received_in
 
 __all__ = [
     "Client",
     "HTTPResponse",
     "LoadResult",
+    "StdlibContext",
     "TLSVersion",
     "http_request",
     "load",
     "pattern",
+    "received_alert",
+    "stdlib_client_context",
 ]
 
 TLSVersion = Literal["1.2", "1.3"]
+#: The clients' TLS contexts are the standard library's.
+StdlibContext = ssl.SSLContext
+
+
+def stdlib_client_context(
+    ca_file: str | os.PathLike[str],
+    version: TLSVersion | None = None,
+    *,
+    cert: Any = None,
+    alpn: Sequence[str] = ("http/1.1",),
+) -> ssl.SSLContext:
+    """A client context trusting ``ca_file``, pinned to ``version`` when given; ``cert`` is a
+    pair with ``certfile`` and ``keyfile`` to present."""
+    ctx = ssl.create_default_context(cafile=os.fspath(ca_file))
+    if version is not None:
+        pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ctx.maximum_version = pinned
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def received_alert(error: BaseException) -> Alert | None:
+    """The alert a stdlib TLS client received, by its RFC name (None: no alert came)."""
+    return alert_received_in(getattr(error, "reason", None) or "")
+
 
 _PERIOD = 251
 _BLOCK = bytes(range(_PERIOD)) * (65536 // _PERIOD + 2)

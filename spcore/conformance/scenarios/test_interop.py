@@ -17,9 +17,9 @@ import pytest
 
 from spcore.conformance.apps import still_serving, suite_app
 from spcore.conformance.clients import pattern
-from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version
+from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version, transports
 
-TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
+TLS_VERSIONS = transports("tls1.2", "tls1.3")
 GET_AND_CLOSE = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 TIMEOUT = 20.0
 
@@ -75,7 +75,7 @@ def _curl(served: Served, pki: PKI, *args: str) -> subprocess.CompletedProcess[b
     return _run(command)
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+@transports("plain", "tls1.2", "tls1.3")
 def test_curl_get(serve: Serve, pki: PKI, transport: Transport) -> None:
     with serve(suite_app, transport=transport) as served:
         result = _curl(served, pki, "-w", r"\n%{http_version} %{ssl_verify_result}", "URL/hello")
@@ -83,7 +83,7 @@ def test_curl_get(serve: Serve, pki: PKI, transport: Transport) -> None:
         assert result.stdout == b"Hello, world!\n1.1 0"
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+@transports("plain", "tls1.3")
 def test_curl_upload_and_download(
     serve: Serve, pki: PKI, transport: Transport, tmp_path: pathlib.Path
 ) -> None:
@@ -130,9 +130,12 @@ def test_openssl_s_client_get(serve: Serve, pki: PKI, transport: Transport) -> N
         still_serving(served)
 
 
-def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
+@transports("tls1.2")
+def test_openssl_s_client_renegotiation_refused(
+    serve: Serve, pki: PKI, transport: Transport
+) -> None:
     """A TLS 1.2 client asking to renegotiate is refused; nobody hangs, the server goes on."""
-    with serve(suite_app, transport="tls1.2") as served:
+    with serve(suite_app, transport=transport) as served:
         # s_client's "R" command renegotiates; a later request may or may not get through.
         steps = [(0.5, b"R\n"), (0.5, GET_AND_CLOSE)]
         output = _interact(_s_client(served, pki), steps)
@@ -141,9 +144,10 @@ def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
         still_serving(served)
 
 
-def test_openssl_s_client_key_update(serve: Serve, pki: PKI) -> None:
+@transports("tls1.3")
+def test_openssl_s_client_key_update(serve: Serve, pki: PKI, transport: Transport) -> None:
     """TLS 1.3 KeyUpdate (asking the server to update too), then a request on the new keys."""
-    with serve(suite_app, transport="tls1.3") as served:
+    with serve(suite_app, transport=transport) as served:
         # s_client's "K" command sends a KeyUpdate asking the server to update its keys too.
         output = _interact(_s_client(served, pki), [(0.5, b"K\n"), (0.3, GET_AND_CLOSE)])
         assert b"KEYUPDATE" in output, output
@@ -186,7 +190,7 @@ def test_gnutls_cli_get(serve: Serve, pki: PKI, transport: Transport) -> None:
 # --- Python's http.client ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+@transports("plain", "tls1.2", "tls1.3")
 def test_python_http_client(serve: Serve, pki: PKI, transport: Transport) -> None:
     with serve(suite_app, transport=transport) as served:
         connection: http.client.HTTPConnection

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from spcore.conformance.clients import Client
-from spcore.conformance.harness import Serve, Served, Transport, wait_until
+from spcore.conformance.harness import Serve, Served, Transport, transports, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+TRANSPORTS = transports("plain", "tls1.3")
 AnySession = Session | DeferredSession
 
 

@@ -1,0 +1,84 @@
+"""The engine certification kit, once per registered engine, and run against a third party's
+engine factory the way its authors would.
+
+As for the driver suite (tests/test_conformance.py), each run goes through
+``spcore.conformance.run_engine_kit()`` -- ``pytest --pyargs spcore.conformance.engine_scenarios``
+-- in a subprocess, against the package as installed. An engine that cannot run here is
+skipped with its probe's reason.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import pytest
+from suiterun import run_python, table_row, tail
+
+from spcore.tls.engines import ENGINES
+
+
+def _run_kit(
+    engines: list[str], pytest_args: list[str], cwd: pathlib.Path, timeout: float = 240.0
+) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys, spcore.conformance as suite; "
+        f"sys.exit(suite.run_engine_kit({engines!r}, {['-p', 'no:cacheprovider', *pytest_args]!r}))"
+    )
+    return run_python(code, cwd, timeout)
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_engine_is_certified(name: str, tmp_path: pathlib.Path) -> None:
+    available, reason = ENGINES[name].probe()
+    if not available:
+        pytest.skip(f"{name}: {reason}")
+    result = _run_kit([name], ["-q"], tmp_path)
+    assert result.returncode == 0, tail(result, 400)
+    passed, failed, skipped = (int(n) for n in table_row(result.stdout, name)[:3])
+    assert (failed, skipped) == (0, 0) and passed > 150, tail(result)
+
+
+THIRD_PARTY = '''
+"""A third party's engine: OpenSSL under another name, with a factory of its own."""
+from spcore.tls.openssl_context import OpenSSLClientState, OpenSSLServerState
+
+class TheirEngine:
+    name = "theirs"
+    features = frozenset()
+
+    def library_version(self):
+        return "theirs 1.0"
+
+    def server(self, config):
+        return OpenSSLServerState(config)
+
+    def client(self, config):
+        return OpenSSLClientState(config)
+
+ENGINE = TheirEngine()
+'''
+
+
+def test_a_third_party_engine_factory_is_certified(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "their_tls.py").write_text(THIRD_PARTY)
+    result = _run_kit(["their_tls:ENGINE"], ["-q", "-k", "handshake or closing"], tmp_path)
+    assert result.returncode == 0, tail(result)
+    passed, failed, _ = (int(n) for n in table_row(result.stdout, "theirs")[:3])
+    assert failed == 0 and passed > 30, tail(result)
+
+
+@pytest.mark.parametrize(
+    ("engines", "message"),
+    [
+        (["nope"], "--spcore-engine: unknown engine 'nope'"),
+        (["no_such_module:ENGINE"], "--spcore-engine-factory 'no_such_module:ENGINE'"),
+        (["json:dumps"], "is not an engine factory"),
+    ],
+)
+def test_a_bad_engine_choice_is_a_usage_error(
+    tmp_path: pathlib.Path, engines: list[str], message: str
+) -> None:
+    result = _run_kit(engines, ["-q"], tmp_path, timeout=60)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, tail(result)
+    assert message in result.stderr

@@ -77,6 +77,7 @@ CERT_EXPIRED = 1 << 10
 CERT_UNEXPECTED_OWNER = 1 << 14
 # Error codes (gnutls.h)
 E_SUCCESS = 0
+E_INTERNAL = -59  # GNUTLS_E_INTERNAL_ERROR
 E_UNEXPECTED_PACKET_LENGTH = -9
 E_FATAL_ALERT_RECEIVED = -12
 E_WARNING_ALERT_RECEIVED = -16
@@ -141,7 +142,6 @@ _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "gnutls_handshake": (c_int, (_session,)),
     "gnutls_record_send": (c_ssize_t, (_session, c_void_p, c_size_t)),
     "gnutls_record_recv": (c_ssize_t, (_session, c_void_p, c_size_t)),
-    "gnutls_record_check_pending": (c_size_t, (_session,)),
     "gnutls_record_cork": (None, (_session,)),
     "gnutls_record_uncork": (c_int, (_session, c_uint)),
     "gnutls_bye": (c_int, (_session, c_int)),

@@ -52,7 +52,7 @@ __all__ = ["GnuTLSEngine"]
 
 log = logging.getLogger("spcore.tls")
 
-#: Plaintext of one record at most (RFC 8446 5.1).
+#: Plaintext of one record at most (RFC 8446 5.1): GnuTLS never has more to give at once.
 _RECORD = 16384
 _FATAL_AGAIN = (_lib.E_AGAIN, _lib.E_INTERRUPTED)
 _VERIFY_BITS = (
@@ -68,12 +68,11 @@ _VERIFY_BITS = (
 class _Transport:
     """The buffers of one session, reached from the callbacks by its key."""
 
-    __slots__ = ("addr", "data", "eof", "error", "out", "out_size", "pos", "session", "verified")
+    __slots__ = ("data", "eof", "error", "out", "out_size", "pos", "session", "verified")
 
     def __init__(self) -> None:
         self.session: int | None = None
         self.data = b""  # ciphertext fed and not yet pulled, from ``pos``
-        self.addr = 0  # address of data's bytes
         self.pos = 0
         self.eof = False
         self.out: list[bytes] = []
@@ -86,7 +85,6 @@ class _Transport:
         if self.pos < len(self.data):
             data = self.data[self.pos :] + data
         self.data, self.pos = data, 0
-        self.addr = ctypes.cast(ctypes.c_char_p(data), c_void_p).value or 0
 
 
 _TRANSPORTS: dict[int, _Transport] = {}
@@ -119,8 +117,12 @@ def _pull(key: int | None, buffer: int | None, size: int) -> int:
             _LIB.gnutls_transport_set_errno(transport.session, _lib.EAGAIN)
             return -1
         count = min(size, available)
-        ctypes.memmove(buffer or 0, transport.addr + transport.pos, count)
-        transport.pos += count
+        start = transport.pos
+        data = transport.data
+        # GnuTLS asks for a record header, then its body: small slices, or the whole.
+        piece = data if start == 0 and count == len(data) else data[start : start + count]
+        ctypes.memmove(buffer or 0, piece, count)
+        transport.pos = start + count
         return count
     except BaseException as exc:  # nothing may cross into C
         return _failed_in_callback(key, exc)
@@ -469,12 +471,10 @@ class GnuTLSEngine(MemoryEngine):
         buffer = _read_buffer()
         chunks: list[bytes] = []
         while True:
-            if (
-                transport.pos >= len(transport.data)
-                and not transport.eof
-                and not lib.gnutls_record_check_pending(session)
-            ):
-                break  # nothing left that could complete a record: skip the EAGAIN round trip
+            if transport.pos >= len(transport.data) and not transport.eof:
+                # Nothing left that could complete a record (and no plaintext held back: the
+                # buffer takes a whole record): skip the call that would only say EAGAIN.
+                break
             before = transport.pos
             count = self._call(recv(session, buffer, _RECORD))
             if count > 0:
@@ -517,18 +517,21 @@ class GnuTLSEngine(MemoryEngine):
         assert session is not None
         lib = self._lib
         data = bytes(data)  # no copy for bytes; a bytearray or memoryview is copied once
+        size = len(data)
+        if size <= _RECORD:  # one record: the bytes object is the pointer
+            count = self._call(lib.gnutls_record_send(session, data, size))
+            if count != size:
+                raise self._error(count if count < 0 else _lib.E_INTERNAL, during_handshake=False)
+            return
         address = ctypes.cast(ctypes.c_char_p(data), c_void_p).value or 0
-        size, sent = len(data), 0
-        corked = size > _RECORD
-        if corked:
-            lib.gnutls_record_cork(session)  # many records, one push
+        lib.gnutls_record_cork(session)  # many records, one push
+        sent = 0
         while sent < size:
             count = self._call(lib.gnutls_record_send(session, address + sent, size - sent))
             if count <= 0:
                 raise self._error(count, during_handshake=False)
             sent += count
-        if corked:
-            self._call(lib.gnutls_record_uncork(session, 0))
+        self._call(lib.gnutls_record_uncork(session, 0))
 
     def _shutdown(self) -> None:
         session = self._session

@@ -28,6 +28,7 @@ from spcore.tls import (
     HandshakeComplete,
     ServerContext,
 )
+from spcore.tls.config import TLSVersion
 
 VERSIONS = pytest.mark.parametrize(
     ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
@@ -82,6 +83,28 @@ def test_handshake_info_in_neutral_names(
     assert info_c.peer_certificate == der(pki.server)
     assert info_s.peer_certificate is None  # no client certificate asked for
     assert not info_s.resumed and not info_c.resumed
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_client_hello_over_several_records_is_answered_at_once(
+    engine: EngineFactory, pki: PKI, version: TLSVersion
+) -> None:
+    """A ClientHello larger than a record (here by its ALPN list) comes in two records, both
+    in one delivery: the server answers without waiting for more."""
+    protocols = [f"{i:03d}" + "p" * 196 for i in range(90)]
+    context = pki.client_context(version, alpn=[*protocols, "http/1.1"])
+    server = ServerContext(pki.server_tls(), engine).new_engine()
+    client, incoming, outgoing = _stdlib_handshake(context, server)
+    hello = outgoing.read()
+    assert hello[3:5] == b"\x40\x00" and len(hello) > 16384 + 5  # a full first record
+    server.receive_data(hello)
+    flight = server.data_to_send()
+    assert flight[:1] == b"\x16" and flight[5:6] == b"\x02"  # the ServerHello
+    incoming.write(flight)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    assert server.receive_data(outgoing.read())
+    assert server.info is not None and server.info.alpn_protocol == "http/1.1"
 
 
 def test_no_server_name_when_the_client_sends_no_sni(ends: Endpoints) -> None:

@@ -409,16 +409,24 @@ class GnuTLSEngine(MemoryEngine):
         session = self._session
         if session is None:
             return False  # the server waits for the whole ClientHello
-        lib = self._lib
-        for _ in range(8):  # warning alerts do not end a handshake (RFC 8446 6)
+        lib, transport = self._lib, self._transport
+        warnings = 0
+        while True:
+            before = transport.pos
             code = self._call(lib.gnutls_handshake(session))
             if code == 0:
                 return True
             if code in _FATAL_AGAIN:
+                # GnuTLS stops after each record of a message split over several: go on
+                # while it consumes what is there.
+                if before < transport.pos < len(transport.data):
+                    continue
                 return False
             if lib.gnutls_error_is_fatal(code):
                 raise self._error(code, during_handshake=True)
-        return False
+            warnings += 1  # a warning alert does not end a handshake (RFC 8446 6)...
+            if warnings > 8:  # ...unless the peer sends nothing else
+                raise self._error(_lib.E_UNEXPECTED_PACKET, during_handshake=True)
 
     def _make_info(self) -> TLSInfo:
         lib, session = self._lib, self._session

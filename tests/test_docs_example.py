@@ -1,4 +1,5 @@
-"""The blocking-loop example in docs/architecture.md is real code that serves HTTPS."""
+"""The examples in docs/ are real code: the blocking loop of docs/architecture.md serves HTTPS,
+the TLS client of docs/tls-engine.md fetches a page with each engine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import socket
 import threading
 import time
 
+import pytest
+from engines import ENGINE_NAMES, skip_unavailable
+
 import spcore
+from spcore.conformance.apps import suite_app
+from spcore.conformance.harness import Serve
+from spcore.drivers import DRIVERS
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
@@ -56,3 +63,23 @@ def test_blocking_loop_serves_https(server_tls, stdlib_client) -> None:
     assert response.endswith(b"\r\n\r\nhello /docs\n")
     assert server.connections == {}
     assert server.stats.handshakes == 1
+
+
+def _tls_client():
+    spec = importlib.util.spec_from_file_location("tls_client", DOCS / "examples" / "tls_client.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_the_tls_engine_example_fetches_a_page(pki, engine: str) -> None:
+    """docs/examples/tls_client.py, shown in docs/tls-engine.md, against a running server."""
+    skip_unavailable(engine)
+    source = inspect.getsource(_tls_client().fetch)
+    assert source in (DOCS / "tls-engine.md").read_text()
+    serve = Serve(DRIVERS["selectors"].load(), pki)
+    with serve(suite_app, transport="tls1.3") as served:
+        page = _tls_client().fetch("127.0.0.1", served.port, str(pki.ca_file), engine)
+    assert page.startswith(b"HTTP/1.1 200 ") and b"/" in page

@@ -39,33 +39,21 @@ def test_engine_is_certified(name: str, tmp_path: pathlib.Path) -> None:
     assert (failed, skipped) == (0, 0) and passed > 150, tail(result)
 
 
-THIRD_PARTY = '''
-"""A third party's engine: OpenSSL under another name, with a factory of its own."""
-from spcore.tls.openssl_context import OpenSSLClientState, OpenSSLServerState
-
-class TheirEngine:
-    name = "theirs"
-    features = frozenset()
-
-    def library_version(self):
-        return "theirs 1.0"
-
-    def server(self, config):
-        return OpenSSLServerState(config)
-
-    def client(self, config):
-        return OpenSSLClientState(config)
-
-ENGINE = TheirEngine()
-'''
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 
-def test_a_third_party_engine_factory_is_certified(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "their_tls.py").write_text(THIRD_PARTY)
-    result = _run_kit(["their_tls:ENGINE"], ["-q", "-k", "handshake or closing"], tmp_path)
-    assert result.returncode == 0, tail(result)
-    passed, failed, _ = (int(n) for n in table_row(result.stdout, "theirs")[:3])
-    assert failed == 0 and passed > 30, tail(result)
+def test_the_documented_third_party_engine_is_certified(tmp_path: pathlib.Path) -> None:
+    """docs/examples/logging_engine.py, named the way its authors would, passes the whole kit
+    (paired with itself and every registered engine)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); "
+        "import spcore.conformance as suite; "
+        "sys.exit(suite.run_engine_kit(['logging_engine:ENGINE'], ['-p', 'no:cacheprovider', '-q']))"
+    )
+    result = run_python(code, tmp_path, 240.0)
+    assert result.returncode == 0, tail(result, 200)
+    passed, failed, skipped = (int(n) for n in table_row(result.stdout, "logging")[:3])
+    assert (failed, skipped) == (0, 0) and passed > 150, tail(result)
 
 
 @pytest.mark.parametrize(

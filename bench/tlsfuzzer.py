@@ -41,13 +41,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from spcore.certs import CertificateAuthority
 from spcore.tls.config import PROFILES
 from spcore.tls.gnutls.state import priority_string
 from spcore.tls.openssl import IANA_TO_OPENSSL
@@ -71,30 +67,11 @@ class Outcome:
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .sign(key, hashes.SHA256())
+    pair = CertificateAuthority.create(now).issue(
+        directory, "server", ["localhost"], now, rsa_bits=2048
     )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    return pair.certfile, pair.keyfile
 
 
 def server_command(target: str, port: int, cert: Path, key: Path, driver: str) -> list[str]:

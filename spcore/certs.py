@@ -26,7 +26,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -53,6 +53,7 @@ _RENEW_BEFORE = datetime.timedelta(days=30)
 
 _Role = Literal["ca", "server", "client"]
 _Key = ec.EllipticCurvePrivateKey
+_LeafKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -174,20 +175,23 @@ class CertificateAuthority:
         client: bool = False,
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
+        rsa_bits: int | None = None,
     ) -> CertPair:
         """Issue a leaf certificate as ``directory/{stem}-cert.pem`` and ``{stem}-key.pem``.
 
         ``names`` are DNS names or IP literals (the first is also the common name). A server
         certificate is valid for serverAuth, a ``client=True`` one for clientAuth. The default
         validity runs from a day before ``now`` for a year; pass ``not_after`` in the past to
-        get an expired certificate.
+        get an expired certificate. The key is ECDSA P-256, or RSA of ``rsa_bits``.
         """
         if not names:
             raise ValueError("a certificate needs at least one name")
         now = _utc(now)
         start = _utc(not_before) if not_before is not None else now - _ONE_DAY
         end = _utc(not_after) if not_after is not None else start + _LEAF_LIFETIME
-        key = _new_key()
+        key: _LeafKey = (
+            _new_key() if rsa_bits is None else rsa.generate_private_key(65537, rsa_bits)
+        )
         cert = _build_certificate(
             key,
             names[0],
@@ -239,7 +243,7 @@ def _new_key() -> _Key:
 
 
 def _build_certificate(
-    key: _Key,
+    key: _LeafKey,
     common_name: str,
     *,
     role: _Role,
@@ -315,7 +319,7 @@ def _utc(moment: datetime.datetime) -> datetime.datetime:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _write_pair(pair: CertPair, cert: x509.Certificate, key: _Key) -> None:
+def _write_pair(pair: CertPair, cert: x509.Certificate, key: _LeafKey) -> None:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

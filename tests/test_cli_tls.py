@@ -11,34 +11,22 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Sequence
 
 import pytest
 from conftest import PKI
 from test_cli import cache_dir, driver, env, needs_signals, served, spcore  # noqa: F401
 
 from spcore import cli
+from spcore.conformance.clients import program, run_program
 from spcore.conformance.harness import wait_until
 from spcore.tls.tickets import parse_ticket_key
 
 TIMEOUT = 20.0
 VERSIONS = ["1.2", "1.3"]
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def _run(command: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def _gnutls_serve(pki: PKI, ocsp: pathlib.Path, keys: pathlib.Path, *more: str) 
 
 
 def _s_client(port: int, pki: PKI, version: str, *args: str) -> list[str]:
-    command = [_program("openssl"), "s_client", "-connect", f"127.0.0.1:{port}"]
+    command = [program("openssl"), "s_client", "-connect", f"127.0.0.1:{port}"]
     command += ["-servername", "localhost", "-CAfile", str(pki.ca_file), "-verify_return_error"]
     return [*command, "-tls1_2" if version == "1.2" else "-tls1_3", *args]
 
@@ -94,14 +82,14 @@ def test_gnutls_engine_serves_real_clients_on_each_driver(
     key_file: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
-    curl, gnutls_cli = _program("curl"), _program("gnutls-cli")
+    curl, gnutls_cli = program("curl"), program("gnutls-cli")
     args = _gnutls_serve(pki, ocsp_file, key_file, "--driver", driver)
     with served(args, env) as server:
         port = server.endpoints[0].port
         for version in VERSIONS:
             expected = f"TLSv{version}"
             limits = ["--tlsv1.2", "--tls-max", "1.2"] if version == "1.2" else ["--tlsv1.3"]
-            page = _run([
+            page = run_program([
                 curl, "-sS", "--cacert", str(pki.ca_file), *limits,
                 "--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/?format=json",
             ])  # fmt: skip
@@ -110,16 +98,18 @@ def test_gnutls_engine_serves_real_clients_on_each_driver(
             assert tls["version"] == expected and tls["cipher"].startswith("TLS_"), tls
             assert tls["server_name"] == "localhost"
 
-            s_client = _run(_s_client(port, pki, version, "-status", "-quiet", "-ign_eof"), REQUEST)
+            s_client = run_program(
+                _s_client(port, pki, version, "-status", "-quiet", "-ign_eof"), REQUEST
+            )
             # -quiet drops the handshake report: run again for the status, on the same server.
-            status = _run(_s_client(port, pki, version, "-status"), b"Q\n")
+            status = run_program(_s_client(port, pki, version, "-status"), b"Q\n")
             assert b"OCSP Response Status: successful" in status.stdout, status.stdout
             assert b"Cert Status: good" in status.stdout
             assert _tls_of(s_client.stdout)["version"] == expected
 
             saved = tmp_path / f"ocsp-{version}.der"
             priority = f"NORMAL:-VERS-ALL:+VERS-TLS{version}"
-            cli_run = _run([
+            cli_run = run_program([
                 gnutls_cli, "--x509cafile", str(pki.ca_file), "--port", str(port),
                 "--sni-hostname", "localhost", "--verify-hostname", "localhost",
                 "--priority", priority, "--ocsp", f"--save-ocsp={saved}", "127.0.0.1",
@@ -154,9 +144,11 @@ def test_a_second_process_sharing_the_ticket_key_resumes_the_session(
     session = tmp_path / "session.pem"
     with served(args, env) as first, served(args, env) as second:
         port_a, port_b = first.endpoints[0].port, second.endpoints[0].port
-        made = _run(_s_client(port_a, pki, version, "-sess_out", str(session), "-ign_eof"), REQUEST)
+        made = run_program(
+            _s_client(port_a, pki, version, "-sess_out", str(session), "-ign_eof"), REQUEST
+        )
         assert b"New, TLSv" in made.stdout and session.stat().st_size > 0, made.stdout
-        resumed = _run(
+        resumed = run_program(
             _s_client(port_b, pki, version, "-sess_in", str(session), "-ign_eof"), REQUEST
         )
         assert f"Reused, TLSv{version}".encode() in resumed.stdout, resumed.stdout
@@ -166,9 +158,9 @@ def test_a_second_process_sharing_the_ticket_key_resumes_the_session(
         python_session = _python_session(port_a, context, None)[0]
         assert _python_session(port_b, context, python_session)[1]
 
-        gnutls_cli = _program("gnutls-cli")
+        gnutls_cli = program("gnutls-cli")
         priority = f"NORMAL:-VERS-ALL:+VERS-TLS{version}"
-        again = _run([
+        again = run_program([
             gnutls_cli, "--x509cafile", str(pki.ca_file), "--port", str(port_b),
             "--sni-hostname", "localhost", "--verify-hostname", "localhost",
             "--priority", priority, "--resume", "--waitresumption", "127.0.0.1",
@@ -214,7 +206,7 @@ def test_rotated_ocsp_and_ticket_key_files_are_picked_up_while_serving(
         port = server.endpoints[0].port
 
         def status() -> bytes:
-            return _run(_s_client(port, pki, "1.3", "-status"), b"Q\n").stdout
+            return run_program(_s_client(port, pki, "1.3", "-status"), b"Q\n").stdout
 
         before = _this_update(status())
         renewed = tmp_path / "renewed.ocsp"

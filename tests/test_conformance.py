@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from suiterun import run_python, table_row, tail
+from suiterun import run_suite, table_row, tail
 
 from spcore.drivers import DRIVERS
 from spcore.tls.engines import ENGINES
@@ -26,11 +26,7 @@ from spcore.tls.engines import ENGINES
 def _run_suite(
     drivers: list[str], pytest_args: list[str], cwd: pathlib.Path, timeout: float = 240.0
 ) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import sys, spcore.conformance as suite; "
-        f"sys.exit(suite.run({drivers!r}, {['-p', 'no:cacheprovider', *pytest_args]!r}))"
-    )
-    return run_python(code, cwd, timeout)
+    return run_suite("run", drivers, pytest_args, cwd, timeout)
 
 
 @pytest.mark.parametrize("name", list(DRIVERS))

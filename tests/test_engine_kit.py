@@ -10,22 +10,11 @@ skipped with its probe's reason.
 from __future__ import annotations
 
 import pathlib
-import subprocess
 
 import pytest
-from suiterun import run_python, table_row, tail
+from suiterun import run_suite, table_row, tail
 
 from spcore.tls.engines import ENGINES
-
-
-def _run_kit(
-    engines: list[str], pytest_args: list[str], cwd: pathlib.Path, timeout: float = 240.0
-) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import sys, spcore.conformance as suite; "
-        f"sys.exit(suite.run_engine_kit({engines!r}, {['-p', 'no:cacheprovider', *pytest_args]!r}))"
-    )
-    return run_python(code, cwd, timeout)
 
 
 @pytest.mark.parametrize("name", list(ENGINES))
@@ -33,7 +22,7 @@ def test_engine_is_certified(name: str, tmp_path: pathlib.Path) -> None:
     available, reason = ENGINES[name].probe()
     if not available:
         pytest.skip(f"{name}: {reason}")
-    result = _run_kit([name], ["-q"], tmp_path)
+    result = run_suite("run_engine_kit", [name], ["-q"], tmp_path)
     assert result.returncode == 0, tail(result, 400)
     passed, failed, skipped = (int(n) for n in table_row(result.stdout, name)[:3])
     assert (failed, skipped) == (0, 0) and passed > 150, tail(result)
@@ -45,12 +34,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
 def test_the_documented_third_party_engine_is_certified(tmp_path: pathlib.Path) -> None:
     """docs/examples/logging_engine.py, named the way its authors would, passes the whole kit
     (paired with itself and every registered engine)."""
-    code = (
-        f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); "
-        "import spcore.conformance as suite; "
-        "sys.exit(suite.run_engine_kit(['logging_engine:ENGINE'], ['-p', 'no:cacheprovider', '-q']))"
-    )
-    result = run_python(code, tmp_path, 240.0)
+    result = run_suite("run_engine_kit", ["logging_engine:ENGINE"], ["-q"], tmp_path, path=EXAMPLES)
     assert result.returncode == 0, tail(result, 200)
     passed, failed, skipped = (int(n) for n in table_row(result.stdout, "logging")[:3])
     assert (failed, skipped) == (0, 0) and passed > 150, tail(result)
@@ -67,6 +51,6 @@ def test_the_documented_third_party_engine_is_certified(tmp_path: pathlib.Path) 
 def test_a_bad_engine_choice_is_a_usage_error(
     tmp_path: pathlib.Path, engines: list[str], message: str
 ) -> None:
-    result = _run_kit(engines, ["-q"], tmp_path, timeout=60)
+    result = run_suite("run_engine_kit", engines, ["-q"], tmp_path, timeout=60)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, tail(result)
     assert message in result.stderr

@@ -12,12 +12,16 @@ import dataclasses
 import errno
 import os
 import selectors
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
+
+import pytest
 
 from spcore.tls.alerts import Alert
 from spcore.tls.openssl import alert_received_in
@@ -31,7 +35,9 @@ __all__ = [
     "http_request",
     "load",
     "pattern",
+    "program",
     "received_alert",
+    "run_program",
     "stdlib_client_context",
 ]
 
@@ -58,6 +64,23 @@ def stdlib_client_context(
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+#: How long a command-line client may take.
+PROGRAM_TIMEOUT = 20.0
+
+
+def program(name: str) -> str:
+    """The path of a command-line client; the scenario is skipped, naming it, if missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def run_program(command: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run a client to its end with ``stdin``; its output captured."""
+    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=PROGRAM_TIMEOUT)
 
 
 def received_alert(error: BaseException) -> Alert | None:

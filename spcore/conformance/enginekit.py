@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pathlib
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -41,8 +44,10 @@ from spcore.tls.config import Certificate
 from .harness import PKI
 
 __all__ = [
+    "VERSIONS",
     "Endpoints",
     "EngineOverSocket",
+    "SClient",
     "connect",
     "data_of",
     "der",
@@ -52,9 +57,16 @@ __all__ = [
     "names",
     "pump",
     "records",
+    "s_client",
 ]
 
 TIMEOUT = 10.0
+
+#: A scenario run over TLS 1.2 and TLS 1.3: it takes ``maximum`` (for ``max_version``) and
+#: ``version`` (what ``TLSInfo.version`` then says).
+VERSIONS = pytest.mark.parametrize(
+    ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
+)
 
 
 class Endpoints:
@@ -235,6 +247,50 @@ class EngineOverSocket:
         while self.end is None:
             self.step()
         return self.end
+
+
+class SClient:
+    """``openssl s_client`` connected to us: ``sock`` is our end, ``write`` types into it;
+    its ``stdout`` and ``stderr`` are there once the ``with`` block has ended."""
+
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.process = process
+        self.sock = sock
+        self.stdout = b""
+        self.stderr = b""
+
+    def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+
+@contextlib.contextmanager
+def s_client(ca_file: pathlib.Path, *options: str) -> Iterator[SClient]:
+    """An ``openssl s_client`` (the scenario is skipped without one) connecting to a loopback
+    listener of ours, accepted; killed at the end if it is still there."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command-line tool is not installed")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        command = [openssl, "s_client", "-connect", f"127.0.0.1:{listener.getsockname()[1]}"]
+        command += ["-servername", "localhost", "-CAfile", str(ca_file), *options]
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        accepted: socket.socket | None = None
+        try:
+            accepted, _ = listener.accept()
+            client = SClient(process, accepted)
+            with accepted:
+                yield client
+        finally:
+            if process.poll() is None:
+                process.kill()  # it waits for more input once the server has closed
+            out, err = process.communicate(timeout=TIMEOUT)
+            if accepted is not None:
+                client.stdout, client.stderr = out, err
 
 
 # --- a server process ----------------------------------------------------------------------------

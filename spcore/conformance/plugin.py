@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pkgutil
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -129,26 +130,34 @@ def _choose(names: list[str], factories: list[str]) -> list[DriverChoice]:
     # the source tree.
     from spcore.drivers import DRIVERS  # type: ignore[import-not-found, unused-ignore]
 
-    if not names and not factories:
-        names = ["all"]
-    wanted: list[str] = []
-    for name in names:
-        for part in name.split(","):
-            if part == "all":
-                wanted.extend(DRIVERS)
-            elif part in DRIVERS:
-                wanted.append(part)
-            else:
-                known = ", ".join([*DRIVERS, "all"])
-                raise pytest.UsageError(f"--spcore-driver: unknown driver {part!r} ({known})")
     choices = []
-    for name in dict.fromkeys(wanted):
+    for name in _registered(names, factories, DRIVERS, "driver"):
         spec = DRIVERS[name]
         ok, reason = spec.probe()
         choices.append(DriverChoice(name, spec.load() if ok else None, reason))
     for spec_text in dict.fromkeys(factories):
         choices.append(DriverChoice(spec_text, _load_factory(spec_text), "third-party driver"))
     return choices
+
+
+def _registered(
+    names: list[str], factories: list[str], registry: Mapping[str, Any], kind: str
+) -> list[str]:
+    """The registered names asked for, in order (``all``: every one; by default all, unless
+    only factories were given)."""
+    if not names and not factories:
+        names = ["all"]
+    wanted: list[str] = []
+    for name in names:
+        for part in name.split(","):
+            if part == "all":
+                wanted.extend(registry)
+            elif part in registry:
+                wanted.append(part)
+            else:
+                known = ", ".join([*registry, "all"])
+                raise pytest.UsageError(f"--spcore-{kind}: unknown {kind} {part!r} ({known})")
+    return list(dict.fromkeys(wanted))
 
 
 def chosen_engines(config: pytest.Config) -> list[EngineChoice]:
@@ -161,20 +170,8 @@ def chosen_engines(config: pytest.Config) -> list[EngineChoice]:
 def _choose_engines(names: list[str], factories: list[str]) -> list[EngineChoice]:
     from spcore.tls.engines import ENGINES, UnknownEngine, resolve
 
-    if not names and not factories:
-        names = ["all"]
-    wanted: list[str] = []
-    for name in names:
-        for part in name.split(","):
-            if part == "all":
-                wanted.extend(ENGINES)
-            elif part in ENGINES:
-                wanted.append(part)
-            else:
-                known = ", ".join([*ENGINES, "all"])
-                raise pytest.UsageError(f"--spcore-engine: unknown engine {part!r} ({known})")
     choices = []
-    for name in dict.fromkeys(wanted):
+    for name in _registered(names, factories, ENGINES, "engine"):
         spec = ENGINES[name]
         ok, reason = spec.probe()
         choices.append(EngineChoice(name, spec.load() if ok else None, reason, name))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from spcore.conformance.enginekit import (
+    VERSIONS,
     Endpoints,
     connect,
     der,
@@ -31,10 +32,6 @@ from spcore.tls import (
     VerifyFailure,
 )
 from spcore.tls.engine import verify_alert
-
-VERSIONS = pytest.mark.parametrize(
-    ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
-)
 
 
 def _received_by_the_server(error: TLSError, sent: Alert, wire: bytes, version: str) -> bool:

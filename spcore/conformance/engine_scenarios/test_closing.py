@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from spcore.conformance.enginekit import Endpoints, connect, expect_error, feed, move
+from spcore.conformance.enginekit import VERSIONS, Endpoints, connect, expect_error, feed, move
 from spcore.errors import LocalProtocolError
 from spcore.tls import ApplicationData, CloseNotify, RaggedEOF, TLSClosedError
-
-VERSIONS = pytest.mark.parametrize(
-    ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
-)
 
 
 @VERSIONS

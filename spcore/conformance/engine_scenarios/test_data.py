@@ -7,14 +7,20 @@ import random
 
 import pytest
 
-from spcore.conformance.enginekit import Endpoints, connect, data_of, der, feed, move, records
+from spcore.conformance.enginekit import (
+    VERSIONS,
+    Endpoints,
+    connect,
+    data_of,
+    der,
+    feed,
+    move,
+    records,
+)
 from spcore.conformance.harness import PKI
 from spcore.tls import ApplicationData, HandshakeComplete, TLSEngine, TLSEvent
 
 MiB = 1024 * 1024
-VERSIONS = pytest.mark.parametrize(
-    ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
-)
 
 
 def test_zero_length_send_is_a_no_op(ends: Endpoints) -> None:

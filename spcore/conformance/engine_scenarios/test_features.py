@@ -11,7 +11,6 @@ import contextlib
 import datetime
 import os
 import pathlib
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,6 +28,7 @@ from spcore.conformance.enginekit import (
     move,
     names,
     records,
+    s_client,
 )
 from spcore.conformance.harness import PKI, wait_until
 from spcore.tls import (
@@ -49,7 +49,6 @@ from spcore.tls.engines import ENGINES
 from spcore.tls.tickets import new_ticket_key_file
 
 TIMEOUT = 10.0
-OPENSSL = shutil.which("openssl")
 
 
 # --- KeyUpdate ----------------------------------------------------------------------------------
@@ -131,7 +130,6 @@ def test_an_ocsp_response_for_another_certificate_is_refused(
         ServerContext(config, engine)
 
 
-@pytest.mark.skipif(OPENSSL is None, reason="the openssl command-line tool is not installed")
 def test_openssl_s_client_status_sees_the_stapled_response(engine: EngineFactory, pki: PKI) -> None:
     response = pki.ca.ocsp_response(pki.server.certfile, pki.now)
     config = ServerTLS(PKI.certificate(pki.server, response))
@@ -140,32 +138,15 @@ def test_openssl_s_client_status_sees_the_stapled_response(engine: EngineFactory
             ServerContext(config, engine)
         return
     context = ServerContext(config, engine)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(TIMEOUT)
-        port = listener.getsockname()[1]
-        assert OPENSSL is not None
-        command = [OPENSSL, "s_client", "-status", "-connect", f"127.0.0.1:{port}"]
-        command += ["-servername", "localhost", "-CAfile", str(pki.ca_file)]
-        s_client = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
-            conn, _ = listener.accept()
-            with conn:
-                link = EngineOverSocket(context.new_engine(), conn)
-                link.handshake()
-                assert s_client.stdin is not None
-                s_client.stdin.write(b"GET / HTTP/1.1\r\n\r\n")
-                s_client.stdin.flush()
-                link.read_until(b"\r\n\r\n")
-                link.send(RESPONSE)
-                link.close()
-        finally:
-            if s_client.poll() is None:
-                s_client.kill()  # it waits for more input once the server has closed
-            output, _ = s_client.communicate(timeout=TIMEOUT)
-    assert b"OCSP Response Status: successful" in output, output
-    assert b"Cert Status: good" in output, output
+    with s_client(pki.ca_file, "-status") as client:
+        link = EngineOverSocket(context.new_engine(), client.sock)
+        link.handshake()
+        client.write(b"GET / HTTP/1.1\r\n\r\n")
+        link.read_until(b"\r\n\r\n")
+        link.send(RESPONSE)
+        link.close()
+    assert b"OCSP Response Status: successful" in client.stdout, client.stdout
+    assert b"Cert Status: good" in client.stdout, client.stdout
 
 
 # --- ticket keys shared by server processes -----------------------------------------------------

@@ -10,6 +10,7 @@ import warnings
 import pytest
 
 from spcore.conformance.enginekit import (
+    VERSIONS,
     Endpoints,
     connect,
     data_of,
@@ -29,10 +30,6 @@ from spcore.tls import (
     ServerContext,
 )
 from spcore.tls.config import TLSVersion
-
-VERSIONS = pytest.mark.parametrize(
-    ("maximum", "version"), [("1.2", "TLSv1.2"), ("1.3", "TLSv1.3")], ids=["tls12", "tls13"]
-)
 
 
 @VERSIONS

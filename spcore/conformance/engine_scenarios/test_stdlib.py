@@ -4,18 +4,17 @@ client of its server, and refusing ``openssl s_client``'s TLS 1.2 renegotiation.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import random
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
 
-from spcore.conformance.enginekit import EngineOverSocket, records
+from spcore.conformance.enginekit import EngineOverSocket, records, s_client
 from spcore.conformance.harness import PKI
 from spcore.tls import (
     Alert,
@@ -51,24 +50,31 @@ def recv_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
     return bytes(data)
 
 
+@dataclasses.dataclass
+class Exchange:
+    """Our socket and theirs, and a MiB for each direction."""
+
+    ours: socket.socket
+    theirs: socket.socket
+    up: bytes
+    down: bytes
+
+
 @pytest.fixture
-def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def exchange(request: pytest.FixtureRequest) -> Iterator[Exchange]:
     a, b = socket.socketpair()
     a.settimeout(TIMEOUT)
     b.settimeout(TIMEOUT)
+    rng = random.Random(request.node.name)
     with a, b:
-        yield a, b
+        yield Exchange(a, b, rng.randbytes(MiB), rng.randbytes(MiB))
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_server_engine_with_a_stdlib_client(
-    engine: EngineFactory,
-    pki: PKI,
-    socket_pair: tuple[socket.socket, socket.socket],
-    version: TLSVersion,
+    engine: EngineFactory, pki: PKI, exchange: Exchange, version: TLSVersion
 ) -> None:
-    ours, theirs = socket_pair
-    up, down = random.Random(3).randbytes(MiB), random.Random(4).randbytes(MiB)
+    ours, theirs, up, down = exchange.ours, exchange.theirs, exchange.up, exchange.down
 
     def stdlib_client() -> tuple[bytes, bytes, str | None, str | None]:
         tls = pki.client_context(version).wrap_socket(theirs, server_hostname="localhost")
@@ -94,13 +100,9 @@ def test_server_engine_with_a_stdlib_client(
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_client_engine_with_a_stdlib_server(
-    engine: EngineFactory,
-    pki: PKI,
-    socket_pair: tuple[socket.socket, socket.socket],
-    version: TLSVersion,
+    engine: EngineFactory, pki: PKI, exchange: Exchange, version: TLSVersion
 ) -> None:
-    ours, theirs = socket_pair
-    up, down = random.Random(5).randbytes(MiB), random.Random(6).randbytes(MiB)
+    ours, theirs, up, down = exchange.ours, exchange.theirs, exchange.up, exchange.down
 
     def stdlib_server() -> tuple[bytes, bytes]:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -126,45 +128,24 @@ def test_client_engine_with_a_stdlib_server(
     assert received == up and after == b""
 
 
-OPENSSL = shutil.which("openssl")
-
-
-@pytest.mark.skipif(OPENSSL is None, reason="the openssl command-line tool is not installed")
 def test_tls12_renegotiation_attempt_is_refused_without_hanging(
     engine: EngineFactory, pki: PKI
 ) -> None:
-    assert OPENSSL is not None
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(TIMEOUT)
-        port = listener.getsockname()[1]
-        command = [OPENSSL, "s_client", "-tls1_2", "-connect", f"127.0.0.1:{port}"]
-        command += ["-servername", "localhost", "-CAfile", str(pki.ca_file)]
-        s_client = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+    with s_client(pki.ca_file, "-tls1_2") as client:
+        server = ServerContext(pki.server_tls(), engine).new_engine()
+        link = EngineOverSocket(server, client.sock, TIMEOUT)
+        link.handshake()
+        assert server.info is not None and server.info.version == "TLSv1.2"
+        before = len(link.flights)
+        client.write(b"R\n")  # s_client's command: renegotiate
+        started = time.monotonic()
         try:
-            conn, _ = listener.accept()
-            with conn:
-                server = ServerContext(pki.server_tls(), engine).new_engine()
-                link = EngineOverSocket(server, conn, TIMEOUT)
-                link.handshake()
-                assert server.info is not None and server.info.version == "TLSv1.2"
-                before = len(link.flights)
-                assert s_client.stdin is not None
-                s_client.stdin.write(b"R\n")  # s_client's command: renegotiate
-                s_client.stdin.flush()
-                started = time.monotonic()
-                try:
-                    link.wait_end()  # TimeoutError (a hang) or anything else fails the test
-                    outcome: object = link.end
-                except TLSError as exc:
-                    outcome = exc
-                assert time.monotonic() - started < TIMEOUT
-        finally:
-            if s_client.poll() is None:
-                s_client.kill()
-            _, stderr = s_client.communicate(timeout=TIMEOUT)
-    assert b"RENEGOTIATING" in stderr
+            link.wait_end()  # TimeoutError (a hang) or anything else fails the test
+            outcome: object = link.end
+        except TLSError as exc:
+            outcome = exc
+        assert time.monotonic() - started < TIMEOUT
+    assert b"RENEGOTIATING" in client.stderr
     # Our answer to the new ClientHello was an alert (no_renegotiation, a warning).
     answer = b"".join(link.flights[before:])
     assert [kind for kind, _ in records(answer)][:1] == [0x15]

@@ -7,32 +7,18 @@ import contextlib
 import hashlib
 import http.client
 import pathlib
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 
-import pytest
-
 from spcore.conformance.apps import still_serving, suite_app
-from spcore.conformance.clients import pattern
+from spcore.conformance.clients import pattern, program, run_program
 from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version, transports
 
 TLS_VERSIONS = transports("tls1.2", "tls1.3")
 GET_AND_CLOSE = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 TIMEOUT = 20.0
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def _run(command: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=TIMEOUT)
 
 
 def _interact(command: Sequence[str], steps: Sequence[tuple[float, bytes]]) -> bytes:
@@ -67,12 +53,12 @@ def _interact(command: Sequence[str], steps: Sequence[tuple[float, bytes]]) -> b
 
 
 def _curl(served: Served, pki: PKI, *args: str) -> subprocess.CompletedProcess[bytes]:
-    curl = _program("curl")
+    curl = program("curl")
     scheme = "http" if served.transport == "plain" else "https"
     version = {"plain": [], "tls1.2": ["--tlsv1.2", "--tls-max", "1.2"], "tls1.3": ["--tlsv1.3"]}
     url_args = [a.replace("URL", f"{scheme}://127.0.0.1:{served.port}") for a in args]
     command = [curl, "-sS", "--cacert", str(pki.ca_file), *version[served.transport], *url_args]
-    return _run(command)
+    return run_program(command)
 
 
 @transports("plain", "tls1.2", "tls1.3")
@@ -104,7 +90,7 @@ def test_curl_upload_and_download(
 
 
 def _s_client(served: Served, pki: PKI, *args: str) -> list[str]:
-    openssl = _program("openssl")
+    openssl = program("openssl")
     version = "-tls1_2" if served.transport == "tls1.2" else "-tls1_3"
     return [
         openssl,
@@ -160,7 +146,7 @@ def test_openssl_s_client_key_update(serve: Serve, pki: PKI, transport: Transpor
 
 @TLS_VERSIONS
 def test_gnutls_cli_get(serve: Serve, pki: PKI, transport: Transport) -> None:
-    gnutls = _program("gnutls-cli")
+    gnutls = program("gnutls-cli")
     priority = (
         "NORMAL:-VERS-ALL:+VERS-TLS1.2"
         if transport == "tls1.2"

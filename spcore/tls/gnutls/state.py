@@ -92,6 +92,15 @@ def _check(lib: Library, code: int, what: str) -> int:
 class Priority:
     """A ``gnutls_priority_t``, freed once."""
 
+    @classmethod
+    def of(cls, lib: Library, config: ServerTLS | ClientTLS, *, server: bool) -> Priority:
+        """The configuration's: its ``priority`` option, else its profile and versions."""
+        options = config.options_for("gnutls", ("priority",))
+        text = options.get("priority") or priority_string(
+            config.cipher_profile, config.versions, server=server
+        )
+        return cls(lib, text)
+
     def __init__(self, lib: Library, text: str) -> None:
         handle, error_at = c_void_p(), c_char_p()
         code = lib.gnutls_priority_init2(byref(handle), text.encode(), byref(error_at), 0)
@@ -174,12 +183,8 @@ class GnuTLSServerState:
     """One listener: a credentials object per certificate, the SNI table, shared settings."""
 
     def __init__(self, lib: Library, config: ServerTLS) -> None:
-        options = config.options_for("gnutls", ("priority",))
         self.lib = lib
-        text = options.get("priority") or priority_string(
-            config.cipher_profile, config.versions, server=True
-        )
-        self.priority = Priority(lib, text)
+        self.priority = Priority.of(lib, config, server=True)
 
         def credentials(certificate: CertificateConfig) -> Credentials:
             made = Credentials(lib)
@@ -213,12 +218,8 @@ class GnuTLSClientState:
     """Outgoing connections: trust anchors, an optional client certificate, SNI, ALPN."""
 
     def __init__(self, lib: Library, config: ClientTLS) -> None:
-        options = config.options_for("gnutls", ("priority",))
         self.lib = lib
-        text = options.get("priority") or priority_string(
-            config.cipher_profile, config.versions, server=False
-        )
-        self.priority = Priority(lib, text)
+        self.priority = Priority.of(lib, config, server=False)
         self.credentials = Credentials(lib)
         if config.verify:
             self.credentials.set_trust(config.trust, "CA")

@@ -625,9 +625,11 @@ def test_a_client_arriving_as_the_stop_comes_is_refused_not_left_hanging(
 ) -> None:
     with serving(http_app(hello), loop) as running:
         wait_for(lambda: running.driver._loop is not None, "the loop", TIMEOUT)
-        running.driver._loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is busy...
+        busy = threading.Event()
+        running.driver._loop.call_soon_threadsafe(busy.wait, TIMEOUT)  # the loop is busy...
         client = connect(running.port)  # ...while a client arrives
         running.driver.stop()  # and the stop: both are seen in the same pass
+        busy.set()  # however long this thread took to get here
         client.settimeout(2.0)
         with contextlib.suppress(ConnectionResetError):  # refused from the backlog: a reset
             assert client.recv(1) == b""  # refused at once, not left until garbage collection

@@ -110,6 +110,11 @@ class MemoryEngine:
         return self._output_size + self._early_bytes
 
     @property
+    def closed_by_failure(self) -> bool:
+        """True once the session failed (an error, a ragged EOF), not closed cleanly."""
+        return self._state is _State.FAILED
+
+    @property
     def resumption(self) -> object | None:
         return None
 

@@ -156,6 +156,23 @@ def test_session_resumption(ends: Endpoints, pki: PKI, maximum: str, version: st
     assert second.info.peer_certificate == der(pki.server)
 
 
+def test_a_session_closed_both_ways_can_still_be_resumed(ends: Endpoints) -> None:
+    client_state = ends.client_context()
+    server_state = ends.server_context()
+    s, c = server_state.new_engine(), client_state.new_engine("localhost")
+    connect(s, c)
+    c.close()
+    s.close()
+    move(c, s)
+    move(s, c)
+    assert c.closed and s.closed
+    resumption = c.resumption  # taken after the end, as a client that reconnects later does
+    assert resumption is not None
+    s2, c2 = server_state.new_engine(), client_state.new_engine("localhost", resumption)
+    connect(s2, c2)
+    assert c2.info is not None and c2.info.resumed
+
+
 def test_a_fresh_server_state_does_not_resume_another_ones_tickets(ends: Endpoints) -> None:
     client_state = ends.client_context()
     s, c = ends.server(), client_state.new_engine("localhost")

@@ -233,6 +233,7 @@ class GnuTLSEngine(MemoryEngine):
         self._session: int | None = None
         self._free: weakref.finalize[Any, GnuTLSEngine] | None = None
         self._server_name = server_name
+        self._saved_resumption: bytes | None = None
         self._hello: ClientHelloReader | None = None
         if server_side:
             self._hello = ClientHelloReader()
@@ -336,8 +337,11 @@ class GnuTLSEngine(MemoryEngine):
         return self._state_ref  # type: ignore[return-value]
 
     def _release(self) -> None:
-        if self._free is not None:
-            self._free()
+        if self._free is None or self._session is None:
+            return
+        if not self._server_side and not self.closed_by_failure:
+            self._saved_resumption = self.resumption  # it outlives the session
+        self._free()
         self._session = None
 
     # -- output ----------------------------------------------------------------------------------
@@ -359,7 +363,9 @@ class GnuTLSEngine(MemoryEngine):
     @property
     def resumption(self) -> bytes | None:
         session = self._session
-        if self._server_side or session is None or self._info is None:
+        if session is None:
+            return self._saved_resumption
+        if self._server_side or self._info is None:
             return None
         lib = self._lib
         if self._info.version == "TLSv1.3" and not (

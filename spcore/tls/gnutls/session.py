@@ -54,7 +54,7 @@ log = logging.getLogger("spcore.tls")
 
 #: Plaintext of one record at most (RFC 8446 5.1): GnuTLS never has more to give at once.
 _RECORD = 16384
-_FATAL_AGAIN = (_lib.E_AGAIN, _lib.E_INTERRUPTED)
+_AGAIN = (_lib.E_AGAIN, _lib.E_INTERRUPTED)
 _VERIFY_BITS = (
     (_lib.CERT_REVOKED, VerifyFailure.REVOKED),
     (_lib.CERT_EXPIRED, VerifyFailure.EXPIRED),
@@ -422,7 +422,7 @@ class GnuTLSEngine(MemoryEngine):
             code = self._call(lib.gnutls_handshake(session))
             if code == 0:
                 return True
-            if code in _FATAL_AGAIN:
+            if code in _AGAIN:
                 # GnuTLS stops after each record of a message split over several: go on
                 # while it consumes what is there.
                 if before < transport.pos < len(transport.data):
@@ -498,7 +498,7 @@ class GnuTLSEngine(MemoryEngine):
                 self._flush(chunks, events)
                 events.append(CloseNotify())
                 return
-            elif count in _FATAL_AGAIN:
+            elif count in _AGAIN:
                 if transport.pos == before:
                     break
                 # A handshake message (a ticket, a KeyUpdate) was consumed: more may follow.

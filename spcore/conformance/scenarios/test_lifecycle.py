@@ -23,7 +23,7 @@ from spcore.http.messages import Request, Response, blocking
 
 TRANSPORTS = transports("plain", "tls1.3")
 TLS_VERSIONS = transports("tls1.2", "tls1.3")
-SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 50 ms apart
+SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 100 ms apart
 
 
 def _shut_write(client: Client) -> None:
@@ -162,7 +162,7 @@ def _slow(request: Request) -> Response:
 
     def body() -> Iterator[bytes]:
         for chunk in pattern_body(SLOW_SIZE, SLOW_SIZE // 10):
-            time.sleep(0.05)
+            time.sleep(0.1)  # a second in all: twice the grace of the scenario that cuts it
             yield chunk
 
     return Response(200, [("content-length", str(SLOW_SIZE))], body())

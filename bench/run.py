@@ -1,4 +1,5 @@
-"""wrk benchmark of spcore's drivers against uvicorn and hypercorn (by hand, or ``tox -e bench``).
+"""wrk benchmark of spcore's drivers and HTTP codecs against uvicorn (h11 + asyncio, and
+httptools + uvloop), hypercorn and granian (by hand, or ``tox -e bench``).
 
 Every server runs the same hello-world app (``spcore_hello.py``, ``asgi_hello.py``) pinned to
 one core (``taskset -c 0``) while wrk loads it from the other (``taskset -c 1``), over plain
@@ -11,10 +12,10 @@ wrk run under ``strace -c -f -p`` counts the server's syscalls per request.
 Prints a table, writes the same as JSON to ``bench/results/<timestamp>.json`` and, with
 ``--markdown``, prints a markdown table for ``docs/benchmarks.md``. This is not a test.
 
-spcore's HTTPS targets run once per TLS engine available here (``spcore selectors https
-gnutls``). ``--path /mib`` loads a 1 MiB body instead of the hello (spcore only, with
-``--only spcore``); ``--close`` makes every request a new connection and so a new full
-TLS handshake (req/CPU-s is then handshakes per CPU-second).
+spcore's HTTPS targets run once per TLS engine available here (``spcore
+selectors+httptools https gnutls``). ``--path /mib`` loads a 1 MiB body instead of the hello
+(spcore only, with ``--only spcore``); ``--close`` makes every request a new connection and
+so a new full TLS handshake (req/CPU-s is then handshakes per CPU-second).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from spcore.certs import CertPair, dev_certificate
 from spcore.drivers import probe_all
+from spcore.http.codecs import available_codecs
 from spcore.tls.engines import ENGINES
 
 HERE = Path(__file__).resolve().parent
@@ -56,12 +58,15 @@ BODY = b"Hello, world!"
 SERVER_CPU, WRK_CPU = "0", "1"
 #: The uvicorn configuration every other server is compared with.
 BASELINE = ("uvicorn", "h11+asyncio")
+#: The optional peers and what they need.
+PEERS = ("httptools", "uvloop", "granian")
 #: The share of the server's core that others may take before the run is called noisy.
 NOISY = 0.05
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 _TICK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -73,8 +78,8 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """One server configuration: a server, its driver (or HTTP stack and loop), a transport,
-    and for spcore over TLS the TLS engine."""
+    """One server configuration: a server, its stack (spcore: driver+codec; uvicorn: its HTTP
+    implementation+loop), a transport, and for spcore over TLS the TLS engine."""
 
     server: str
     driver: str
@@ -92,23 +97,31 @@ class Target:
 
     @property
     def traceable(self) -> bool:
-        """Whether one process does all the work (hypercorn serves from a child process)."""
-        return self.server != "hypercorn"
+        """Whether one process does all the work (hypercorn and granian serve from a child)."""
+        return self.server not in ("hypercorn", "granian")
 
     def command(self, port: int, cert: CertPair) -> list[str]:
         python = sys.executable
         if self.server == "spcore":
-            argv = [python, "-m", "spcore", "serve", "--driver", self.driver, "--host", HOST]
-            argv += ["--port", str(port), "--app", "spcore_hello:app", "--log-level", "warning"]
+            driver, _, codec = self.driver.partition("+")
+            argv = [python, "-m", "spcore", "serve", "--driver", driver, "--http", codec]
+            argv += ["--host", HOST, "--port", str(port), "--app", "spcore_hello:app"]
+            argv += ["--log-level", "warning"]
             tls = ["--cert", str(cert.certfile), "--key", str(cert.keyfile)]
             tls += ["--tls-engine", self.engine]
             return argv + (tls if self.tls else ["--no-tls"])
         if self.server == "uvicorn":
-            loop = self.driver.partition("+")[2]
+            http, _, loop = self.driver.partition("+")
             argv = [python, "-m", "uvicorn", "asgi_hello:app", "--host", HOST, "--port", str(port)]
-            argv += ["--http", "h11", "--loop", loop, "--workers", "1", "--lifespan", "on"]
+            argv += ["--http", http, "--loop", loop, "--workers", "1", "--lifespan", "on"]
             argv += ["--no-access-log", "--log-level", "warning"]
             tls = ["--ssl-certfile", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
+            return argv + (tls if self.tls else [])
+        if self.server == "granian":
+            argv = [python, "-m", "granian", "--interface", "asgi", "--http", "1", "--no-ws"]
+            argv += ["--workers", "1", "--host", HOST, "--port", str(port)]
+            argv += ["--log-level", "warning", "asgi_hello:app"]
+            tls = ["--ssl-certificate", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
             return argv + (tls if self.tls else [])
         argv = [python, "-m", "hypercorn", "asgi_hello:app", "--bind", f"{HOST}:{port}"]
         argv += ["--workers", "1", "--worker-class", "asyncio", "--log-level", "warning"]
@@ -117,13 +130,21 @@ class Target:
 
 
 def targets(only: Sequence[str]) -> list[Target]:
-    """Every spcore driver available here, uvicorn and hypercorn; plain, then TLS."""
-    uvloop = importlib.util.find_spec("uvloop") is not None
-    stacks = [("spcore", spec.name) for spec, ok, _why in probe_all() if ok]  # uvloop is one
+    """Every spcore driver available here with each codec, uvicorn (h11 + asyncio, httptools +
+    uvloop), hypercorn and granian where installed; plain, then TLS."""
+    installed = {name: importlib.util.find_spec(name) is not None for name in PEERS}
+    stacks = [
+        ("spcore", f"{spec.name}+{codec}")
+        for spec, ok, _why in probe_all()  # uvloop is one
+        if ok
+        for codec in available_codecs()
+    ]
     stacks.append(BASELINE)
-    if uvloop:
-        stacks.append(("uvicorn", "h11+uvloop"))
+    if installed["httptools"] and installed["uvloop"]:
+        stacks.append(("uvicorn", "httptools+uvloop"))
     stacks.append(("hypercorn", "h11+asyncio"))
+    if installed["granian"]:
+        stacks.append(("granian", "rust+asgi"))
     chosen = [Target(server, driver, tls) for tls in (False, True) for server, driver in stacks]
     engines = [name for name, spec in ENGINES.items() if name != "openssl" and spec.probe()[0]]
     chosen += [Target(srv, drv, True, e) for e in engines for srv, drv in stacks if srv == "spcore"]
@@ -177,6 +198,20 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(reversed(self._running)):
             self.stop(proc)
+
+
+@contextlib.contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Processes, Path, CertPair]]:
+    """What a benchmark run needs: its processes (every one stopped at the end, even on a
+    second Ctrl-C), a scratch directory and a throwaway certificate."""
+    procs = Processes()
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            workdir = Path(tmp)
+            yield procs, workdir, dev_certificate(now(), workdir / "cert")
+    finally:
+        with signals_ignored():  # a second Ctrl-C must not leave servers behind
+            procs.stop_all()
 
 
 def exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -468,7 +503,7 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for package in ("spcore", "h11", "uvicorn", "hypercorn", "uvloop"):
+    for package in ("spcore", "h11", "httptools", "uvicorn", "hypercorn", "uvloop", "granian"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -504,49 +539,40 @@ def run(args: argparse.Namespace, s: Settings, notes: list[str]) -> dict[str, An
     rounds: dict[str, list[dict[str, Any]]] = {t.label: [] for t in chosen}
     errors: dict[str, list[str]] = {t.label: [] for t in chosen}
     syscalls: dict[str, dict[str, Any]] = {}
-    procs = Processes()
-    try:
-        with tempfile.TemporaryDirectory(prefix="spcore-bench-") as tmp:
-            workdir = Path(tmp)
-            cert = dev_certificate(now(), workdir / "cert")
-            for number in range(s.rounds):
-                shift = number % len(chosen)
-                for target in chosen[shift:] + chosen[:shift]:
-                    try:
-                        numbers = measure(procs, target, cert, workdir, s)
-                    except BenchError as exc:
-                        errors[target.label].append(str(exc))
-                        progress(f"round {number + 1}/{s.rounds} {target.label}: {exc}")
-                        continue
-                    numbers["round"] = number + 1
-                    rounds[target.label].append(numbers)
-                    progress(
-                        f"round {number + 1}/{s.rounds} {target.label}: "
-                        f"{numbers['rps']:,.0f} req/s, p99 {numbers['p99_ms']:.2f} ms, "
-                        f"server CPU {numbers['server_cpu']:.0%} "
-                        f"({numbers['per_cpu_second']:,} req/CPU-s), "
-                        f"others {numbers['others_on_server_core'] or 0:.0%} of its core, "
-                        f"load {numbers['load']:.2f}"
-                    )
-            if s.strace:
-                for target in chosen:
-                    if not target.traceable:
-                        continue
-                    try:
-                        syscalls[target.label] = count_syscalls(procs, target, cert, workdir, s)
-                    except BenchError as exc:
-                        notes.append(f"syscalls not counted ({target.label}): {exc}")
-                        progress(notes[-1])
-                        if "cannot attach" in str(exc):
-                            break
-                        continue
-                    progress(
-                        f"syscalls {target.label}: "
-                        f"{syscalls[target.label]['per_request']} per request"
-                    )
-    finally:
-        with signals_ignored():  # a second Ctrl-C must not leave servers behind
-            procs.stop_all()
+    with workspace("spcore-bench-") as (procs, workdir, cert):
+        for number in range(s.rounds):
+            for target in rotated(chosen, number):
+                try:
+                    numbers = measure(procs, target, cert, workdir, s)
+                except BenchError as exc:
+                    errors[target.label].append(str(exc))
+                    progress(f"round {number + 1}/{s.rounds} {target.label}: {exc}")
+                    continue
+                numbers["round"] = number + 1
+                rounds[target.label].append(numbers)
+                progress(
+                    f"round {number + 1}/{s.rounds} {target.label}: "
+                    f"{numbers['rps']:,.0f} req/s, p99 {numbers['p99_ms']:.2f} ms, "
+                    f"server CPU {numbers['server_cpu']:.0%} "
+                    f"({numbers['per_cpu_second']:,} req/CPU-s), "
+                    f"others {numbers['others_on_server_core'] or 0:.0%} of its core, "
+                    f"load {numbers['load']:.2f}"
+                )
+        if s.strace:
+            for target in chosen:
+                if not target.traceable:
+                    continue
+                try:
+                    syscalls[target.label] = count_syscalls(procs, target, cert, workdir, s)
+                except BenchError as exc:
+                    notes.append(f"syscalls not counted ({target.label}): {exc}")
+                    progress(notes[-1])
+                    if "cannot attach" in str(exc):
+                        break
+                    continue
+                progress(
+                    f"syscalls {target.label}: {syscalls[target.label]['per_request']} per request"
+                )
     report["load_after"] = os.getloadavg()
     report["finished"] = now().isoformat(timespec="seconds")
     report["results"] = summarise(chosen, rounds, errors, syscalls)
@@ -598,6 +624,12 @@ def paired_ratios(
     """``key`` of each round divided by the baseline's ``key`` in the same round."""
     pairs = [(r, base[r["round"]]) for r in done if r["round"] in base]
     return [r[key] / b[key] for r, b in pairs if b[key]]
+
+
+def rotated(items: list[T], number: int) -> list[T]:
+    """``items`` in the order of round ``number``: each round starts one further along."""
+    shift = number % len(items)
+    return items[shift:] + items[:shift]
 
 
 def median(values: list[float]) -> float | None:
@@ -694,7 +726,8 @@ def write_json(report: dict[str, Any]) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="wrk benchmark of spcore's drivers against uvicorn and hypercorn"
+        description="wrk benchmark of spcore's drivers and codecs against uvicorn, hypercorn "
+        "and granian"
     )
     parser.add_argument("--duration", type=float, help="seconds of each measured run (10)")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive connections (50)")

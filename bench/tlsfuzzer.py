@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spcore.certs import CertificateAuthority
 from spcore.tls.config import PROFILES
-from spcore.tls.gnutls.state import priority_string
+from spcore.tls.gnutls.native import priority_string
 from spcore.tls.openssl import IANA_TO_OPENSSL
 
 HERE = Path(__file__).resolve().parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from .base import Driver
 
@@ -27,9 +28,9 @@ class DriverSpec:
     cls: str
     model: str
 
-    def load(self) -> type[Driver]:
+    def load(self) -> type[Driver[Any]]:
         module = importlib.import_module(f"{__name__}.{self.module}")
-        driver: type[Driver] = getattr(module, self.cls)
+        driver: type[Driver[Any]] = getattr(module, self.cls)
         return driver
 
     def probe(self) -> tuple[bool, str]:
@@ -63,7 +64,7 @@ def probe_all() -> list[tuple[DriverSpec, bool, str]]:
     return [(spec, *spec.probe()) for spec in DRIVERS.values()]
 
 
-def choose(name: str = "auto") -> type[Driver]:
+def choose(name: str = "auto") -> type[Driver[Any]]:
     """The driver class called ``name``, or the best available one for ``"auto"``."""
     if name == "auto":
         reasons = []

@@ -1,31 +1,38 @@
-"""What every driver shares: listening sockets, the worker pool, the timer heap, stopping.
+"""What every driver shares: listening sockets, the worker pool, the timer heap, the calls
+handed to the loop thread, stopping.
 
-These are mechanisms, not policy: how many workers, the backlog, every timeout come from the
-server's ``Limits``; when to read, write, close or time out comes from the connections.
+These are mechanisms, not policy: how many workers and the backlog come from the server;
+when to read, write, close, time out, accept or stop comes from the core's actions.
 """
 
 from __future__ import annotations
 
 import abc
+import collections
 import heapq
 import itertools
 import logging
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from spcore.actions import Accepting, CloseListeners, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
+from spcore.addresses import describe_address
 from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.server import Listener, Server
 
-__all__ = ["Bound", "Driver", "JobPool", "TimerHeap", "bind_listener"]
+from .listening import SocketFile, bind_listener
+
+__all__ = ["Bound", "CallQueue", "Driver", "JobPool", "TimerHeap", "bind_listener"]
 
 log = logging.getLogger("spcore.driver")
+
+_L = TypeVar("_L")
 
 #: Bytes asked for per receive: large enough for several TLS records, small enough to stay
 #: under glibc's mmap threshold (128 KiB), which would otherwise cost an mmap/munmap per read.
@@ -35,42 +42,33 @@ READ_SIZE = 64 * 1024
 class Bound:
     """A listening socket and the listener it serves."""
 
-    __slots__ = ("listener", "sock")
+    __slots__ = ("_file", "listener", "sock")
 
     def __init__(self, listener: Listener, sock: socket.socket) -> None:
         self.listener = listener
         self.sock = sock
+        # A Unix socket bound here (not handed in) has its file removed when it closes.
+        self._file: SocketFile | None = None
+        if listener.path is not None and listener.fd is None:
+            self._file = SocketFile(listener.path)
 
     @property
     def address(self) -> tuple[Any, ...]:
-        return tuple(self.sock.getsockname())
+        """The socket's address: (host, port, ...), or (path,) for a Unix socket."""
+        name = self.sock.getsockname()
+        return tuple(name) if isinstance(name, tuple) else (name,)
 
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:8443``, ``unix:/run/app.sock``: what the socket really listens on."""
+        return describe_address(self.sock.getsockname())
 
-def bind_listener(listener: Listener, backlog: int) -> socket.socket:
-    """A non-blocking listening socket for ``listener`` (IPv6 sockets are IPv6-only, so a v4
-    and a v6 listener can share a port number)."""
-    try:
-        infos = socket.getaddrinfo(
-            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except UnicodeError as exc:  # a malformed name ("a..b", a label over 63 characters)
-        raise socket.gaierror(socket.EAI_NONAME, f"invalid host name: {exc}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if sys.platform == "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined, unused-ignore]
-        else:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    def close(self) -> None:
+        """Close the socket (and remove the file of a Unix socket bound here)."""
+        self.sock.close()
+        if self._file is not None:
+            self._file.remove()
+            self._file = None
 
 
 def prepare_accepted(sock: socket.socket) -> None:
@@ -99,13 +97,13 @@ _STALE_SLACK = 64
 
 
 class TimerHeap:
-    """One lazily re-armed timer per connection.
+    """One lazily moved timer per connection, set by its ``SetTimer`` actions.
 
-    ``arm`` pushes only when a deadline moves earlier; a timer that fires before the
-    connection's current deadline costs one harmless early ``on_deadline`` call and is
-    re-armed by the sync that follows. Entries left behind (moved, forgotten) are dropped
-    when they reach the top, and the heap is rebuilt from the armed timers whenever they
-    outnumber the live ones, so memory follows the live connections, never the closed ones.
+    ``set`` pushes only when a timer moves earlier; one moved later fires at its old time,
+    which costs a harmless early ``on_deadline`` (after which the core tells the timer
+    again). Entries left behind (moved, forgotten) are dropped when they reach the top, and
+    the heap is rebuilt from the armed timers whenever they outnumber the live ones, so memory
+    follows the live connections, never the closed ones.
     """
 
     def __init__(self) -> None:
@@ -113,14 +111,14 @@ class TimerHeap:
         self._armed: dict[Connection, float] = {}
         self._seq = itertools.count()
 
-    def arm(self, conn: Connection) -> None:
-        deadline = conn.deadline
-        if deadline is None:
+    def set(self, conn: Connection, at: float | None) -> None:
+        if at is None:
+            self.forget(conn)
             return
         current = self._armed.get(conn)
-        if current is None or deadline < current:
-            self._armed[conn] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._seq), conn))
+        if current is None or at < current:
+            self._armed[conn] = at
+            heapq.heappush(self._heap, (at, next(self._seq), conn))
             self._compact()
 
     def forget(self, conn: Connection) -> None:
@@ -144,7 +142,7 @@ class TimerHeap:
         return heap[0][0] if heap else None
 
     def expired(self, now: float) -> list[Connection]:
-        """Connections whose timer is due (each removed; sync re-arms them)."""
+        """Connections whose timer is due (each disarmed until its next ``SetTimer``)."""
         due = []
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -153,6 +151,55 @@ class TimerHeap:
                 del self._armed[conn]
                 due.append(conn)
         return due
+
+
+class CallQueue:
+    """Functions handed to the loop thread from any thread: each runs once, in order, soon.
+
+    ``post`` appends and wakes the loop (once per batch: a wake-up already on its way is not
+    sent again); the loop runs what ``take`` returns. ``close`` is the end: later posts are
+    refused (False) and never run, and it returns what was accepted before, for the loop to
+    run last, so that every call is either refused or run exactly once. Re-entrant, so that a
+    signal handler may post while the loop thread itself is posting or taking.
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+        self._lock = threading.RLock()
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
+            collections.deque()
+        )
+        self._open = True
+        self._signalled = False  # a wake-up was sent and the loop has not taken since
+
+    def post(self, fn: Callable[..., object], args: tuple[object, ...]) -> bool:
+        with self._lock:
+            if not self._open:
+                return False
+            self._calls.append((fn, args))
+            if self._signalled:
+                return True
+            self._signalled = True
+        self._wake()
+        return True
+
+    def take(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
+        """What was posted since the last call, in order (loop thread)."""
+        if not self._calls:  # (a post in progress wakes the loop after its append)
+            return []
+        with self._lock:
+            self._signalled = False
+            calls = list(self._calls)
+            self._calls.clear()
+        return calls
+
+    def close(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
+        """Refuse every later post; what is left to run."""
+        with self._lock:
+            self._open = False
+            calls = list(self._calls)
+            self._calls.clear()
+        return calls
 
 
 class JobPool:
@@ -176,6 +223,8 @@ class JobPool:
 
     def finished(self) -> list[tuple[Connection, Job]]:
         """Jobs that finished since the last call (loop thread)."""
+        if self._done.empty():  # (the common case, without an exception)
+            return []
         done = []
         while True:
             try:
@@ -193,11 +242,21 @@ class JobPool:
             conn.job_done(job, time.monotonic())
 
 
-class Driver(abc.ABC):
-    """A driver: construct with a server, ``bind()``, then ``run()`` until shutdown ends.
+class Driver(abc.ABC, Generic[_L]):
+    """A driver: construct with a server, ``bind()``, then ``run()`` until the server says
+    ``Exit``. The driver ritual is here, once; a subclass only makes the platform's calls.
 
-    ``stop()`` may be called from any thread (or a signal handler) to begin the graceful
-    shutdown the server decides.
+    ``drive(conn, now)`` carries out a connection's actions (after every call into it):
+    ``send``, ``read``, ``shut_write`` and ``close`` are the subclass's, with ``settle`` after
+    the last one; timers go to ``timers`` and jobs to ``jobs``. ``follow(now)`` runs the calls
+    handed over and carries out the server's actions: ``accepting``, ``stop_accepting``,
+    ``drive`` for each connection to sync, the server's timer (``server_timer``); it answers
+    False once the server says ``Exit``. ``expire(now)`` fires the timers that are due,
+    ``finish_jobs(now)`` hands finished jobs back, and ``end(now)`` ends what a loop leaves.
+
+    ``call_soon_threadsafe(fn, *args)`` may be called from any thread (or a signal handler)
+    to run ``fn`` on the loop thread; ``stop()`` hands the server's stop request over that way.
+    A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks.
     """
 
     name: ClassVar[str]
@@ -205,7 +264,14 @@ class Driver(abc.ABC):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.bound: list[Bound] = []
-        self._stop_requested = threading.Event()
+        #: The driver's side of each live connection.
+        self.links: dict[Connection, _L] = {}
+        self.timers = TimerHeap()
+        self.jobs = JobPool(server.worker_threads, lambda: self.wake())
+        #: When the server's timer is due (its latest ``SetTimer``).
+        self.server_timer: float | None = None
+        self._calls = CallQueue(lambda: self.wake())  # (looked up at each call)
+        server.attach(self.call_soon_threadsafe)
 
     @classmethod
     @abc.abstractmethod
@@ -214,7 +280,7 @@ class Driver(abc.ABC):
 
     def bind(self) -> list[Bound]:
         """Create the listening sockets (raises OSError for a bad or busy address)."""
-        backlog = self.server.limits.listen_backlog
+        backlog = self.server.listen_backlog
         try:
             for listener in self.server.listeners:
                 self.bound.append(Bound(listener, bind_listener(listener, backlog)))
@@ -225,22 +291,138 @@ class Driver(abc.ABC):
 
     def close_listeners(self) -> None:
         for bound in self.bound:
-            bound.sock.close()
+            bound.close()
 
     @abc.abstractmethod
     def run(self) -> None:
-        """Serve until the server's graceful shutdown has finished."""
-
-    @property
-    def stop_requested(self) -> bool:
-        """``stop()`` was called: the loop should begin the server's graceful shutdown."""
-        return self._stop_requested.is_set()
-
-    def stop(self) -> None:
-        """Ask for a graceful shutdown; safe from any thread and from signal handlers."""
-        self._stop_requested.set()
-        self.wake()
+        """Serve until the server's stop sequence ends (``Exit``)."""
 
     @abc.abstractmethod
     def wake(self) -> None:
-        """Interrupt the loop's wait (thread-safe)."""
+        """Interrupt the loop's wait (thread-safe, and safe in a signal handler)."""
+
+    # -- the calls handed to the loop thread ----------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for the graceful stop; safe from any thread and from signal handlers. Before
+        ``run()`` it is kept for its start; once the driver stopped it does nothing."""
+        self.call_soon_threadsafe(self._request_stop)
+
+    def _request_stop(self) -> None:
+        self.server.request_stop(self.server.now)
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the loop thread soon (see ``CallQueue``): True if it will run,
+        exactly once, after every call this thread made before; False once the driver has
+        stopped, when it never will. Calls made before ``run()`` run when it starts."""
+        return self._calls.post(fn, args)
+
+    # -- the ritual -----------------------------------------------------------------------------
+
+    def follow(self, now: float) -> bool:
+        """Run the calls handed over, then carry out the server's actions; False on ``Exit``."""
+        for fn, args in self._calls.take():
+            self.server.call(fn, args, now)
+        server = self.server
+        while (action := server.next_action()) is not None:
+            if type(action) is Sync:
+                self.drive(action.conn, now)
+            elif type(action) is Accepting:
+                self.accepting(action.on)
+            elif type(action) is SetTimer:
+                self.server_timer = action.at
+            elif type(action) is CloseListeners:
+                self.stop_accepting()
+            else:  # Exit
+                return False
+        return True
+
+    def drive(self, conn: Connection, now: float) -> None:
+        """Carry out ``conn``'s actions until it has none, then ``settle`` its link."""
+        link = self.links.get(conn)
+        if link is None:
+            return  # closed already
+        try:
+            while (action := conn.next_action()) is not None:
+                if type(action) is Send:
+                    self.send(link, action, now)
+                elif type(action) is Read:
+                    self.read(link, action.on)
+                elif type(action) is SetTimer:
+                    self.timers.set(conn, action.at)
+                elif type(action) is RunJobs:
+                    for job in action.jobs:
+                        self.jobs.submit(conn, job)
+                elif type(action) is ShutWrite:
+                    self.shut_write(link)
+                else:  # Close
+                    self.close(link, None, now)
+                    return
+            self.settle(link)
+        except OSError as exc:  # the socket failed: the connection ends with that error
+            self.close(link, exc, now)
+
+    def expire(self, now: float) -> None:
+        """Fire the connections' timers and the server's that are due."""
+        for conn in self.timers.expired(now):
+            conn.on_deadline(now)
+            self.drive(conn, now)
+        if self.server_timer is not None and now >= self.server_timer:
+            self.server_timer = None  # fired: disarmed until the next SetTimer
+            self.server.on_deadline(now)
+
+    def finish_jobs(self, now: float) -> None:
+        """Hand the finished jobs back (even to a connection that has gone)."""
+        for conn, job in self.jobs.finished():
+            conn.job_done(job, now)
+            self.drive(conn, now)
+
+    def wait_timeout(self) -> float | None:
+        """How long the loop may wait: until the earliest timer."""
+        return wait_timeout(time.monotonic(), self.timers.next_deadline(), self.server_timer)
+
+    def end(self, now: float) -> None:
+        """The loop is over: refuse later calls and run those accepted before, end every
+        connection left (a loop that failed), and hand back every job."""
+        for fn, args in self._calls.close():
+            self.server.call(fn, args, now)
+        for link in list(self.links.values()):
+            self.close(link, ConnectionAbortedError("driver stopped"), now)
+        self.jobs.shutdown()
+
+    def forget(self, conn: Connection, error: BaseException | None, now: float) -> None:
+        """The end of a connection's link: out of the registry and the timers, then the
+        core's one exit path."""
+        del self.links[conn]
+        self.timers.forget(conn)
+        conn.connection_lost(error, now)
+
+    # -- the platform's calls, per driver -------------------------------------------------------
+
+    @abc.abstractmethod
+    def send(self, link: _L, send: Send, now: float) -> None:
+        """Write ``send``'s buffers; report ``conn.sent(n, now)`` once the kernel took ``n``
+        of them (now or later). Raise ``OSError`` if the socket failed."""
+
+    @abc.abstractmethod
+    def read(self, link: _L, on: bool) -> None:
+        """Keep reading (a receive posted, the socket polled) while ``on``."""
+
+    @abc.abstractmethod
+    def shut_write(self, link: _L) -> None:
+        """Shut the write side now (raise ``OSError`` if the socket failed)."""
+
+    @abc.abstractmethod
+    def close(self, link: _L, error: BaseException | None, now: float) -> None:
+        """Close the socket, dropping what is unsent, and end the link (``forget``); once."""
+
+    def settle(self, link: _L) -> None:
+        """After a connection's last action: apply what they left (register, post)."""
+
+    def accepting(self, on: bool) -> None:
+        """Poll or post accepts on the listening sockets while ``on``."""
+
+    def stop_accepting(self) -> None:
+        """Stop accepting for good and close the listening sockets."""
+        self.accepting(False)
+        self.close_listeners()

@@ -15,18 +15,19 @@ The rules this base keeps:
   writing into the buffer until it reports the cancelled (or, racing, successful) completion.
   A connection's socket is closed and its receive buffer reused only once none of its
   operations is registered.
-* **One receive and at most one send in flight per connection.** The send takes the core's
-  buffers as they are (``conn.outgoing()``, valid until ``conn.sent(n)``); a partial send is
-  reported and the rest re-posted from ``outgoing()``.
-* **A receive may complete after** ``conn.reading`` **went False**: it was posted while
-  reading was wanted, and the data is delivered anyway (the core accepts it). Back-pressure
-  therefore takes effect one receive late, and nothing is lost or reordered.
+* **One receive and at most one send in flight per connection.** A send posts the buffers of
+  the core's ``Send`` action as they are (valid until ``conn.sent(n)``); its completion
+  reports what went out, and a rest comes back as the next ``Send``, posted in turn.
+* **A receive stays posted while the latest** ``Read`` **action says on**, and one may
+  complete after a ``Read(False)``: it was posted while reading was wanted, and the data is
+  delivered anyway (the core accepts it). Back-pressure therefore takes effect one receive
+  late, and nothing is lost or reordered.
 * **A failed operation ends its connection**: the completion's error becomes an ``OSError``
   (ECONNRESET → ``ConnectionResetError``; on Windows ERROR_NETNAME_DELETED and friends, as the
   subclass maps them) passed to ``conn.connection_lost``, called once for every connection.
 * Connections accepted while the core is not accepting (a multishot accept or several pending
   AcceptEx racing with ``max_connections``) are parked and handed over when it accepts again,
-  as the listen backlog would have held them; during shutdown they are refused.
+  as the listen backlog would have held them; once the listeners close they are refused.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
+from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, JobPool, TimerHeap, wait_timeout
+from .base import READ_SIZE, Bound, Driver
 
 __all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
 
@@ -123,7 +125,7 @@ class Operation(Generic[_T]):
 class Link:
     """The driver's side of one connection: its socket, buffer and operations in flight."""
 
-    __slots__ = ("buffer", "closed", "conn", "eof", "fd", "recv_op", "send_op", "sock")
+    __slots__ = ("buffer", "closed", "conn", "fd", "reading", "recv_op", "send_op", "sock")
 
     def __init__(self, conn: Connection, sock: socket.socket, buffer: RecvBuffer) -> None:
         self.conn = conn
@@ -132,7 +134,7 @@ class Link:
         self.buffer = buffer
         self.recv_op: Operation[Link] | None = None
         self.send_op: Operation[Link] | None = None
-        self.eof = False  # the peer shut its side: no more receives
+        self.reading = False  # the latest Read action: keep a receive posted
         self.closed = False  # connection_lost was called; waiting for the last completions
 
     @property
@@ -157,7 +159,7 @@ class Acceptor:
         return sum(1 for op in self.ops if not op.cancelled)
 
 
-class ProactorBase(Driver):
+class ProactorBase(Driver[Link]):
     """A completion driver: post operations, reap completions in batches, dispatch them.
 
     Subclasses implement the hooks below (``_open``, ``_close_resources``, ``_post_accept``,
@@ -179,12 +181,12 @@ class ProactorBase(Driver):
         super().__init__(server)
         self._ops: dict[int, Operation[Any]] = {}
         self._keys = itertools.count(1)
-        self._links: dict[Connection, Link] = {}
         self._acceptors: list[Acceptor] = []
         self._parked: collections.deque[tuple[Acceptor, socket.socket]] = collections.deque()
         self._free_buffers: list[RecvBuffer] = []
-        self._timers = TimerHeap()
-        self._jobs = JobPool(server.limits.worker_threads, self.wake)
+        self._accepting = False  # the latest Accepting action
+        self._listeners_closed = False
+        self._exiting = False  # the server said Exit: leave once only resident operations wait
         self._closing = False
 
     # -- the hooks a completion driver implements ------------------------------------------------
@@ -215,8 +217,8 @@ class ProactorBase(Driver):
 
     @abc.abstractmethod
     def _post_send(self, op: Operation[Link], buffers: Sequence[Buffer]) -> None:
-        """Post one (gathered) send of the first buffers of ``buffers``, referenced as they
-        are. ``buffers`` is the core's live queue: keep what the kernel needs, not it."""
+        """Post one (gathered) send of the first buffers of ``buffers`` (a ``Send``'s),
+        referenced as they are: keep in ``op.keep`` what the kernel reads."""
 
     @abc.abstractmethod
     def _cancel(self, op: Operation[Any]) -> None:
@@ -244,37 +246,19 @@ class ProactorBase(Driver):
             now = time.monotonic()
             server.start(now, time.time())
             while True:
-                self._settle(now)
-                if server.finished and self._quiet():
+                if not self.follow(now) and self._quiet():
                     break
-                completions = self._wait(self._timeout(now))
+                completions = self._wait(self.wait_timeout())
                 now = time.monotonic()
                 self._dispatch(completions, now)
-                self._fire_timers(now)
+                self.finish_jobs(now)
+                self.expire(now)
         finally:
             self._close_all()
-
-    def _settle(self, now: float) -> None:
-        """Before waiting: finished jobs, a stop request, woken connections, the accept."""
-        for conn, job in self._jobs.finished():
-            conn.job_done(job, now)  # even when the connection has gone: every job comes back
-            link = self._links.get(conn)
-            if link is not None:
-                self._sync(link, now)
-        if self.stop_requested and not self.server.shutting_down:
-            self._begin_stop(now)
-        self._sync_woken(now)
-        if self._follow_accepting(now):
-            self._sync_woken(now)  # the connections just admitted may have woken others
 
     def _quiet(self) -> bool:
         """Only the driver's own resident operations are pending."""
         return all(op.owner is None for op in self._ops.values())
-
-    def _timeout(self, now: float) -> float | None:
-        if self._parked and self.server.accepting:
-            return 0.0
-        return wait_timeout(now, self._timers.next_deadline(), self.server.deadline)
 
     def _dispatch(self, completions: Iterable[Completion], now: float) -> None:
         ops = self._ops
@@ -288,21 +272,24 @@ class ProactorBase(Driver):
                 op.reaped = True
             op.on_complete(op, result, now)
 
-    def _fire_timers(self, now: float) -> None:
-        for conn in self._timers.expired(now):
-            link = self._links.get(conn)
-            if link is not None:
-                conn.on_deadline(now)
-                self._sync(link, now)
-        deadline = self.server.deadline
-        if deadline is not None and now >= deadline:
-            self.server.on_deadline(now)
+    def follow(self, now: float) -> bool:
+        """The server's actions; then, while it accepts, hand parked connections over and keep
+        accepts posted."""
+        while not self._exiting:
+            if not super().follow(now):
+                self._exiting = True
+            elif self._accepting and self._parked:
+                self._admit(*self._parked.popleft(), now)
+            elif not (self._accepting and self._post_accepts(now)):
+                return True  # (a post that failed paused accepting: follow that too)
+        return False
 
-    def _sync_woken(self, now: float) -> None:
-        for conn in self.server.take_woken():
-            link = self._links.get(conn)
-            if link is not None:
-                self._sync(link, now)
+    def accepting(self, on: bool) -> None:
+        self._accepting = on
+        if not on:
+            for acceptor in self._acceptors:
+                for op in list(acceptor.ops):
+                    self._cancel_op(op)
 
     # -- posting ----------------------------------------------------------------------------------
 
@@ -335,32 +322,20 @@ class ProactorBase(Driver):
         self._register(op)
         link.send_op = op
 
-    # -- syncing a connection ---------------------------------------------------------------------
+    # -- one connection ---------------------------------------------------------------------------
 
-    def _sync(self, link: Link, now: float) -> None:
-        """Apply the connection's wishes: close, send, shut down, receive, time, jobs."""
-        conn = link.conn
-        try:
-            while link.send_op is None and not conn.should_close:
-                out = conn.outgoing()
-                if out:
-                    self._start_send(link, out)
-                elif conn.write_eof:
-                    link.sock.shutdown(socket.SHUT_WR)
-                    conn.write_eof_done(now)
-                    continue
-                break
-            if conn.should_close:
-                self._close(link, None, now)
-                return
-            if link.recv_op is None and not link.eof and conn.reading:
-                self._start_recv(link)
-        except OSError as exc:
-            self._close(link, exc, now)
-            return
-        for job in conn.take_jobs():
-            self._jobs.submit(conn, job)
-        self._timers.arm(conn)
+    def send(self, link: Link, send: Send, now: float) -> None:
+        self._start_send(link, send.buffers)
+
+    def read(self, link: Link, on: bool) -> None:
+        link.reading = on
+
+    def shut_write(self, link: Link) -> None:
+        link.sock.shutdown(socket.SHUT_WR)
+
+    def settle(self, link: Link) -> None:
+        if link.reading and link.recv_op is None:
+            self._start_recv(link)
 
     # -- completions ------------------------------------------------------------------------------
 
@@ -374,12 +349,11 @@ class ProactorBase(Driver):
         if result > 0:
             conn.receive_data(link.buffer.take(result), now)
         elif result == 0:
-            link.eof = True
-            conn.receive_data(b"", now)
+            conn.receive_data(b"", now)  # the core stops the reading
         else:
-            self._close(link, self._error(result), now)
+            self.close(link, self._error(result), now)
             return
-        self._sync(link, now)
+        self.drive(link.conn, now)
 
     def _sent(self, op: Operation[Link], result: int, now: float) -> None:
         link = op.owner
@@ -389,10 +363,10 @@ class ProactorBase(Driver):
             return
         if result <= 0:
             error = self._error(result) if result else ConnectionError("send made no progress")
-            self._close(link, error, now)
+            self.close(link, error, now)
             return
         link.conn.sent(result, now)
-        self._sync(link, now)
+        self.drive(link.conn, now)
 
     def _accepted(self, op: Operation[Acceptor], result: int, now: float) -> None:
         acceptor = op.owner
@@ -410,51 +384,38 @@ class ProactorBase(Driver):
             self._release_accept(op)
             if not op.cancelled:
                 self.server.accept_failed(self._error(result), now)
-        if not acceptor.ops and (self.server.shutting_down or self._closing):
+        if not acceptor.ops and (self._listeners_closed or self._closing):
             acceptor.bound.sock.close()  # its cancelled accepts are all back
 
     # -- accepting --------------------------------------------------------------------------------
 
-    def _follow_accepting(self, now: float) -> bool:
-        """Hand parked connections over, then keep accepts posted exactly while the core
-        accepts. True if connections were admitted."""
-        server = self.server
-        if server.shutting_down or self._closing:
-            return False
-        admitted = False
-        while self._parked and server.accepting:
-            acceptor, sock = self._parked.popleft()
-            self._admit(acceptor, sock, now)
-            admitted = True
-        if not server.accepting:
-            for acceptor in self._acceptors:
-                for op in list(acceptor.ops):
-                    self._cancel_op(op)
-            return admitted
+    def _post_accepts(self, now: float) -> bool:
+        """Keep ``accepts_per_listener`` accepts posted; True if a post failed (the server
+        paused accepting)."""
         for acceptor in self._acceptors:
             for _ in range(self.accepts_per_listener - acceptor.live):
                 if not self._start_accept(acceptor, now):
-                    break
-        return admitted
+                    return True
+        return False
 
     def _start_accept(self, acceptor: Acceptor, now: float) -> bool:
         op = self._new_op("accept", acceptor, self._accepted)
         try:
             self._post_accept(op)
         except OSError as exc:
-            self.server.accept_failed(exc, now)  # it pauses accepting: its deadline retries
+            self.server.accept_failed(exc, now)  # it pauses accepting: its timer retries
             return False
         self._register(op)
         acceptor.ops.add(op)
         return True
 
     def _admit_or_park(self, acceptor: Acceptor, sock: socket.socket, now: float) -> None:
-        server = self.server
-        if server.shutting_down or self._closing:
+        if self._listeners_closed or self._closing:
             sock.close()
-            server.refused()
-        elif server.accepting and not self._parked:
+            self.server.refused()
+        elif self._accepting and not self._parked:
             self._admit(acceptor, sock, now)
+            self.follow(now)  # at the limit the server stops accepting: before the next one
         else:
             self._parked.append((acceptor, sock))
 
@@ -470,24 +431,21 @@ class ProactorBase(Driver):
             server.refused()
             return
         conn = server.accept(acceptor.bound.listener, peer, local, now)
-        link = Link(conn, sock, self._free_buffers.pop() if self._free_buffers else RecvBuffer())
-        self._links[conn] = link
-        self._sync(link, now)
+        buffer = self._free_buffers.pop() if self._free_buffers else RecvBuffer()
+        self.links[conn] = Link(conn, sock, buffer)
+        self.drive(conn, now)
 
     # -- closing ----------------------------------------------------------------------------------
 
-    def _close(self, link: Link, error: BaseException | None, now: float) -> None:
+    def close(self, link: Link, error: BaseException | None, now: float) -> None:
         """End a connection: tell the core once, cancel what is in flight, release when idle."""
         if link.closed:
             return
         link.closed = True
-        conn = link.conn
-        del self._links[conn]
-        self._timers.forget(conn)
         for op in (link.recv_op, link.send_op):
             if op is not None:
                 self._cancel_op(op)
-        conn.connection_lost(error, now)
+        self.forget(link.conn, error, now)
         self._release_if_idle(link)
 
     def _release_if_idle(self, link: Link) -> None:
@@ -498,12 +456,10 @@ class ProactorBase(Driver):
         if len(self._free_buffers) < _FREE_BUFFERS:
             self._free_buffers.append(link.buffer)
 
-    def _begin_stop(self, now: float) -> None:
-        self.server.begin_shutdown(now)
-        self._stop_accepting()
-
-    def _stop_accepting(self) -> None:
+    def stop_accepting(self) -> None:
         """Cancel every accept; close each listening socket once its accepts are back."""
+        self._accepting = False
+        self._listeners_closed = True
         for acceptor in self._acceptors:
             for op in list(acceptor.ops):
                 self._cancel_op(op)
@@ -518,10 +474,8 @@ class ProactorBase(Driver):
         """Leave nothing behind: end the connections, cancel and reap every operation, then
         release the ring/port (never while the kernel may still use registered memory)."""
         self._closing = True
-        now = time.monotonic()
-        for link in list(self._links.values()):
-            self._close(link, ConnectionAbortedError("driver stopped"), now)
-        self._stop_accepting()
+        self.end(time.monotonic())
+        self.stop_accepting()
         try:
             self._drain()
         finally:
@@ -531,7 +485,6 @@ class ProactorBase(Driver):
             else:
                 self._close_resources()
             self.close_listeners()
-            self._jobs.shutdown()
 
     def _drain(self) -> None:
         for op in list(self._ops.values()):

@@ -6,8 +6,9 @@ socket, a thread or a clock; drivers (``spcore.drivers``) move the bytes.
 
 from pathlib import Path as _Path
 
+from . import actions
 from .config import Limits
-from .connection import Connection
+from .connection import Connection, Hub
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import DotFraming, Framing, LengthPrefixFraming, LineFraming, RawFraming
 from .http.messages import BodyReader, Pipe, Request, Response, blocking, buffered
@@ -15,7 +16,7 @@ from .http.protocol import HTTPProtocol
 from .jobs import Job
 from .listeners import http_listener, stream_listener
 from .server import Listener, Server, Stats
-from .stream import Session, StreamHandler, StreamProtocol
+from .stream import Session, Sessions, StreamHandler, StreamProtocol
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "DotFraming",
     "Framing",
     "HTTPProtocol",
+    "Hub",
     "Job",
     "LengthPrefixFraming",
     "Limits",
@@ -47,9 +49,11 @@ __all__ = [
     "Response",
     "Server",
     "Session",
+    "Sessions",
     "Stats",
     "StreamHandler",
     "StreamProtocol",
+    "actions",
     "blocking",
     "buffered",
     "http_listener",

@@ -10,7 +10,8 @@ cheap and checkable from the outside:
 * ``/stream?n=BYTES``: exactly ``n`` bytes (at most 1 GiB) in 64 KiB chunks. Byte ``i`` of
   the body is ``i % 251``, so a client can check every byte without keeping the body (251 is
   prime, so a chunk lost, repeated or reordered shows up).
-* ``/stats``: the server's counters as JSON.
+* ``/stats``: the server's counters as JSON, with the process serving them (its pid, and its
+  index under ``--workers``).
 * ``/hello``: ``Hello, world!``, the benchmark endpoint.
 
 ``LineEcho`` is the stream counterpart (``spcore serve --line-echo``): SPServer's echo server
@@ -155,8 +156,8 @@ class _BuiltinApp:
         request.read_body(pipe)
         headers = [("content-type", request.header("content-type") or "application/octet-stream")]
         length = request.header("content-length")
-        if length is not None:  # the same length back: no chunked framing needed
-            headers.append(("content-length", length))
+        if length is not None and request.header("transfer-encoding") is None:
+            headers.append(("content-length", length))  # the same length back: not chunked
         return Response(200, headers, pipe)
 
     def _stream(self, request: Request) -> Response:
@@ -175,6 +176,8 @@ class _BuiltinApp:
         server = self._server
         stats: dict[str, Any] = dict(server.stats.as_dict())
         stats["driver"] = server.info.get("driver")
+        stats["pid"] = server.info.get("pid")
+        stats["worker"] = server.info.get("worker")
         stats["connections_open"] = len(server.connections)
         return _json(stats)
 
@@ -193,7 +196,7 @@ def _page(info: dict[str, Any]) -> str:
         ("cipher", tls.get("cipher")),
         ("ALPN", tls.get("alpn")),
         ("server name (SNI)", tls.get("server_name")),
-        ("client", None if client is None else f"{client[0]} port {client[1]}"),
+        ("client", _client(client)),
     ]
     cells = "\n".join(
         f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value or 'none'))}</td></tr>"
@@ -206,6 +209,15 @@ def _page(info: dict[str, Any]) -> str:
         '<a href="/stats">/stats</a>, <a href="/hello">/hello</a>, '
         '<a href="/?format=json">this page as JSON</a>.</p>\n</body></html>\n'
     )
+
+
+def _client(client: list[Any] | None) -> str | None:
+    """``192.0.2.7 port 4321``; a client with no port (a Unix socket's) as it is."""
+    if client is None:
+        return None
+    if len(client) == 2 and isinstance(client[1], int):
+        return f"{client[0]} port {client[1]}"
+    return " ".join(map(str, client))
 
 
 def builtin_app(server: Server) -> App:

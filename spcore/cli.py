@@ -1,10 +1,13 @@
 """The ``spcore`` command: ``serve``, ``drivers``, ``engines``, ``ticket-key`` and ``conformance``.
 
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
-development certificate), imports the user's application, binds sockets through a driver and
-turns SIGINT/SIGTERM into the core's graceful shutdown. Every mistake a user can make ends in
-one line, ``spcore: error: <what is wrong>``, on stderr and exit status 2; a traceback means
-a bug in spcore.
+development certificate), imports the user's application, binds sockets through a driver (or
+adopts those handed in: ``--fd``, systemd's ``LISTEN_FDS``), turns SIGINT/SIGTERM into the
+core's graceful shutdown and SIGHUP into the reload hook. ``--workers`` hands over to the
+supervisor (spcore.supervisor), which starts this same command once per worker.
+
+Every mistake a user can make ends in one line, ``spcore: error: <what is wrong>``, on stderr
+and exit status 2; a traceback means a bug in spcore.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import re
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
 from . import cli_tls
+from .addresses import describe_address, host_port
 from .app import LineEcho, builtin_app
 from .certs import CertificateError, CertPair, check_cert_key, dev_certificate
 from .config import Limits
@@ -43,16 +48,23 @@ from .drivers import (  # type: ignore[import-not-found, unused-ignore]
     probe_all,
 )
 from .drivers.base import Bound  # type: ignore[import-not-found, unused-ignore]
+from .drivers.listening import reuse_port_option  # type: ignore[import-not-found, unused-ignore]
+from .http.codecs import CODECS, codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .layer import ProtocolLayer
 from .server import Listener, Server
-from .stream import StreamProtocol
+from .stream import Sessions, StreamProtocol
+from .supervisor import UP, ListenFailed, Supervisor, WorkerSockets, cpu_count
 from .tls.config import ClientCertMode, ServerTLS, TLSConfigError
 
 __all__ = ["UsageError", "main"]
 
+log = logging.getLogger("spcore.cli")
+
 EXIT_USAGE = 2
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8443
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -129,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="address to listen on; repeat for several (default 127.0.0.1)",
     )
-    listen.add_argument("--port", type=_port, default=8443, help="0 picks a free port")
+    listen.add_argument("--port", type=_port, help=f"0 picks a free port (default {DEFAULT_PORT})")
     listen.add_argument(
         "--plain-port", type=_port, metavar="PORT", help="also serve plain HTTP on this port"
     )
@@ -161,9 +173,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=("default", "uvloop"),
         help="event loop of drivers that have one (asyncio)",
     )
+    how.add_argument(
+        "--http",
+        choices=("auto", *CODECS),
+        help="HTTP/1.1 codec: httptools (llhttp, fast) or h11 (pure Python); default auto: "
+        "httptools when installed",
+    )
     how.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="idle timeout")
     how.add_argument("--max-connections", type=_count, metavar="N")
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
+    _add_process_options(serve)
     serve.set_defaults(run=_serve)
 
     drivers = commands.add_parser(
@@ -194,25 +213,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args)
     _check_combinations(args)
     limits = _limits(args)
     driver_cls, driver_options = _driver(args.driver, args.loop)
+    handed_in = _handed_in(args)
+    if args.workers is not None and args.worker is None:
+        return _supervise(args, limits, driver_cls, handed_in)
     user_app = _load_app(args.app) if args.app else None
     tls, certfile = _tls_config(args)
-    server = _build_server(args, limits, tls, user_app)
+    codec = None if args.line_echo else _codec(args.http)
+    server = _build_server(args, limits, tls, user_app, handed_in, codec)
     try:
         driver = driver_cls(server, **driver_options)
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     bound = _bind(driver)
-    # Signals before the banner: whoever reads it may signal at once.
+    server.info["pid"] = os.getpid()
+    # Signals before the banner (whoever reads it may signal at once), and in every worker the
+    # watcher of the TLS files that rotate (the OCSP response, the ticket keys).
+    if args.worker is not None:
+        server.info["worker"] = args.worker
+        with _worker_signals(driver, args.worker), cli_tls.watching(server.listeners):
+            log.info("serving %s with the %s driver", _listing(args, bound), driver.name)
+            _report_up(args.worker_link, driver)
+            driver.run()
+        return 0
     with _stop_on_signals(driver), cli_tls.watching(server.listeners):
-        print(_banner(args, driver.name, bound, certfile), flush=True)
+        print(_banner(args, driver.name, codec, bound, certfile), flush=True)
         driver.run()
     return 0
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log lines name the process: ``[worker 1, pid 4242]``, ``[supervisor, pid 4241]``."""
+    who = ""
+    if args.worker is not None:
+        who = f" [worker {args.worker}, pid %(process)d]"
+    elif args.workers is not None:
+        who = " [supervisor, pid %(process)d]"
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s{who}: %(message)s",
+    )
 
 
 def _check_combinations(args: argparse.Namespace) -> None:
@@ -229,10 +272,14 @@ def _check_combinations(args: argparse.Namespace) -> None:
         raise UsageError(
             "give both --cert and --key, or neither to use the development certificate"
         )
-    if args.plain_port and args.plain_port == args.port:
-        raise UsageError(f"--plain-port and --port are both {args.port}; give two ports")
+    port = DEFAULT_PORT if args.port is None else args.port
+    if args.plain_port and args.plain_port == port:
+        raise UsageError(f"--plain-port and --port are both {port}; give two ports")
     if args.app and args.line_echo:
         raise UsageError("--app and --line-echo exclude each other")
+    if args.http and args.line_echo:
+        raise UsageError("--http applies to HTTP, and --line-echo serves lines")
+    _check_process_options(args)
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -244,7 +291,15 @@ def _limits(args: argparse.Namespace) -> Limits:
     return Limits(**overrides)
 
 
-def _driver(name: str, loop: str | None) -> tuple[type[Driver], dict[str, Any]]:
+def _codec(name: str | None) -> str:
+    """The HTTP codec's name, "auto" resolved; a codec that cannot load is a usage error."""
+    try:
+        return codec_factory(name or "auto")[0]
+    except ImportError:
+        raise UsageError(f"--http {name} needs {name} (pip install {name})") from None
+
+
+def _driver(name: str, loop: str | None) -> tuple[type[Driver[Any]], dict[str, Any]]:
     try:
         driver_cls = choose(name)
     except UnknownDriver as exc:
@@ -327,34 +382,65 @@ def _build_server(
     limits: Limits,
     tls: ServerTLS | None,
     user_app: App | None,
+    handed_in: list[tuple[int, bool]],
+    codec: str | None,
 ) -> Server:
     app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
+    sessions = Sessions()  # one chat room across every listener
 
     def protocol() -> ProtocolLayer:
         if args.line_echo:
-            return StreamProtocol(LineEcho(idle))
-        assert app is not None  # set below, before the driver accepts anything
-        return HTTPProtocol(app)
+            return StreamProtocol(LineEcho(idle), sessions)
+        assert app is not None and codec is not None  # set before the driver accepts anything
+        return HTTPProtocol(app, http=codec)
 
-    listeners = []
-    for host in args.host or ["127.0.0.1"]:
-        try:  # the engine builds its state here, reading every file the configuration names
-            listener = Listener(
-                protocol, host, args.port, tls, args.proxy_protocol, tls_engine=args.tls_engine
-            )
-        except TLSConfigError as exc:
-            raise UsageError(f"cannot set up TLS: {exc}") from None
-        listeners.append(listener)
-        if args.plain_port is not None:
-            listeners.append(Listener(protocol, host, args.plain_port, None, args.proxy_protocol))
-    server = Server(listeners, limits)
+    server = Server(_listeners(args, protocol, tls, handed_in), limits)
     if app is None:
         app = builtin_app(server)  # it shows the server's counters, so it needs the server
     return server
 
 
-def _bind(driver: Driver) -> list[Bound]:
+def _listeners(
+    args: argparse.Namespace,
+    protocol: Callable[[], ProtocolLayer],
+    tls: ServerTLS | None,
+    handed_in: list[tuple[int, bool]],
+) -> list[Listener]:
+    """Sockets handed in, then Unix sockets, then TCP ones on each host: ``--port`` unless
+    only sockets of the other kinds were asked for, and ``--plain-port``.
+
+    A worker serves exactly the sockets its supervisor bound (``--worker-socket``). Each TLS
+    listener has the engine build its state, reading every file the configuration names: a
+    supervisor so finds a bad one before it starts any worker."""
+
+    def listener(plain: bool, **where: Any) -> Listener:
+        try:
+            return Listener(
+                protocol,
+                tls=None if plain else tls,
+                proxy_protocol=args.proxy_protocol,
+                tls_engine=args.tls_engine,
+                **where,
+            )
+        except TLSConfigError as exc:
+            raise UsageError(f"cannot set up TLS: {exc}") from None
+
+    if args.worker is not None:
+        return [listener(plain, fd=fd) for fd, plain in args.worker_socket]
+    listeners = [listener(plain, fd=fd) for fd, plain in handed_in]
+    listeners += [listener(False, path=path, mode=args.uds_mode) for path in args.uds or []]
+    main_tcp = args.host is not None or args.port is not None or not listeners
+    port = DEFAULT_PORT if args.port is None else args.port
+    for host in args.host or [DEFAULT_HOST]:
+        if main_tcp:
+            listeners.append(listener(False, host=host, port=port))
+        if args.plain_port is not None:
+            listeners.append(listener(True, host=host, port=args.plain_port))
+    return listeners
+
+
+def _bind(driver: Driver[Any]) -> list[Bound]:
     try:
         bound: list[Bound] = driver.bind()
     except OSError as exc:
@@ -367,7 +453,11 @@ def _bind(driver: Driver) -> list[Bound]:
 def _bind_error(exc: OSError, listener: Listener | None) -> str:
     if listener is None:
         return f"cannot listen: {_reason(exc)}"
-    where = _host_port(listener.host, listener.port)
+    where = listener.where
+    if listener.fd is not None:
+        return f"cannot serve {where}: {_reason(exc)}"
+    if listener.path is not None:
+        return f"cannot listen on {where}: {_reason(exc)}"
     if isinstance(exc, socket.gaierror):
         return f"cannot listen on {where}: unknown host ({_reason(exc)})"
     if exc.errno == errno.EADDRINUSE:
@@ -379,28 +469,41 @@ def _bind_error(exc: OSError, listener: Listener | None) -> str:
     return f"cannot listen on {where}: {_reason(exc)}"
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _banner(
-    args: argparse.Namespace, driver: str, bound: list[Bound], certfile: Path | None
+    args: argparse.Namespace,
+    driver: str,
+    codec: str | None,
+    bound: list[Bound],
+    certfile: Path | None,
+    workers: list[int] | None = None,
 ) -> str:
-    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver (certificate: ...)``."""
-    urls = []
-    for each in bound:
-        secure = each.listener.tls is not None
-        where = _host_port(each.address[0], each.address[1])
-        if args.line_echo:
-            urls.append(f"{'tls' if secure else 'tcp'}://{where}")
-        else:
-            urls.append(f"{'https' if secure else 'http'}://{where}/")
-    listing = urls[0] if len(urls) == 1 else ", ".join(urls[:-1]) + " and " + urls[-1]
-    what = "line echo on " if args.line_echo else ""
-    line = f"spcore: serving {what}{listing} with the {driver} driver"
+    """``spcore: serving https://127.0.0.1:8443/ with the selectors driver and the httptools
+    codec (certificate: ...)``; with workers, ``... with the uring driver and the httptools
+    codec in 2 workers, pids 4242, 4243 (certificate: ...)``."""
+    line = f"spcore: serving {_listing(args, bound)} with the {driver} driver"
+    if codec is not None:
+        line += f" and the {codec} codec"
+    if workers is not None:
+        pids = ", ".join(map(str, workers))
+        line += f" in {len(workers)} workers, pid{'s' if len(workers) > 1 else ''} {pids}"
     if certfile is not None:
         line += f" (certificate: {_display_path(certfile)})"
     return line
+
+
+def _listing(args: argparse.Namespace, bound: list[Bound]) -> str:
+    """``https://127.0.0.1:8443/ and unix:/run/spcore.sock (http)``."""
+    urls = []
+    for each in bound:
+        secure = each.listener.tls is not None
+        scheme = ("tls", "tcp")[not secure] if args.line_echo else ("https", "http")[not secure]
+        name = each.sock.getsockname()
+        if isinstance(name, tuple):
+            urls.append(f"{scheme}://{host_port(name[0], name[1])}{'' if args.line_echo else '/'}")
+        else:
+            urls.append(f"{describe_address(name)} ({scheme})")
+    listing = urls[0] if len(urls) == 1 else ", ".join(urls[:-1]) + " and " + urls[-1]
+    return ("line echo on " if args.line_echo else "") + listing
 
 
 def _display_path(path: Path) -> str:
@@ -412,29 +515,274 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(driver: Driver) -> Iterator[None]:
-    """SIGINT/SIGTERM: graceful shutdown; a second one: exit at once with status 1."""
-    signals = [signal.SIGINT, signal.SIGTERM]
-    if hasattr(signal, "SIGBREAK"):  # Ctrl-Break on Windows
-        signals.append(signal.SIGBREAK)
+def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
+    """SIGINT/SIGTERM: graceful shutdown; a second one: exit at once with status 1. SIGHUP:
+    ``_reload``."""
     received = 0
 
-    def handle(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal received
         received += 1
         # os.write: print() is not safe in a handler that may interrupt another print.
         if received > 1:
             os.write(2, b"spcore: second signal, exiting at once\n")
+            for bound in driver.bound:  # what a normal exit would remove (Unix socket files)
+                bound.close()
             os._exit(1)
         os.write(2, b"spcore: shutting down gracefully (signal again to exit at once)\n")
         driver.stop()
 
-    previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in signals}
+    handlers: dict[int, Any] = {signal.SIGINT: stop, signal.SIGTERM: stop}
+    if hasattr(signal, "SIGBREAK"):  # Ctrl-Break on Windows
+        handlers[signal.SIGBREAK] = stop
+    if hasattr(signal, "SIGHUP"):
+        handlers[signal.SIGHUP] = lambda signum, frame: _reload(driver.server, "spcore")
+    with _signal_handlers(handlers):
+        yield
+
+
+@contextlib.contextmanager
+def _worker_signals(driver: Driver[Any], index: int) -> Iterator[None]:
+    """A worker's signals come from its supervisor: SIGTERM begins the graceful shutdown (once:
+    the supervisor escalates with SIGKILL), SIGHUP ``_reload``; SIGINT is ignored (Ctrl-C in a
+    terminal reaches the whole process group, and the supervisor handles it)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not driver.server.shutting_down:
+            log.info("shutting down gracefully")
+            driver.stop()
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        _reload(driver.server, f"spcore: worker {index} (pid {os.getpid()})")
+
+    handlers: dict[int, Any] = {
+        signal.SIGTERM: stop,
+        signal.SIGHUP: reload,
+        signal.SIGINT: signal.SIG_IGN,
+    }
+    with _signal_handlers(handlers):
+        yield
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
+    previous: dict[int, Any] = {sig: signal.signal(sig, new) for sig, new in handlers.items()}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _reload(server: Server, who: str) -> None:
+    """SIGHUP (sent to ``spcore serve``, or passed on by the supervisor to each worker): the
+    hook where issue 12 part B reloads the certificates, keys and client CA from their files.
+
+    It runs in a signal handler, between two bytecodes of the loop thread, so the reload
+    itself must be handed to the driver's loop (the thread-safe wake-up) rather than change
+    the server here. Until then it changes nothing, and says so: what matters now is that a
+    SIGHUP never ends the server, as the signal's default action would."""
+    del server  # part B: the listeners whose TLS configuration is reloaded
+    os.write(2, f"{who}: SIGHUP: reloading is not supported yet; nothing changed\n".encode())
+
+
+# -- workers and the sockets they serve (issue 12) ----------------------------------------------
+
+
+def _add_process_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("processes and sockets")
+    group.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="run N worker processes under a supervisor that restarts them (0 or auto: one "
+        "per CPU); without it, this process serves",
+    )
+    group.add_argument(
+        "--balance",
+        choices=("reuseport", "shared"),
+        help="how workers share a TCP address: a SO_REUSEPORT socket each, the kernel "
+        "spreading connections (default on Linux and FreeBSD), or one socket they all "
+        "accept from (the default elsewhere; always for Unix and handed-in sockets)",
+    )
+    group.add_argument(
+        "--fd",
+        action="append",
+        type=_fd,
+        metavar="FD",
+        help="serve this inherited, listening socket (repeatable); systemd socket activation "
+        "(LISTEN_FDS) is used by itself",
+    )
+    group.add_argument(
+        "--uds", action="append", metavar="PATH", help="listen on a Unix domain socket"
+    )
+    group.add_argument(
+        "--uds-mode",
+        type=_mode,
+        default=0o666,
+        metavar="MODE",
+        help="permissions of the --uds file, in octal (default 666, as systemd's SocketMode)",
+    )
+    # How a supervisor starts a worker (spcore.supervisor.worker_arguments); not for users.
+    group.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    group.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--worker-socket", action="append", type=_worker_socket, default=[], help=argparse.SUPPRESS
+    )
+
+
+def _workers(text: str) -> int:
+    count = cpu_count() if text == "auto" else _integer(text, "a number of workers")
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count}: give 1 or more, or 0 or auto for one per CPU")
+    return count or cpu_count()
+
+
+def _fd(text: str) -> int:
+    fd = _integer(text, "a file descriptor number")
+    if fd < 0:
+        raise argparse.ArgumentTypeError(f"{fd} is not a file descriptor number")
+    return fd
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _mode(text: str) -> int:
+    try:
+        mode = int(text.removeprefix("0o"), 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text}: give permission bits, 0 to 777")
+    return mode
+
+
+def _worker_socket(text: str) -> tuple[int, bool]:
+    fd, _, kind = text.partition(":")
+    return int(fd), kind == "plain"
+
+
+def _check_process_options(args: argparse.Namespace) -> None:
+    posix = sys.platform != "win32"
+    if args.workers is not None and not posix:
+        raise UsageError("--workers needs a POSIX system (Linux, BSD, macOS)")
+    if args.balance is not None:
+        if args.workers is None:
+            raise UsageError("--balance applies to --workers")
+        if args.balance == "reuseport" and reuse_port_option() is None:
+            raise UsageError(
+                "SO_REUSEPORT does not balance connections on this system; use --balance shared"
+            )
+    if args.fd and not posix:
+        raise UsageError("--fd needs a POSIX system")
+    if args.uds and not hasattr(socket, "AF_UNIX"):
+        raise UsageError("--uds: this system has no Unix domain sockets")
+
+
+def _handed_in(args: argparse.Namespace) -> list[tuple[int, bool]]:
+    """The sockets handed in, as (fd, plain): ``--fd``, then systemd's."""
+    return [(fd, False) for fd in args.fd or []] + _systemd_sockets()
+
+
+def _systemd_sockets() -> list[tuple[int, bool]]:
+    """The sockets of systemd socket activation (sd_listen_fds(3)): fds 3 on, when
+    ``LISTEN_PID`` is this process. One named ``plain`` (``FileDescriptorName=plain``) serves
+    plain HTTP beside TLS, as ``--plain-port`` does. The variables are removed, so that the
+    processes the app starts do not take the sockets for theirs."""
+    pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
+    names = os.environ.get("LISTEN_FDNAMES", "")
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(variable, None)
+    if pid is None or count is None or pid.strip() != str(os.getpid()):
+        return []
+    if not count.isdigit():
+        raise UsageError(f"LISTEN_FDS={count!r} is not a number of sockets")
+    labels = names.split(":") if names else []
+    return [
+        (SD_LISTEN_FDS_START + i, i < len(labels) and labels[i] == "plain")
+        for i in range(int(count))
+    ]
+
+
+#: The first fd of systemd socket activation.
+SD_LISTEN_FDS_START = 3
+
+#: A worker's interpreter imports the spcore its supervisor runs: the directory that one came
+#: from goes first on sys.path, unless it is on it already.
+_WORKER_BOOT = (
+    "import sys; where = sys.argv.pop(1); where in sys.path or sys.path.insert(0, where); "
+    "from spcore.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _supervise(
+    args: argparse.Namespace,
+    limits: Limits,
+    driver_cls: type[Driver[Any]],
+    handed_in: list[tuple[int, bool]],
+) -> int:
+    """``--workers N``: check what can be checked here (the TLS files, read by the chosen TLS
+    engine; the development certificate is made once, here), bind the sockets, and run the
+    workers. They get this command line, TLS engine and files included."""
+    tls, certfile = _tls_config(args)
+    codec = None if args.line_echo else _codec(args.http)
+
+    def no_protocol() -> ProtocolLayer:
+        raise AssertionError("the supervisor serves no connection")
+
+    listeners = _listeners(args, no_protocol, tls, handed_in)
+    reuse_port = (args.balance or ("reuseport" if reuse_port_option() else "shared")) == "reuseport"
+    try:
+        sockets = WorkerSockets(listeners, args.workers, reuse_port, limits.listen_backlog)
+    except ListenFailed as exc:
+        raise UsageError(_bind_error(exc.error, exc.listener)) from None
+    package_root = str(Path(__file__).resolve().parent.parent)
+    command = [sys.executable, "-c", _WORKER_BOOT, package_root, *args.argv]
+
+    def announce(pids: list[int]) -> None:
+        print(_banner(args, driver_cls.name, codec, sockets.of(0), certfile, pids), flush=True)
+
+    supervisor = Supervisor(
+        args.workers,
+        sockets,
+        command,
+        stop_timeout=limits.shutdown_grace + STOP_MARGIN,
+        announce=announce,
+    )
+    return supervisor.run()
+
+
+#: How long past the server's grace period the supervisor waits for a worker to stop.
+STOP_MARGIN = 5.0
+
+
+def _report_up(link_fd: int | None, driver: Driver[Any]) -> None:
+    """Tell the supervisor this worker is up; and stop gracefully when the link closes: the
+    supervisor is gone (even killed), and a worker must not outlive it."""
+    if link_fd is None:
+        return
+    link = socket.socket(fileno=link_fd)
+    link.setblocking(True)
+    link.sendall(UP)
+
+    def watch() -> None:
+        with link:
+            while True:
+                try:
+                    if not link.recv(64):
+                        break
+                except OSError:
+                    break
+        if not driver.server.shutting_down:
+            log.warning("the supervisor is gone; shutting down")
+            driver.stop()
+
+    threading.Thread(target=watch, name="spcore-supervisor-link", daemon=True).start()
 
 
 # -- spcore drivers ----------------------------------------------------------------------------
@@ -504,6 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # a supervisor's workers get it
         if args.command is None:
             raise UsageError(
                 "name a command: serve, drivers, engines, ticket-key or conformance "

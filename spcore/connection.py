@@ -2,30 +2,53 @@
 
 Bytes climb through the stages (PROXY header, first-bytes sniffing, ClientHello reading, TLS)
 into a protocol layer, and the protocol's output goes down the same way into a queue of
-buffers the driver writes. Everything a driver needs to know is a property it can read after
-each call; everything it reports is one method call (see docs/driver-contract.md):
+buffers. The driver reports what happened with one call each and, after every call, asks
+``next_action()`` what to do until it answers None (see ``spcore.actions`` and
+docs/driver-contract.md):
 
 * ``receive_data(data, now)``: bytes that arrived; ``b""`` when the peer shut its side.
-* ``outgoing()`` / ``sent(n, now)``: the buffers to write and how many bytes went out.
-* ``reading``: whether to read (False = back-pressure); ``write_eof``: shut the write side
-  (then ``write_eof_done(now)``); ``should_close``: close the socket now.
-* ``deadline`` / ``on_deadline(now)``: the next time the core must be called back.
-* ``take_jobs()`` / ``job_done(job, now)``: blocking work for the driver's worker threads.
-* ``connection_lost(error, now)``: the socket is closed, whatever the cause; called once.
+* ``sent(n, now)``: the kernel took ``n`` bytes of the ``Send`` in flight.
+* ``on_deadline(now)``: the timer of the latest ``SetTimer`` fired.
+* ``job_done(job, now)``: a job of a ``RunJobs`` finished on a worker thread.
+* ``connection_lost(error, now)``: the socket is closed, whatever the cause; the last call.
+
+The lifecycle (opening stages, open, the graceful close, closed) is the state machine of
+``spcore.lifecycle``. A ``Connection`` needs no server: the ``Hub`` it is given (or makes)
+holds what the connections of one server share.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from .actions import (
+    CLOSE,
+    READ_OFF,
+    READ_ON,
+    SHUT_WRITE,
+    Action,
+    RunJobs,
+    Send,
+    SetTimer,
+)
+from .config import Limits
 from .errors import ProtocolError
 from .jobs import Job
 from .layer import ProtocolLayer
+from .lifecycle import (
+    CLOSING_STATES,
+    OPENING_STATES,
+    STATE_TIMEOUTS,
+    Event,
+    Input,
+    State,
+    next_state,
+)
 from .preamble import ProxyHeaderReader, ProxyInfo, Sniff, plaintext_http_rejection, sniff
+from .stats import Stats
 from .tls.engine import (
     ApplicationData,
     CloseNotify,
@@ -37,83 +60,160 @@ from .tls.engine import (
 )
 from .tls.records import ClientHello, ClientHelloReader, RecordError, alert_record
 
-if TYPE_CHECKING:
-    from .config import Limits
-    from .server import Listener, Server
-
-__all__ = ["Address", "Connection"]
+__all__ = ["Address", "Connection", "Hub", "StackSource"]
 
 log = logging.getLogger("spcore.connection")
 
 Address = tuple[Any, ...]  # a socket address as the socket module gives it
 
+_OPEN, _FLUSHING, _DRAINING = State.OPEN, State.FLUSHING, State.DRAINING
+_CLOSE, _CLOSED = State.CLOSE, State.CLOSED
+_TLS_VERSIONS = {
+    0x0300: "SSL 3.0",
+    0x0301: "TLS 1.0",
+    0x0302: "TLS 1.1",
+    0x0303: "TLS 1.2",
+    0x0304: "TLS 1.3",
+}
 
-class _Stage(enum.Enum):
-    PROXY = enum.auto()  # waiting for the PROXY protocol header
-    SNIFF = enum.auto()  # TLS listener: is this TLS at all?
-    HELLO = enum.auto()  # reading the ClientHello before the engine sees it
-    TLS = enum.auto()  # engine handshaking or open
-    PLAIN = enum.auto()  # no TLS: plaintext straight to the protocol
-    CLOSING = enum.auto()  # we decided to close: flush, shut down, discard input
-    CLOSED = enum.auto()
+
+class StackSource(Protocol):
+    """What a connection builds its layers from (``spcore.Listener`` is one)."""
+
+    @property
+    def proxy_protocol(self) -> bool:
+        """A PROXY protocol header comes first."""
+        ...
+
+    @property
+    def protocol(self) -> Callable[[], ProtocolLayer]:
+        """Makes the protocol layer of each connection."""
+        ...
+
+    def new_engine(self) -> TLSEngine | None:
+        """A TLS engine for a new connection, or None for plaintext."""
+        ...
+
+
+class Hub:
+    """What the connections of one server share: their only link upward.
+
+    The limits and counters; the live connections by id; the driver's clock at its latest
+    call into the core (a change made during that call is timed by it, whichever connection
+    it lands on: a broadcast's deadlines); the connection that call is on, so that a change
+    made elsewhere (another connection's handler, a call handed to the loop thread, the
+    server) is noted for the driver to sync; and the driver's thread-safe call.
+    """
+
+    def __init__(self, limits: Limits | None = None, stats: Stats | None = None) -> None:
+        self.limits = limits or Limits()
+        self.stats = stats or Stats()
+        #: Live connections by id.
+        self.connections: dict[int, Connection] = {}
+        #: The driver's clock at its latest call into the core.
+        self.now = 0.0
+        #: The connection whose driver call is under way.
+        self.current: Connection | None = None
+        #: Unix time minus the driver's clock (``Server.start`` learns it).
+        self.wall_offset = 0.0
+        #: The driver's ``call_soon_threadsafe`` (``Server.attach``); None without a driver.
+        self.loop_call: Callable[..., bool] | None = None
+        self._woken: dict[Connection, None] = {}
+        self._next_id = 1
+
+    def add(self, conn: Connection) -> int:
+        """Register a new connection; its id."""
+        conn_id = self._next_id
+        self._next_id += 1
+        self.connections[conn_id] = conn
+        self.stats.connections_total += 1
+        self.stats.connections_open = len(self.connections)
+        return conn_id
+
+    def remove(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+        self._woken.pop(conn, None)
+        self.stats.connections_open = len(self.connections)
+
+    def wake(self, conn: Connection) -> None:
+        """Note that ``conn`` changed outside its own driver call."""
+        if not conn.closed:
+            self._woken[conn] = None
+
+    def pop_woken(self) -> Connection | None:
+        """One connection to sync, or None."""
+        woken = self._woken
+        if not woken:
+            return None
+        conn = next(iter(woken))
+        del woken[conn]
+        return conn
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Have the driver run ``fn(*args)`` on its loop thread soon (from any thread); False
+        if no driver runs, or it has stopped (``fn`` then never runs)."""
+        loop_call = self.loop_call
+        return loop_call is not None and loop_call(fn, *args)
 
 
 class Connection:
-    """The core side of one socket. Created by ``Server.accept``; never shared between threads."""
+    """The core side of one socket. Made by ``Server.accept``; never shared between threads."""
 
     def __init__(
         self,
-        server: Server,
-        conn_id: int,
-        listener: Listener,
-        peer: Address | None,
-        local: Address | None,
-        now: float,
+        listener: StackSource,
+        hub: Hub | None = None,
+        *,
+        peer: Address | None = None,
+        local: Address | None = None,
+        now: float = 0.0,
     ) -> None:
-        self.server = server
-        self.id = conn_id
+        hub = Hub() if hub is None else hub
+        self._hub = hub
+        self.limits = hub.limits
+        self.stats = hub.stats
+        self.id = hub.add(self)
         self.listener = listener
-        self.limits: Limits = server.limits
-        self.stats = server.stats
         self.peer = peer
         self.local = local
         self.proxy: ProxyInfo | None = None
+        #: The ClientHello as the record layer read it (TLS listeners, once complete).
         self.client_hello: ClientHello | None = None
         self.tls: TLSEngine | None = None
         self.tls_info: TLSInfo | None = None
         self.protocol: ProtocolLayer = ProtocolLayer()
+        self._state = State.CLOSE  # where a connection whose stack cannot be built stays
+        self._input = Input.OPEN
         self._out: deque[bytes | memoryview] = deque()
         self._out_size = 0
+        self._in_flight = 0  # bytes of the Send in flight; 0: none
         self._pre = bytearray()  # raw bytes held while sniffing and reading the ClientHello
-        self._proxy_reader = ProxyHeaderReader() if listener.proxy_protocol else None
+        self._proxy_reader: ProxyHeaderReader | None = None
         self._hello_reader: ClientHelloReader | None = None
         self._paused_writing = False
-        self._peer_ended = False  # the protocol was told about the end of input
-        self._transport_eof = False
-        self._want_write_eof = False
-        self._write_eof_done = False
-        self._should_close = False
-        self._handshake_deadline: float | None = None
+        self._state_deadline: float | None = None  # the state's timer (STATE_TIMEOUTS)
         self._send_deadline: float | None = None
-        self._close_deadline: float | None = None
         self._jobs: list[Job] = []
-        try:
-            self.tls = listener.new_engine()
-            self.protocol = listener.new_protocol()
-        except Exception:
-            log.exception("%r: the listener could not build this connection's stack", self)
-            server.stats.errors += 1
-            self._stage = _Stage.CLOSING
-            self._should_close = True
-            return
-        if self._proxy_reader is not None or self.tls is not None:
-            self._handshake_deadline = now + self.limits.handshake_timeout
-        if self._proxy_reader is not None:
-            self._stage = _Stage.PROXY
-            return
+        self._told_reading = False  # what the driver was last told (it starts not reading)
+        self._told_deadline: float | None = None
         self._enter(now)
         try:
-            self._start_stream(now)  # a plaintext protocol starts now, inside accept()
+            self.tls = listener.new_engine()
+            self.protocol = listener.protocol()
+        except Exception:
+            log.exception("%r: the listener could not build this connection's stack", self)
+            self.stats.errors += 1
+            self._leave()
+            return
+        try:
+            if listener.proxy_protocol:
+                self._proxy_reader = ProxyHeaderReader()
+                self._begin(State.PROXY)
+            elif self.tls is not None:
+                self._begin(State.SNIFF)
+            else:
+                self._begin(State.OPEN)
+                self.protocol.connection_made(self, now)
         except Exception:
             self._internal_error()
         finally:
@@ -123,99 +223,72 @@ class Connection:
         peer = self.peer[:2] if self.peer else "?"
         return f"<Connection #{self.id} {peer}>"
 
-    # -- what the driver reads ---------------------------------------------------------------
+    # -- the driver's side -------------------------------------------------------------------
 
-    @property
-    def reading(self) -> bool:
-        """Read from the socket now? False applies back-pressure (and after EOF)."""
-        if self._should_close or self._transport_eof:
-            return False
-        stage = self._stage
-        if stage is _Stage.CLOSING:
-            return True  # discard what still comes, until the peer's EOF
-        if stage is _Stage.CLOSED or self._paused_writing:
-            return False
-        return self.protocol.reading if self.protocol_started else True
-
-    @property
-    def write_eof(self) -> bool:
-        """Output is flushed and the core wants the write side shut (``shutdown(SHUT_WR)``)."""
-        return self._want_write_eof and not self._write_eof_done and not self._out
-
-    @property
-    def should_close(self) -> bool:
-        """Close the socket now (discarding any output left), then call connection_lost."""
-        return self._should_close
-
-    @property
-    def closed(self) -> bool:
-        """True once ``connection_lost`` was called."""
-        return self._stage is _Stage.CLOSED
-
-    @property
-    def deadline(self) -> float | None:
-        """When to call ``on_deadline`` next (driver's clock), None for never."""
-        if self._should_close:
-            return None  # nothing left to time: the driver closes now
-        best = self._handshake_deadline
-        for candidate in (
-            self._send_deadline,
-            self._close_deadline,
-            self._protocol_deadline,
-        ):
-            if candidate is not None and (best is None or candidate < best):
-                best = candidate
-        return best
-
-    @property
-    def _protocol_deadline(self) -> float | None:
-        """The protocol's timer, which does not run while reading is held back for our own
-        output (the send timeout runs then); ``resume_writing`` lets it restart its time."""
-        if self._paused_writing or self._stage not in (_Stage.TLS, _Stage.PLAIN):
+    def next_action(self) -> Action | None:
+        """What the driver must do next; None once there is nothing (until its next call)."""
+        state = self._state
+        if state is _CLOSE:
+            if self._jobs:  # every job submitted runs, and comes back after connection_lost
+                return self._run_jobs()
+            return CLOSE
+        if state is _CLOSED:
             return None
-        return self.protocol.deadline
-
-    @property
-    def output_size(self) -> int:
-        """Bytes waiting to be written, counting what the TLS engine holds."""
-        return self._out_size + (self.tls.pending_output if self.tls is not None else 0)
-
-    @property
-    def writable(self) -> bool:
-        """False between the high-water mark and the return below the low-water mark."""
-        return not self._paused_writing
-
-    # -- what the driver calls ---------------------------------------------------------------
+        if not self._in_flight:
+            tls = self.tls
+            if tls is not None:
+                data = tls.data_to_send()
+                if data:
+                    self._queue(data)
+            if self._out:
+                self._in_flight = size = self._out_size
+                return Send(tuple(self._out), size)
+            if state is _FLUSHING:  # all out: shut the write side and wait, or close now
+                if self._input is Input.EOF or self.limits.close_timeout == 0:
+                    self._fire(Event.FLUSHED_AND_DONE)
+                    return CLOSE
+                self._fire(Event.FLUSHED)
+                return SHUT_WRITE
+        reading = self.reading
+        if reading is not self._told_reading:
+            self._told_reading = reading
+            return READ_ON if reading else READ_OFF
+        if self._jobs:
+            return self._run_jobs()
+        deadline = self.deadline
+        if deadline != self._told_deadline:
+            self._told_deadline = deadline
+            return SetTimer(deadline)
+        return None
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes read from the socket; ``b""`` means the peer shut its side (EOF)."""
-        if self._should_close or self._stage is _Stage.CLOSED:
+        state = self._state
+        if state is _CLOSE or state is _CLOSED:
             return
         self._enter(now)
         try:
             if data:
                 self.stats.bytes_received += len(data)
-            else:
-                self._transport_eof = True
             self._dispatch(data, now)
+            if not data:
+                self._input = Input.EOF
             self._check_high_water()  # TLS answers input by itself (KeyUpdate, alerts)
         except Exception:
             self._internal_error()
         finally:
             self._leave()
 
-    def outgoing(self) -> Sequence[bytes | memoryview]:
-        """The buffers to write, in order (a live view: do not keep it across calls)."""
-        tls = self.tls
-        if tls is not None and self._stage is not _Stage.CLOSED:
-            data = tls.data_to_send()
-            if data:
-                self._queue(data)
-        return self._out
-
     def sent(self, n: int, now: float) -> None:
-        """``n`` bytes from the front of ``outgoing()`` were written."""
-        if n <= 0 or self._stage is _Stage.CLOSED:
+        """The kernel took ``n`` bytes from the front of the ``Send`` in flight, which ends it
+        (``n`` may be short of its size: the rest leads the next ``Send``)."""
+        state = self._state
+        if state is _CLOSE or state is _CLOSED:
+            return  # a send completing after an abort: its bytes no longer matter
+        if not 0 <= n <= self._in_flight:
+            raise ValueError(f"sent({n}) with {self._in_flight} bytes in flight")
+        self._in_flight = 0
+        if not n:
             return
         self._enter(now)
         try:
@@ -233,37 +306,29 @@ class Connection:
             self._send_deadline = now + self.limits.send_timeout if out else None
             if self._paused_writing and self.output_size <= self.limits.write_low_water:
                 self._paused_writing = False
-                if self._stage in (_Stage.TLS, _Stage.PLAIN) and self.protocol_started:
-                    self.protocol.resume_writing(now)  # (a handshake's own output: not yet)
-            if not out:
-                self._maybe_finish_close(now)
+                if self._state is _OPEN:  # (a handshake's own output: not yet)
+                    self.protocol.resume_writing(now)
         except Exception:
             self._internal_error()
         finally:
             self._leave()
 
-    def write_eof_done(self, now: float) -> None:
-        """The driver shut the write side after ``write_eof`` asked for it."""
-        if self._stage is _Stage.CLOSED:
-            return
-        self._write_eof_done = True
-        self._close_deadline = now + self.limits.close_timeout
-        self._maybe_finish_close(now)
-
     def on_deadline(self, now: float) -> None:
-        """The driver's timer for ``deadline`` fired (early or late calls are harmless)."""
-        if self._should_close or self._stage is _Stage.CLOSED:
+        """The timer of the latest ``SetTimer`` fired (early or late calls are harmless)."""
+        state = self._state
+        if state is _CLOSE or state is _CLOSED:
             return
+        self._told_deadline = None  # a timer that fired is disarmed: the next one is told again
         self._enter(now)
         try:
-            if self._handshake_deadline is not None and now >= self._handshake_deadline:
-                self.stats.timeouts += 1
-                self.abort("TLS handshake timed out")
+            if self._state_deadline is not None and now >= self._state_deadline:
+                if state in OPENING_STATES:
+                    self.stats.timeouts += 1
+                    log.info("%r: closing: TLS handshake timed out", self)
+                self._fire(Event.TIMEOUT)
             elif self._send_deadline is not None and now >= self._send_deadline:
                 self.stats.timeouts += 1
                 self.abort("peer stopped reading our output")
-            elif self._close_deadline is not None and now >= self._close_deadline:
-                self._should_close = True
             else:
                 protocol_deadline = self._protocol_deadline
                 if protocol_deadline is not None and now >= protocol_deadline:
@@ -273,13 +338,8 @@ class Connection:
         finally:
             self._leave()
 
-    def take_jobs(self) -> list[Job]:
-        """Blocking jobs to run on worker threads; each must come back via ``job_done``."""
-        jobs, self._jobs = self._jobs, []
-        return jobs
-
     def job_done(self, job: Job, now: float) -> None:
-        """A job taken from ``take_jobs`` finished on a worker; apply it (loop thread)."""
+        """A job of a ``RunJobs`` finished on a worker; apply it (loop thread)."""
         self._enter(now)
         try:
             job.on_done(job, now)
@@ -290,20 +350,19 @@ class Connection:
 
     def connection_lost(self, error: BaseException | None, now: float) -> None:
         """The socket is closed, for whatever reason. The one exit path; idempotent."""
-        if self._stage is _Stage.CLOSED:
+        if self._state is _CLOSED:
             return
         if error is not None:
             log.debug("%r: connection lost: %s", self, error)
-        self._stage = _Stage.CLOSED
-        self._should_close = True
+        self._fire(Event.LOST)
         self._out.clear()
-        self._out_size = 0
-        self.server.now = now
+        self._out_size = self._in_flight = 0
+        self._hub.now = now
         try:
             self.protocol.connection_lost(error)
         except Exception:
             log.exception("%r: protocol failed while closing", self)
-        self.server.connection_ended(self)
+        self._hub.remove(self)
 
     def shutdown(self, now: float) -> None:
         """Graceful server shutdown: let in-flight work finish, cut handshakes.
@@ -311,36 +370,95 @@ class Connection:
         Called by the server, outside any driver call, so changes wake the driver.
         """
         try:
-            if self._stage in (_Stage.TLS, _Stage.PLAIN) and self.protocol_started:
+            if self._state is _OPEN:
                 self.protocol.shutdown(now)
-            elif self._stage is not _Stage.CLOSING:
+            elif self._state in OPENING_STATES:
                 self.abort("server shutting down")
         except Exception:
             self._internal_error()
 
-    # -- what the protocol layer calls -------------------------------------------------------
+    # -- what the driver and tests may read ----------------------------------------------------
 
     @property
-    def protocol_started(self) -> bool:
-        return self._stage is _Stage.PLAIN or self.tls_info is not None
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        """True once ``connection_lost`` was called."""
+        return self._state is _CLOSED
+
+    @property
+    def reading(self) -> bool:
+        """Whether the core wants input now (what ``Read`` actions tell the driver)."""
+        state = self._state
+        if self._input is Input.EOF or state is _CLOSE or state is _CLOSED:
+            return False
+        if state is _FLUSHING or state is _DRAINING:
+            return True  # discard what still comes, until the peer's EOF
+        if self._paused_writing:
+            return False
+        return self.protocol.reading if state is _OPEN else True
+
+    @property
+    def deadline(self) -> float | None:
+        """The earliest of the connection's timers (what ``SetTimer`` actions tell)."""
+        if self._state is _CLOSE or self._state is _CLOSED:
+            return None  # nothing left to time: the driver closes now
+        best = self._state_deadline
+        send = self._send_deadline
+        if send is not None and (best is None or send < best):
+            best = send
+        protocol_deadline = self._protocol_deadline
+        if protocol_deadline is not None and (best is None or protocol_deadline < best):
+            best = protocol_deadline
+        return best
+
+    @property
+    def _protocol_deadline(self) -> float | None:
+        """The protocol's timer, which does not run while reading is held back for our own
+        output (the send timeout runs then); ``resume_writing`` lets it restart its time."""
+        if self._paused_writing or self._state is not _OPEN:
+            return None
+        return self.protocol.deadline
+
+    # -- the Transport a protocol layer sees ---------------------------------------------------
+
+    @property
+    def output_size(self) -> int:
+        """Bytes waiting to be written, counting what the TLS engine holds."""
+        return self._out_size + (self.tls.pending_output if self.tls is not None else 0)
+
+    @property
+    def writable(self) -> bool:
+        """False between the high-water mark and the return below the low-water mark."""
+        return not self._paused_writing
 
     @property
     def closing(self) -> bool:
-        return self._stage in (_Stage.CLOSING, _Stage.CLOSED)
+        return self._state in CLOSING_STATES
 
     @property
     def now(self) -> float:
-        """The time of the driver call in progress (``server.now``): a change made from
-        another connection's call is timed by that call."""
-        return self.server.now
+        """The time of the driver call in progress: a change made from another connection's
+        call is timed by that call."""
+        return self._hub.now
 
     def wall_time(self, now: float) -> float:
         """Unix time at driver time ``now``."""
-        return self.server.wall_time(now)
+        return now + self._hub.wall_offset
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the driver's loop thread soon; callable from any thread.
+
+        True: it will run exactly once, in the order of this thread's calls. False: the driver
+        has stopped (or none runs this connection) and it never will.
+        """
+        return self._hub.call_soon_threadsafe(fn, *args)
 
     def write(self, data: bytes) -> None:
         """Queue plaintext for the peer. Ignored once the connection is closing."""
-        if not data or self._stage in (_Stage.CLOSING, _Stage.CLOSED):
+        if not data or self._state in CLOSING_STATES:
             return
         if self.tls is not None:
             if self.tls.closed:
@@ -354,22 +472,20 @@ class Connection:
 
     def close(self) -> None:
         """Flush what was written, send close_notify, shut down, close. Idempotent."""
-        if self._stage in (_Stage.CLOSING, _Stage.CLOSED):
+        if self._state in CLOSING_STATES:
             return
-        self._stage = _Stage.CLOSING
-        self._handshake_deadline = None
+        self._fire(Event.CLOSE)
         if self.tls is not None:
             self.tls.close()  # close_notify, or an abort if the handshake is unfinished
-        self._maybe_finish_close(self.server.now)
         self._touch()
 
     def abort(self, reason: str) -> None:
         """Close at once, dropping unsent output; ``reason`` goes to the log."""
-        if self._stage is _Stage.CLOSED:
+        state = self._state
+        if state is _CLOSE or state is _CLOSED:
             return
         log.info("%r: closing: %s", self, reason)
-        self._stage = _Stage.CLOSING
-        self._should_close = True
+        self._fire(Event.ABORT)
         self._touch()
 
     def submit_job(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> Job:
@@ -381,17 +497,41 @@ class Connection:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _begin(self, state: State) -> None:
+        """The first state after the stack is built (the handshake timer starts with it)."""
+        self._state = state
+        timer = STATE_TIMEOUTS.get(state)
+        if timer is not None:
+            self._state_deadline = self._hub.now + getattr(self.limits, timer)
+
+    def _fire(self, event: Event) -> None:
+        """Take the transition ``event`` makes from the current state (lifecycle.TRANSITIONS),
+        starting or stopping the state's timer when it changes."""
+        old = self._state
+        new = next_state(old, event)
+        self._state = new
+        timer = STATE_TIMEOUTS.get(new)
+        if timer != STATE_TIMEOUTS.get(old):
+            self._state_deadline = (
+                None if timer is None else self._hub.now + getattr(self.limits, timer)
+            )
+
+    def _run_jobs(self) -> RunJobs:
+        jobs, self._jobs = tuple(self._jobs), []
+        return RunJobs(jobs)
+
     def _enter(self, now: float) -> None:
-        self.server.now = now
-        self.server.current = self
+        hub = self._hub
+        hub.now = now
+        hub.current = self
 
     def _leave(self) -> None:
-        self.server.current = None
+        self._hub.current = None
 
     def _touch(self) -> None:
         """State changed: if no driver call on this connection is under way, wake the driver."""
-        if self.server.current is not self:
-            self.server.wake(self)
+        if self._hub.current is not self:
+            self._hub.wake(self)
 
     def _internal_error(self) -> None:
         log.exception("%r: internal error; closing the connection", self)
@@ -410,34 +550,27 @@ class Connection:
 
     def _arm_send_deadline(self) -> None:
         if self._send_deadline is None:
-            self._send_deadline = self.server.now + self.limits.send_timeout
-
-    def _start_stream(self, now: float) -> None:
-        """After any PROXY header: sniff for TLS, or start the plaintext protocol."""
-        if self.tls is not None:
-            self._stage = _Stage.SNIFF
-        else:
-            self._stage = _Stage.PLAIN
-            self._handshake_deadline = None
-            self.protocol.connection_made(self, now)
+            self._send_deadline = self._hub.now + self.limits.send_timeout
 
     def _dispatch(self, data: bytes, now: float) -> None:
-        stage = self._stage
-        if stage is _Stage.TLS:
-            self._receive_tls(data, now)
-        elif stage is _Stage.PLAIN:
-            if data:
+        state = self._state
+        if state is _OPEN:
+            if self.tls is not None:
+                self._receive_tls(data, now)
+            elif data:
                 self.protocol.data_received(data, now)
             else:
                 self._end_of_input(True, now)
-        elif stage is _Stage.CLOSING:
-            if not data:
-                self._maybe_finish_close(now)
-        elif stage is _Stage.PROXY:
+        elif state is State.HANDSHAKE:
+            self._receive_tls(data, now)
+        elif state is _FLUSHING or state is _DRAINING:
+            if not data and state is _DRAINING:
+                self._fire(Event.PEER_EOF)  # (FLUSHING: the flush's end sees the EOF)
+        elif state is State.PROXY:
             self._receive_proxy(data, now)
-        elif stage is _Stage.SNIFF:
+        elif state is State.SNIFF:
             self._receive_sniff(data, now)
-        elif stage is _Stage.HELLO:
+        elif state is State.HELLO:
             self._receive_hello(data, now)
 
     def _receive_proxy(self, data: bytes, now: float) -> None:
@@ -457,7 +590,11 @@ class Connection:
         self._proxy_reader = None
         if self.proxy.source is not None:
             self.peer = self.proxy.source
-        self._start_stream(now)
+        if self.tls is not None:
+            self._fire(Event.TLS_LISTENER)
+        else:
+            self._fire(Event.PLAIN_LISTENER)
+            self.protocol.connection_made(self, now)
         if rest:
             self._dispatch(rest, now)
 
@@ -475,17 +612,15 @@ class Connection:
             assert self.tls is not None
             self.tls.close()
             self._queue(plaintext_http_rejection())
-            self._stage = _Stage.CLOSING
-            self._handshake_deadline = None
-            self._maybe_finish_close(now)
+            self._fire(Event.HTTP_SNIFFED)
             return
         held, self._pre = bytes(self._pre), bytearray()
         if kind is Sniff.TLS:
-            self._stage = _Stage.HELLO
+            self._fire(Event.TLS_SNIFFED)
             self._hello_reader = ClientHelloReader()
             self._receive_hello(held, now)
         else:  # not TLS: let the engine answer with its alert
-            self._stage = _Stage.TLS
+            self._fire(Event.OTHER_SNIFFED)
             self._receive_tls(held, now)
 
     def _receive_hello(self, data: bytes, now: float) -> None:
@@ -500,15 +635,13 @@ class Connection:
             self.stats.tls_errors += 1
             log.info("%r: bad ClientHello: %s", self, exc)
             self._queue(alert_record(exc.alert))
-            self._stage = _Stage.CLOSING
-            self._handshake_deadline = None
-            self._maybe_finish_close(now)
+            self._fire(Event.HELLO_BAD)
             return
         if hello is None:
             return
         self.client_hello = hello
         held, self._pre, self._hello_reader = bytes(self._pre), bytearray(), None
-        self._stage = _Stage.TLS
+        self._fire(Event.HELLO_READ)
         self._receive_tls(held, now)
 
     def _receive_tls(self, data: bytes, now: float) -> None:
@@ -518,43 +651,42 @@ class Connection:
             events = tls.receive_data(data)
         except TLSError as exc:
             self.stats.tls_errors += 1
-            log.info("%r: %s", self, exc)
-            self._handshake_deadline = None
+            log.info("%r: %s%s", self, exc, self._offered() if exc.during_handshake else "")
             self.close()  # the engine failed: no close_notify, but its alert is flushed
             return
         for event in events:
             kind = type(event)
             if kind is ApplicationData:
                 # Nothing after the peer's close_notify or EOF is part of the stream.
-                if self._stage is _Stage.TLS and not self._peer_ended:
+                if self._state is _OPEN and self._input is Input.OPEN:
                     self.protocol.data_received(event.data, now)  # type: ignore[union-attr]
             elif kind is HandshakeComplete:
                 self.tls_info = event.info  # type: ignore[union-attr]
-                self._handshake_deadline = None
                 self.stats.handshakes += 1
+                self._fire(Event.HANDSHAKE_DONE)
                 self.protocol.connection_made(self, now)
             elif kind is CloseNotify:
                 self._end_of_input(True, now)
             elif kind is RaggedEOF:
                 self._end_of_input(False, now)
-        if not data and self.tls_info is None and self._stage is _Stage.TLS:
+        if not data and self._state is State.HANDSHAKE and not tls.handshake_complete:
             self.abort("peer closed during the TLS handshake")
 
-    def _end_of_input(self, clean: bool, now: float) -> None:
-        if not self._peer_ended:
-            self._peer_ended = True
-            if self._stage in (_Stage.TLS, _Stage.PLAIN):
-                self.protocol.eof_received(clean, now)
+    def _offered(self) -> str:
+        """What the client offered, for the log line of a failed handshake."""
+        hello = self.client_hello
+        if hello is None:
+            return ""
+        version = hello.max_version
+        offer = [f"up to {_TLS_VERSIONS.get(version, hex(version))}"]
+        if hello.server_name:
+            offer.append(f"SNI {hello.server_name}")
+        if hello.alpn_protocols:
+            offer.append("ALPN " + ",".join(hello.alpn_protocols))
+        return " (the client offered " + "; ".join(offer) + ")"
 
-    def _maybe_finish_close(self, now: float) -> None:
-        """Advance a graceful close: flushed -> write side shut -> peer EOF or timeout."""
-        if self._stage is not _Stage.CLOSING or self._should_close:
-            return
-        if self.tls is not None:
-            self.outgoing()  # collect close_notify / alert from the engine
-        if self._out:
-            return
-        if self._transport_eof or self.limits.close_timeout == 0:
-            self._should_close = True
-        elif not self._write_eof_done:
-            self._want_write_eof = True
+    def _end_of_input(self, clean: bool, now: float) -> None:
+        if self._input is Input.OPEN:
+            self._input = Input.ENDED
+            if self._state is _OPEN:
+                self.protocol.eof_received(clean, now)

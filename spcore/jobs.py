@@ -1,7 +1,7 @@
 """Blocking jobs: the half-sync/half-async bridge, done sans-IO.
 
 The core never starts a thread. When application code is marked blocking, the core wraps each
-call in a ``Job`` and hands it to the driver (``Connection.take_jobs()``); the driver runs
+call in a ``Job`` and hands it to the driver (a ``RunJobs`` action); the driver runs
 ``job.run()`` on a worker thread and gives the finished job back to
 ``Connection.job_done()`` on its loop thread, where the result is applied. The job is
 SPServer's "asynchronous completion token": it carries everything needed to resume.
@@ -18,7 +18,7 @@ __all__ = ["Job"]
 class Job:
     """One call to run off the loop thread. ``run()`` never raises."""
 
-    __slots__ = ("_fn", "error", "on_done", "ran", "result")
+    __slots__ = ("_fn", "error", "on_done", "result")
 
     def __init__(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> None:
         self._fn = fn
@@ -26,7 +26,6 @@ class Job:
         self.on_done = on_done
         self.result: Any = None
         self.error: BaseException | None = None
-        self.ran = False
 
     def run(self) -> None:
         """Run the call (on a worker thread), keeping its result or exception."""
@@ -34,5 +33,3 @@ class Job:
             self.result = self._fn()
         except BaseException as exc:  # handed back to the loop thread, never lost
             self.error = exc
-        finally:
-            self.ran = True

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from .config import Limits
     from .jobs import Job
     from .preamble import ProxyInfo
-    from .server import Stats
+    from .stats import Stats
     from .tls.engine import TLSInfo
+    from .tls.records import ClientHello
 
 __all__ = ["ProtocolLayer", "Transport"]
 
@@ -33,6 +34,9 @@ class Transport(Protocol):
     proxy: ProxyInfo | None
     #: What the TLS handshake settled (None on a plaintext listener).
     tls_info: TLSInfo | None
+    #: What the client offered in its ClientHello: SNI, ALPN, versions, cipher suites (None
+    #: on a plaintext listener).
+    client_hello: ClientHello | None
     limits: Limits
     #: Counters to bump (requests, errors, timeouts...).
     stats: Stats
@@ -73,6 +77,16 @@ class Transport(Protocol):
 
     def submit_job(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> Job:
         """Run ``fn`` on a worker thread; ``on_done(job, now)`` runs on the loop afterwards."""
+        ...
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the driver's loop thread soon: the one call any thread may
+        make (an application's own thread or event loop, a worker streaming a body).
+
+        True: ``fn`` will run exactly once, after the calls this thread made before, and what
+        it does to a connection is synced as any change. False: the driver has stopped (or
+        none runs this connection) and ``fn`` never runs.
+        """
         ...
 
 

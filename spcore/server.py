@@ -1,11 +1,14 @@
-"""The server object: listeners, limits, the live connections and graceful shutdown.
+"""The server object: listeners, the live connections, accepting, and the one stop sequence.
 
-A driver binds one socket per ``Listener``, asks ``accepting`` before each accept, creates
-the core side of every accepted socket with ``accept()``, and after each call into the core
-also syncs the connections ``take_woken()`` returns (those changed by another connection's
-handler or by the server itself). Shutdown is decided here: ``begin_shutdown(now)`` stops
-accepting and lets in-flight work finish until ``deadline``; ``finished`` says when the
-driver may exit.
+A driver binds one socket per ``Listener``, creates the core side of every accepted socket
+with ``accept()``, and after any call into the core asks ``next_action()`` for what to do
+until it answers None (``spcore.actions``): start or stop accepting, sync a connection that
+changed outside its own call, arm the server's timer, close the listening sockets, exit.
+
+Stopping is decided here, once, for every driver: ``request_stop(now)`` makes the actions
+``CloseListeners``, then a ``Sync`` of every connection (each was asked to finish what is in
+flight, and idle ones to close), then ``SetTimer`` at the end of the grace period, when
+whatever remains is cut; once no connection is left, ``Exit``.
 """
 
 from __future__ import annotations
@@ -13,19 +16,35 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from .actions import (
+    CLOSE_LISTENERS,
+    EXIT,
+    START_ACCEPTING,
+    STOP_ACCEPTING,
+    Accepting,
+    CloseListeners,
+    Exit,
+    SetTimer,
+    Sync,
+)
+from .addresses import describe_address, inet_address
 from .config import Limits
-from .connection import Address, Connection
+from .connection import Address, Connection, Hub
 from .layer import ProtocolLayer
+from .stats import Stats
 from .tls.config import ServerTLS
 from .tls.context import ServerContext
 from .tls.engine import EngineFactory, TLSEngine
 
-__all__ = ["Listener", "Server", "Stats"]
+__all__ = ["Listener", "Server", "ServerAction", "Stats"]
 
 log = logging.getLogger("spcore.server")
+
+#: What ``Server.next_action()`` returns.
+ServerAction = Accepting | CloseListeners | Sync[Connection] | SetTimer | Exit
 
 #: Accept errors about one connection (reset before it was taken) or passing (a signal, a
 #: spurious wake-up): accepting pauses only for ``_BRIEF_PAUSE``. Any other (out of
@@ -44,6 +63,12 @@ class Listener:
     ``spcore.tls.ServerTLS``) makes it a TLS listener served by ``tls_engine`` (a registered
     engine's name, or a third party's ``EngineFactory``). The engine's state is built here,
     once, as ``tls_context``, whose ``reload()`` swaps in a new one for new connections.
+
+    Where it listens: ``host``/``port``; or the Unix domain socket ``path`` (its file made
+    with permissions ``mode``, removed when it closes); or ``fd``, a socket already listening
+    (handed in by ``--fd``, systemd or a supervisor), which the other fields then do not
+    describe. ``reuse_port`` binds with ``SO_REUSEPORT``, so that worker processes can each
+    have a socket on one address.
     """
 
     protocol: Callable[[], ProtocolLayer]
@@ -52,78 +77,184 @@ class Listener:
     tls: ServerTLS | None = None
     proxy_protocol: bool = False
     tls_engine: str | EngineFactory = "openssl"
+    path: str | None = None
+    mode: int = 0o666
+    fd: int | None = None
+    reuse_port: bool = False
     tls_context: ServerContext | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         context = None if self.tls is None else ServerContext(self.tls, self.tls_engine)
         object.__setattr__(self, "tls_context", context)
 
+    @property
+    def where(self) -> str:
+        """``127.0.0.1:8443``, ``unix:/run/app.sock`` or ``fd 3``: for errors and logs."""
+        if self.fd is not None:
+            return f"fd {self.fd}"
+        if self.path is not None:
+            return describe_address(self.path)
+        return describe_address((self.host, self.port))
+
     def new_engine(self) -> TLSEngine | None:
         return None if self.tls_context is None else self.tls_context.new_engine()
 
-    def new_protocol(self) -> ProtocolLayer:
-        return self.protocol()
-
-
-@dataclass
-class Stats:
-    """Live counters, shown by the built-in app's /stats."""
-
-    connections_total: int = 0
-    connections_open: int = 0
-    connections_refused: int = 0
-    requests: int = 0
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    handshakes: int = 0
-    tls_errors: int = 0
-    errors: int = 0
-    timeouts: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
 
 class Server:
-    """Configuration, limits, the connection and session registries, shutdown state."""
+    """Listeners, the connections' hub, accepting and the stop sequence."""
 
     def __init__(self, listeners: Sequence[Listener], limits: Limits | None = None) -> None:
         if not listeners:
             raise ValueError("a server needs at least one listener")
         self.listeners = tuple(listeners)
-        self.limits = limits or Limits()
-        self.stats = Stats()
+        #: What the connections share (limits, counters, clock, wake-ups).
+        self.hub = Hub(limits)
+        self.limits = self.hub.limits
+        self.stats = self.hub.stats
         #: Live connections by id.
-        self.connections: dict[int, Connection] = {}
-        #: Stream sessions by id, for handlers that send to other sessions (broadcast).
-        self.sessions: dict[int, Any] = {}
-        #: The connection whose driver call is under way (so changes elsewhere are woken).
-        self.current: Connection | None = None
-        #: The driver's clock at its latest call into the core: what a change made during
-        #: that call is timed by, whichever connection it lands on (a broadcast's deadlines).
-        self.now = 0.0
+        self.connections: dict[int, Connection] = self.hub.connections
         #: Free for the driver and applications (e.g. the driver's name for /stats).
         self.info: dict[str, Any] = {}
-        self._next_id = 1
-        self._woken: dict[Connection, None] = {}
         self._shutdown_deadline: float | None = None
         self._accept_paused_until: float | None = None
-        self._wall_offset = 0.0
+        self._told_accepting = False
+        self._told_deadline: float | None = None
+        self._listeners_closed = False
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- what a driver is given ---------------------------------------------------------------
+
+    @property
+    def listen_backlog(self) -> int:
+        """The ``listen()`` backlog for every listening socket."""
+        return self.limits.listen_backlog
+
+    @property
+    def worker_threads(self) -> int:
+        """How many worker threads run blocking jobs."""
+        return self.limits.worker_threads
+
+    def attach(self, call_soon_threadsafe: Callable[..., bool]) -> None:
+        """The driver that runs this server hands over its thread-safe call
+        (``spcore.drivers.base.Driver`` does it when it is made)."""
+        self.hub.loop_call = call_soon_threadsafe
 
     def start(self, now: float, wall_time: float) -> None:
         """Called by the driver when it starts: ``now`` is its clock, ``wall_time`` Unix time.
 
         The core never reads a clock; the offset between the two dates HTTP responses.
         """
-        self.now = now
-        self._wall_offset = wall_time - now
+        self.hub.now = now
+        self.hub.wall_offset = wall_time - now
+
+    # -- the driver's side --------------------------------------------------------------------
+
+    def next_action(self) -> ServerAction | None:
+        """What the driver must do next; None once there is nothing (until its next call)."""
+        if self._shutdown_deadline is not None and not self._listeners_closed:
+            self._listeners_closed = True
+            self._told_accepting = False
+            return CLOSE_LISTENERS
+        conn = self.hub.pop_woken()
+        if conn is not None:
+            return Sync(conn)
+        accepting = self.accepting
+        if accepting is not self._told_accepting:
+            self._told_accepting = accepting
+            return START_ACCEPTING if accepting else STOP_ACCEPTING
+        deadline = self.deadline
+        if deadline != self._told_deadline:
+            self._told_deadline = deadline
+            return SetTimer(deadline)
+        if self.finished:
+            return EXIT
+        return None
+
+    def accept(
+        self, listener: Listener, peer: Address | None, local: Address | None, now: float
+    ) -> Connection:
+        """Create the core side of a socket the driver accepted on ``listener``."""
+        return Connection(
+            listener, self.hub, peer=inet_address(peer), local=inet_address(local), now=now
+        )
+
+    def refused(self) -> None:
+        """The driver dropped a connection it had accepted but could not use (it broke at once,
+        or came during shutdown); failed accepts go to ``accept_failed``."""
+        self.stats.connections_refused += 1
+
+    def accept_failed(self, error: Exception, now: float) -> None:
+        """An accept failed (at once, or in its completion). Accepting pauses: briefly after
+        an error about one connection, for ``Limits.accept_pause`` after running out of
+        descriptors or memory (or anything unexpected), until the server's timer; so a driver
+        neither spins on a listener the kernel keeps reporting ready nor is left with no
+        accept pending."""
+        self.refused()
+        if isinstance(error, OSError) and error.errno in _BRIEF_ERRORS:
+            log.debug("accept failed: %s", error)
+            pause = _BRIEF_PAUSE
+        else:
+            pause = self.limits.accept_pause
+            log.warning("accept failed: %s; pausing accepts for %.2f s", error, pause)
+        until = now + pause
+        if self._accept_paused_until is None or until > self._accept_paused_until:
+            self._accept_paused_until = until
+
+    def on_deadline(self, now: float) -> None:
+        """The server's timer (``SetTimer``) fired; early calls are harmless."""
+        self.hub.now = now
+        self._told_deadline = None  # disarmed: the next timer is told again
+        paused_until = self._accept_paused_until
+        if paused_until is not None and now >= paused_until:
+            self._accept_paused_until = None
+        if self._shutdown_deadline is None or now < self._shutdown_deadline:
+            return
+        for conn in list(self.connections.values()):
+            conn.abort("shutdown grace period over")
+            self.hub.wake(conn)
+
+    def request_stop(self, now: float) -> None:
+        """Begin the graceful stop (on the loop thread: a driver's ``stop()`` hands it over).
+
+        Accepting stops and the listening sockets close; in-flight requests finish, idle
+        connections close, handshakes are cut; what remains at the end of
+        ``Limits.shutdown_grace`` is aborted; then the driver exits. A second call does
+        nothing.
+        """
+        if self._shutdown_deadline is not None:
+            return
+        self.hub.now = now
+        log.info("shutting down: %d connection(s) open", len(self.connections))
+        self._shutdown_deadline = now + self.limits.shutdown_grace
+        for conn in list(self.connections.values()):
+            conn.shutdown(now)
+            self.hub.wake(conn)
+
+    def call(self, fn: Callable[..., object], args: tuple[object, ...], now: float) -> None:
+        """Run a function handed over with ``call_soon_threadsafe`` (on the loop thread).
+
+        What it changes is timed by ``now`` and synced like any change made outside a
+        connection's own call; an exception is logged and goes no further.
+        """
+        hub = self.hub
+        hub.now = now
+        hub.current = None
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("a function handed to the loop thread failed: %r", fn)
+            self.stats.errors += 1
+
+    # -- the state, for reading ---------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """The driver's clock at its latest call into the core."""
+        return self.hub.now
 
     @property
     def accepting(self) -> bool:
-        """Accept new connections now? False at the connection limit, for ``accept_pause``
-        after the system ran out of resources, and while shutting down."""
+        """Whether new connections are accepted now: not at ``max_connections``, not for the
+        pause after a failed accept, not once stopping."""
         return (
             self._shutdown_deadline is None
             and self._accept_paused_until is None
@@ -134,100 +265,27 @@ class Server:
     def shutting_down(self) -> bool:
         return self._shutdown_deadline is not None
 
-    def accept(
-        self, listener: Listener, peer: Address | None, local: Address | None, now: float
-    ) -> Connection:
-        """Create the core side of a socket the driver accepted on ``listener``."""
-        self.now = now
-        conn_id = self._next_id
-        self._next_id += 1
-        conn = Connection(self, conn_id, listener, peer, local, now)
-        self.connections[conn_id] = conn
-        self.stats.connections_total += 1
-        self.stats.connections_open = len(self.connections)
-        return conn
-
-    def refused(self) -> None:
-        """The driver dropped a connection it had accepted but could not use (it broke at once,
-        or came during shutdown); failed accepts go to ``accept_failed``."""
-        self.stats.connections_refused += 1
-
-    def accept_failed(self, error: OSError, now: float) -> None:
-        """An accept failed (at once, or in its completion). The driver reports it here and
-        follows ``accepting``, which pauses: briefly after an error about one connection,
-        for ``Limits.accept_pause`` after running out of descriptors or memory. Either way
-        ``deadline`` brings the driver back, so it neither spins on a listener the kernel
-        keeps reporting ready nor is left with no accept pending."""
-        self.refused()
-        if error.errno in _BRIEF_ERRORS:
-            log.debug("accept failed: %s", error)
-            pause = _BRIEF_PAUSE
-        else:
-            pause = self.limits.accept_pause
-            log.warning("accept failed: %s; pausing accepts for %.2f s", error, pause)
-        until = now + pause
-        if self._accept_paused_until is None or until > self._accept_paused_until:
-            self._accept_paused_until = until
-
-    def connection_ended(self, conn: Connection) -> None:
-        """Called by ``Connection.connection_lost``: forget the connection."""
-        self.connections.pop(conn.id, None)
-        self.sessions.pop(conn.id, None)
-        self._woken.pop(conn, None)
-        self.stats.connections_open = len(self.connections)
-
-    def begin_shutdown(self, now: float) -> None:
-        """Stop accepting; finish in-flight requests, close idle connections, then exit."""
-        if self._shutdown_deadline is not None:
-            return
-        self.now = now
-        log.info("shutting down: %d connection(s) open", len(self.connections))
-        self._shutdown_deadline = now + self.limits.shutdown_grace
-        for conn in list(self.connections.values()):
-            conn.shutdown(now)
-            self.wake(conn)
-
     @property
     def deadline(self) -> float | None:
-        """When to call ``on_deadline``: the end of the shutdown grace period, or of a pause
+        """When the server's timer is due: the end of the shutdown grace period, or of a pause
         in accepting."""
         if self._shutdown_deadline is not None:
             return self._shutdown_deadline if self.connections else None
         return self._accept_paused_until
 
-    def on_deadline(self, now: float) -> None:
-        self.now = now
-        paused_until = self._accept_paused_until
-        if paused_until is not None and now >= paused_until:
-            self._accept_paused_until = None
-        if self._shutdown_deadline is None or now < self._shutdown_deadline:
-            return
-        for conn in list(self.connections.values()):
-            conn.abort("shutdown grace period over")
-            self.wake(conn)
-
     @property
     def finished(self) -> bool:
-        """Shutdown was requested and every connection is gone: the driver may exit."""
+        """The stop was requested and every connection is gone."""
         return self._shutdown_deadline is not None and not self.connections
 
-    # -- wake-ups -----------------------------------------------------------------------------
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the driver's loop thread soon; callable from any thread.
 
-    def wake(self, conn: Connection) -> None:
-        """Note that ``conn`` changed outside its own driver call."""
-        if not conn.closed:
-            self._woken[conn] = None
-
-    def take_woken(self) -> list[Connection]:
-        """Connections the driver must sync (output, reading, deadline, close)."""
-        if not self._woken:
-            return []
-        woken = list(self._woken)
-        self._woken.clear()
-        return woken
-
-    # -- time -------------------------------------------------------------------------------
+        True: it will run exactly once, after the calls this thread made before. False: the
+        driver has stopped (or none was attached) and it never will.
+        """
+        return self.hub.call_soon_threadsafe(fn, *args)
 
     def wall_time(self, now: float) -> float:
         """Unix time at driver time ``now`` (from the offset ``start`` learnt)."""
-        return now + self._wall_offset
+        return now + self.hub.wall_offset

@@ -3,7 +3,9 @@
 A ``StreamHandler`` is made per connection and gets ``start``, ``message``, ``timeout``,
 ``error`` and ``close`` calls with the connection's ``Session``. A session sends framed
 messages, closes after what it sent (SPServer's "close after reply"), and reaches the other
-sessions of the server (``broadcast``, ``send_to``), which is how a chat room works.
+sessions of its ``Sessions`` registry (``broadcast``, ``send_to``), which is how a chat room
+works: the protocols of one listener share a registry (``stream_listener`` makes one), or of
+several when they are given the same.
 
 A handler marked ``blocking`` has its calls run as jobs on the driver's workers. It then
 gets a deferred session: what it does is recorded and applied on the loop thread when the
@@ -13,8 +15,8 @@ job comes back, so handler code never touches the core from another thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProtocolError, RemoteProtocolError
 from .framing import Framing, FramingError, LineFraming
@@ -22,10 +24,9 @@ from .jobs import Job
 from .layer import ProtocolLayer, Transport
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .tls.engine import TLSInfo
 
-__all__ = ["DeferredSession", "Session", "StreamHandler", "StreamProtocol"]
+__all__ = ["DeferredSession", "Session", "Sessions", "StreamHandler", "StreamProtocol"]
 
 log = logging.getLogger("spcore.stream")
 
@@ -61,12 +62,36 @@ class StreamHandler:
         has come back."""
 
 
-class Session:
-    """A handler's handle on its connection and, through the server, on the others."""
+class Sessions(Mapping[int, "Session"]):
+    """The live sessions of the stream protocols that share this registry, by id."""
 
-    def __init__(self, conn: Connection, framing: Framing) -> None:
+    def __init__(self) -> None:
+        self._by_id: dict[int, Session] = {}
+
+    def __getitem__(self, session_id: int) -> Session:
+        return self._by_id[session_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, session: Session) -> None:
+        self._by_id[session.id] = session
+
+    def discard(self, session: Session) -> None:
+        if self._by_id.get(session.id) is session:
+            del self._by_id[session.id]
+
+
+class Session:
+    """A handler's handle on its connection and, through its registry, on the others."""
+
+    def __init__(self, conn: Transport, framing: Framing, sessions: Sessions) -> None:
         self._conn = conn
         self._framing = framing
+        self._sessions = sessions
         self.id = conn.id
         #: Free for the handler's own per-connection state.
         self.data: dict[str, Any] = {}
@@ -85,8 +110,14 @@ class Session:
 
     @property
     def session_ids(self) -> tuple[int, ...]:
-        """The ids of every live session on this server, this one included."""
-        return tuple(self._conn.server.sessions)
+        """The ids of every live session of the registry, this one included."""
+        return tuple(self._sessions)
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn(*args)`` on the loop thread soon, from any thread (a handler's own thread
+        sending through this session, say); False if the driver has stopped (see
+        ``Transport.call_soon_threadsafe``)."""
+        return self._conn.call_soon_threadsafe(fn, *args)
 
     def send(self, message: bytes) -> None:
         """Send one message, framed. Ignored once the session is closing.
@@ -107,7 +138,7 @@ class Session:
 
     def send_to(self, session_id: int, message: bytes) -> bool:
         """Send ``message`` to another session; False if it is gone."""
-        other = self._conn.server.sessions.get(session_id)
+        other = self._sessions.get(session_id)
         if other is None or other.closed:
             return False
         other.send(message)
@@ -156,28 +187,30 @@ class DeferredSession:
 
 
 class StreamProtocol(ProtocolLayer):
-    """Frames plaintext into messages for a ``StreamHandler``."""
+    """Frames plaintext into messages for a ``StreamHandler``; its session joins
+    ``sessions`` (a registry of its own when none is given)."""
 
-    def __init__(self, handler: StreamHandler) -> None:
+    def __init__(self, handler: StreamHandler, sessions: Sessions | None = None) -> None:
         self.handler = handler
-        self._conn: Connection | None = None
+        self.sessions = Sessions() if sessions is None else sessions
+        self._conn: Transport | None = None
         self._session: Session | None = None
         self._framing: Framing | None = None
         self._queue: list[tuple[str, tuple[Any, ...]]] = []  # calls waiting for a job
         self._job: Job | None = None
         self._idle_after_job = False  # the idle timer was suspended for the running job
         self._eof_pending = False
+        self._lost = False  # connection_lost came
 
     @property
     def reading(self) -> bool:
         return self._job is None and not self._eof_pending
 
     def connection_made(self, conn: Transport, now: float) -> None:
-        # The session registry still lives on the server (to move into this layer).
-        self._conn = conn = cast("Connection", conn)
+        self._conn = conn
         self._framing = self.handler.framing()
-        self._session = Session(conn, self._framing)
-        conn.server.sessions[conn.id] = self._session
+        self._session = Session(conn, self._framing, self.sessions)
+        self.sessions.add(self._session)
         self._touch_idle(now)
         self._call("start")
 
@@ -227,13 +260,14 @@ class StreamProtocol(ProtocolLayer):
         conn, session = self._conn, self._session
         if conn is None or session is None:
             return  # the handshake never finished: the handler never started
-        conn.server.sessions.pop(conn.id, None)
+        self._lost = True
+        self.sessions.discard(session)
         self._queue.clear()
         if self._job is None:
             self._close_handler(conn, session)
         # else the job's return closes the handler: close() must follow the last message()
 
-    def _close_handler(self, conn: Connection, session: Session) -> None:
+    def _close_handler(self, conn: Transport, session: Session) -> None:
         try:
             self.handler.close(session)
         except Exception:
@@ -302,7 +336,7 @@ class StreamProtocol(ProtocolLayer):
                 log.error("%r: blocking handler failed", conn, exc_info=job.error)
                 conn.stats.errors += 1
                 conn.close()
-            if conn.closed:
+            if self._lost:
                 self._close_handler(conn, session)  # connection_lost left it to this job
                 return
             if job.error is not None:

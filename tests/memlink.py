@@ -1,7 +1,7 @@
 """An in-memory driver for tests: a server ``Connection`` wired to a client stack, no sockets.
 
-``MemLink`` plays the driver's part exactly as the contract says (feed, take output, honour
-``reading``, ``write_eof`` and ``should_close``, run jobs, fire deadlines from a fake clock)
+``MemLink`` plays the driver's part exactly as the contract says (feed input while told to
+read, carry out every action of ``next_action()``, run jobs, fire the timer from a fake clock)
 and the client's part with an optional client TLS engine. Bytes can be delivered in
 whole buffers or split into chunks of any size, down to one byte, and the client's socket
 can stop taking output (``window``, ``let_client_read``) to exercise back-pressure.
@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 import h11
 
+from spcore.actions import Action, Close, Exit, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
+from spcore.connection import Connection
+from spcore.jobs import Job
 from spcore.server import Listener, Server
 from spcore.tls import ClientContext, ClientTLS, ServerTLS
 from spcore.tls.engine import (
@@ -66,7 +69,11 @@ class MemLink:
         self.server_eof_pending = False
         self.client_got_eof = False  # the server shut its write side or closed
         self.closed = False
-        self.jobs_pending: list[object] = []
+        self.jobs_pending: list[Job] = []
+        #: What the driver was told: read or not, the timer, the Send in flight.
+        self.reading = False
+        self.timer: float | None = None
+        self.sending: Send | None = None
         #: How many more bytes the client's socket takes (None: all); 0 = a client not reading.
         self.window: int | None = None
         self.sync()
@@ -112,12 +119,19 @@ class MemLink:
     # -- the driver side ------------------------------------------------------------------------
 
     def advance(self, seconds: float) -> None:
-        """Move the fake clock and fire the connection's deadline if it passed."""
+        """Move the fake clock and fire the connection's timer if it is due."""
         self.clock.now += seconds
-        deadline = self.conn.deadline
-        if deadline is not None and deadline <= self.clock.now and not self.closed:
+        timer = self.timer
+        if timer is not None and timer <= self.clock.now and not self.closed:
+            self.timer = None
             self.conn.on_deadline(self.clock.now)
         self.pump()
+
+    def take_jobs(self) -> list[Job]:
+        """The jobs ``RunJobs`` handed over and nobody ran yet (with ``run_jobs=False``)."""
+        self.sync()
+        jobs, self.jobs_pending = self.jobs_pending, []
+        return jobs
 
     def pump(self, rounds: int = 10_000) -> None:
         for _ in range(rounds):
@@ -130,67 +144,88 @@ class MemLink:
         conn = self.conn
         if self.closed:
             return progressed
-        if conn.reading and self.to_server:
+        if self.reading and self.to_server:
             size = len(self.to_server) if self.chunk is None else self.chunk
             data = bytes(self.to_server[:size])
             del self.to_server[:size]
             conn.receive_data(data, self.clock.now)
             return True
-        if conn.reading and self.server_eof_pending and not self.to_server:
+        if self.reading and self.server_eof_pending and not self.to_server:
             self.server_eof_pending = False
             conn.receive_data(b"", self.clock.now)
             return True
-        if self.run_jobs:
-            for job in conn.take_jobs():
+        if self.run_jobs and self.jobs_pending:
+            jobs, self.jobs_pending = self.jobs_pending, []
+            for job in jobs:
                 job.run()
                 conn.job_done(job, self.clock.now)
-                progressed = True
+            return True
         return progressed
 
     def sync(self) -> bool:
-        """What a driver does after each call: close, write, shut down, for this and woken."""
-        progressed = False
-        for conn_link in [self, *self._woken_links()]:
-            progressed |= conn_link._sync_one()
+        """What a driver does after each call: this connection's actions, then the server's
+        (the woken connections' actions)."""
+        progressed = self._sync_one()
+        for link in self._woken_links():
+            progressed |= link._sync_one()
         return progressed
 
     def _woken_links(self) -> list[MemLink]:
         links = []
-        for conn in self.server.take_woken():
-            link = getattr(conn, "_memlink", None)
-            if link is not None and link is not self:
-                links.append(link)
+        while (action := self.server.next_action()) is not None:
+            if isinstance(action, Sync):
+                link = getattr(action.conn, "_memlink", None)
+                if link is not None and link is not self:
+                    links.append(link)
+            elif isinstance(action, Exit):
+                break
         return links
 
     def _sync_one(self) -> bool:
+        """Carry out the connection's actions until it has none."""
         conn = self.conn
         conn._memlink = self  # type: ignore[attr-defined]
         if self.closed:
             return False
-        if conn.should_close:
-            self.closed = True
-            conn.connection_lost(None, self.clock.now)
-            self._client_eof()
-            return True
-        progressed = False
-        out = conn.outgoing()
-        if out:
-            data = b"".join(bytes(b) for b in out)
-            total = len(data) if self.window is None else min(len(data), self.window)
-            data = data[:total]
-            if total:
-                step = total if self.chunk is None else self.chunk
-                for start in range(0, total, step):
-                    self._deliver(data[start : start + step])
-                if self.window is not None:
-                    self.window -= total
-                conn.sent(total, self.clock.now)
-                progressed = True
-        if conn.write_eof:
-            conn.write_eof_done(self.clock.now)
-            self._client_eof()
+        progressed = self._try_send()
+        while (action := conn.next_action()) is not None:
             progressed = True
+            kind = type(action)
+            if kind is Send:
+                self.sending = action  # type: ignore[assignment]
+                self._try_send()
+            elif kind is Read:
+                self.reading = action.on  # type: ignore[union-attr]
+            elif kind is SetTimer:
+                self.timer = action.at  # type: ignore[union-attr]
+            elif kind is RunJobs:
+                self.jobs_pending.extend(action.jobs)  # type: ignore[union-attr]
+            elif kind is ShutWrite:
+                self._client_eof()
+            elif kind is Close:
+                self.closed = True
+                conn.connection_lost(None, self.clock.now)
+                self._client_eof()
+                break
         return progressed
+
+    def _try_send(self) -> bool:
+        """Hand the client's socket what its window takes of the Send in flight."""
+        send = self.sending
+        if send is None or self.closed:
+            return False
+        total = send.nbytes if self.window is None else min(send.nbytes, self.window)
+        if not total:
+            return False  # the client reads nothing: the Send stays in flight
+        data = b"".join(bytes(b) for b in send.buffers)[:total]
+        step = total if self.chunk is None else self.chunk
+        for start in range(0, total, step):
+            self._deliver(data[start : start + step])
+        if self.window is not None:
+            self.window -= total
+        self.sending = None
+        self.conn.sent(total, self.clock.now)
+        return True
 
     def _deliver(self, data: bytes) -> None:
         self.raw_received += data
@@ -238,12 +273,18 @@ def http_server(
     *,
     tls: ServerTLS | None = None,
     tls_engine: str = "openssl",
+    http: str = "auto",
     **limits: object,
 ) -> Server:
+    """A started server with one HTTP listener running ``app`` through the codec ``http``."""
     from spcore.config import Limits
     from spcore.http.protocol import HTTPProtocol
 
-    listener = Listener(protocol=lambda: HTTPProtocol(app), tls=tls, tls_engine=tls_engine)  # type: ignore[arg-type]
+    listener = Listener(
+        protocol=lambda: HTTPProtocol(app, http=http),  # type: ignore[arg-type]
+        tls=tls,
+        tls_engine=tls_engine,
+    )
     server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(1000.0, 1_700_000_000.0)
     return server
@@ -267,3 +308,57 @@ def read_response(client: h11.Connection) -> tuple[list[int], h11.Response, byte
             return informational, head, bytes(body)
         else:
             raise AssertionError(f"incomplete response: {event!r}")
+
+
+class ByHand:
+    """A connection driven by hand: ``actions()`` carries out what the core asks for and
+    returns it; a ``Send`` waits in ``sending`` until ``take()`` reports it sent."""
+
+    def __init__(self, conn: Connection, now: float = 1000.0) -> None:
+        self.conn = conn
+        self.now = now
+        self.reading = False
+        self.timer: float | None = None
+        self.sending: Send | None = None
+        self.shut = False
+        self.closed = False
+        self.jobs: list[Job] = []
+
+    def actions(self) -> list[Action]:
+        """Every action the connection has now (up to a ``Close``), each carried out."""
+        done: list[Action] = []
+        while not self.closed and (action := self.conn.next_action()) is not None:
+            done.append(action)
+            if isinstance(action, Send):
+                self.sending = action
+            elif isinstance(action, Read):
+                self.reading = action.on
+            elif isinstance(action, SetTimer):
+                self.timer = action.at
+            elif isinstance(action, RunJobs):
+                self.jobs.extend(action.jobs)
+            elif isinstance(action, ShutWrite):
+                self.shut = True
+            elif isinstance(action, Close):
+                self.closed = True
+        return done
+
+    def take(self, n: int | None = None) -> bytes:
+        """Let the kernel take ``n`` bytes (all) of the Send in flight; what it took."""
+        self.actions()
+        send = self.sending
+        if send is None:
+            return b""
+        data = b"".join(bytes(b) for b in send.buffers)
+        n = len(data) if n is None else n
+        self.sending = None
+        self.conn.sent(n, self.now)
+        self.actions()
+        return data[:n]
+
+    def drain(self) -> bytes:
+        """Take every Send until none is left: a socket that takes everything."""
+        out = bytearray()
+        while chunk := self.take():
+            out += chunk
+        return bytes(out)

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import http.client
 import json
-import os
 import pathlib
 import re
-import resource
-import selectors
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from conftest import PKI
@@ -30,18 +21,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from netkit import wait_for
-
-from spcore import cli
-from spcore.certs import dev_certificate
-from spcore.drivers import DRIVERS
-
-STARTUP_TIMEOUT = 20.0  # a cold interpreter on a busy CI machine
-BANNER = re.compile(r"^spcore: serving (?P<what>.*) with the (?P<driver>\S+) driver(?P<rest>.*)$")
-URL = re.compile(
-    r"(?P<scheme>https?|tls|tcp)://(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\s]+)):(?P<port>\d+)"
+from servekit import (
+    cpu_seconds,
+    get,
+    needs_signals,
+    served,
+    slow_request,
+    spcore,
+    tls_client,
 )
 
-needs_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+from spcore import cli
+from spcore.drivers import DRIVERS
+from spcore.http.codecs import available_codecs
 
 
 def _has_ipv6() -> bool:
@@ -53,145 +45,6 @@ def _has_ipv6() -> bool:
     except OSError:
         return False
     return True
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A private certificate cache, filled once so each server starts quickly."""
-    directory = tmp_path_factory.mktemp("spcore-cache")
-    dev_certificate(datetime.datetime.now(datetime.timezone.utc), directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def env(cache_dir: pathlib.Path) -> dict[str, str]:
-    return {**os.environ, "SPCORE_CACHE_DIR": str(cache_dir)}
-
-
-def spcore(*args: str) -> list[str]:
-    return [sys.executable, "-m", "spcore", *args]
-
-
-@dataclass
-class Endpoint:
-    scheme: str
-    host: str
-    port: int
-
-
-class Served:
-    """A running ``spcore serve`` and what its first line said; always stopped on exit."""
-
-    def __init__(
-        self,
-        args: list[str],
-        env: dict[str, str],
-        cwd: pathlib.Path | None = None,
-        *,
-        max_files: int | None = None,
-    ):
-        # A file, not a pipe: nobody reads stderr while the server runs, and a pipe could fill.
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            spcore("serve", *args),
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            env=env,
-            cwd=cwd,
-            preexec_fn=None if max_files is None else lambda: _limit_files(max_files),
-        )
-        try:
-            self.line = self._first_line()
-        except BaseException:
-            self.close()
-            raise
-        match = BANNER.match(self.line)
-        assert match, self.line
-        self.driver = match["driver"]
-        self.rest = match["rest"]
-        self.endpoints = [
-            Endpoint(m["scheme"], m["v6"] or m["v4"], int(m["port"]))
-            for m in URL.finditer(match["what"])
-        ]
-
-    def _first_line(self) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        data = b""
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in data:
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, "spcore serve printed no line in time"
-                if sel.select(remaining):
-                    chunk = os.read(fd, 4096)
-                    assert chunk, f"spcore serve exited early: {self.errors()}"
-                    data += chunk
-        return data.decode().splitlines()[0]
-
-    def errors(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")
-
-    def endpoint(self, scheme: str, host: str = "127.0.0.1") -> Endpoint:
-        return next(e for e in self.endpoints if e.scheme == scheme and e.host == host)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.stderr.close()
-
-
-def _limit_files(count: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far (Linux /proc)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def served(
-    args: list[str], env: dict[str, str], cwd: pathlib.Path | None = None, **options: Any
-) -> Iterator[Served]:
-    server = Served(args, env, cwd, **options)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def tls_client(cache_dir: pathlib.Path) -> ssl.SSLContext:
-    """A client that verifies the development certificate (it names 127.0.0.1 and ::1)."""
-    context = ssl.create_default_context(cafile=str(cache_dir / "dev-cert.pem"))
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def get(endpoint: Endpoint, path: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
-    host = endpoint.host
-    if endpoint.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, endpoint.port, timeout=10, context=context
-        )
-    else:
-        conn = http.client.HTTPConnection(host, endpoint.port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 # -- serving ---------------------------------------------------------------------------------------
@@ -213,6 +66,7 @@ def test_serve_prints_its_url_and_serves_the_builtin_page(
         endpoint = server.endpoints[0]
         assert endpoint.host == "127.0.0.1" and endpoint.port > 0
         assert server.rest == f" (certificate: {cache_dir / 'dev-cert.pem'})"
+        assert server.codec == available_codecs()[0]  # auto: httptools when installed
         status, body = get(endpoint, "/?format=json", tls_client(cache_dir))
         assert status == 200
         info = json.loads(body)
@@ -242,24 +96,25 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 
 @needs_signals
-def test_serve_with_each_driver_gives_curl_the_page_over_tls(
-    driver: str, env: dict[str, str]
+def test_serve_with_each_driver_and_codec_gives_curl_the_page_over_tls(
+    driver: str, http_codec: str, env: dict[str, str]
 ) -> None:
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
-    with served(["--port", "0", "--driver", driver], env) as server:
-        assert server.driver == driver
+    with served(["--port", "0", "--driver", driver, "--http", http_codec], env) as server:
+        assert (server.driver, server.codec) == (driver, http_codec)
         url = f"https://127.0.0.1:{server.endpoints[0].port}/"
-        page = subprocess.run(
-            [curl, "-sSk", "--max-time", "10", "-w", "%{http_version}", url],
-            capture_output=True,
-            timeout=15,
-        )
+        fetch = [curl, "-sSk", "--max-time", "10", "-w", " HTTP/%{http_version}"]
+        page = subprocess.run([*fetch, url], capture_output=True, timeout=15)
         assert page.returncode == 0, page.stderr
         assert b"<h1>spcore</h1>" in page.stdout
         assert f"<td>{driver}</td>".encode() in page.stdout
-        assert page.stdout.endswith(b"1.1")
+        assert page.stdout.endswith(b" HTTP/1.1")
+        upload = [*fetch, "--data-binary", "@-", "-H", "Transfer-Encoding: chunked", url + "echo"]
+        echo = subprocess.run(upload, input=b"x" * 100_000, capture_output=True, timeout=15)
+        assert echo.returncode == 0, echo.stderr
+        assert echo.stdout == b"x" * 100_000 + b" HTTP/1.1"
         assert server.stop() == 0
 
 
@@ -344,47 +199,6 @@ def test_plain_port_beside_tls_on_two_hosts(
         assert server.stop() == 0
 
 
-SLOW_APP = """
-import pathlib
-import time
-
-from spcore.http.messages import Response, blocking
-
-STARTED = pathlib.Path(__file__).with_name("started")
-
-
-def body(chunks):
-    STARTED.touch()
-    for _ in range(chunks):
-        time.sleep(0.1)
-        yield b"0123456789"
-
-
-@blocking
-def app(request):
-    chunks = int(request.query.partition("=")[2] or 5)
-    return Response(200, [("content-length", str(10 * chunks))], body(chunks))
-"""
-
-
-@pytest.fixture
-def slow_app(tmp_path: pathlib.Path) -> pathlib.Path:
-    """A directory with ``slowapp:app``: ``/?chunks=N`` sends N * 10 bytes, one every 0.1 s,
-    and touches ``started`` when the body begins."""
-    (tmp_path / "slowapp.py").write_text(SLOW_APP)
-    return tmp_path
-
-
-def slow_request(
-    port: int, context: ssl.SSLContext, slow_app: pathlib.Path, chunks: int
-) -> http.client.HTTPSConnection:
-    """A request for ``chunks`` chunks from ``slowapp:app``, returned once its body began."""
-    busy = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
-    busy.request("GET", f"/?chunks={chunks}")
-    wait_for((slow_app / "started").exists, "the slow app to start", 10.0)
-    return busy
-
-
 @needs_signals
 def test_sigterm_lets_the_request_in_flight_finish(
     env: dict[str, str], cache_dir: pathlib.Path, slow_app: pathlib.Path
@@ -396,7 +210,7 @@ def test_sigterm_lets_the_request_in_flight_finish(
             socket.create_connection(("127.0.0.1", endpoint.port), timeout=10),
             server_hostname="127.0.0.1",
         )
-        busy = slow_request(endpoint.port, context, slow_app, 5)
+        busy = slow_request(endpoint.port, slow_app, 5, context)
         stopped_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert idle.recv(100) == b""  # the idle keep-alive connection is closed at once
@@ -416,7 +230,7 @@ def test_a_second_signal_exits_at_once(
     with served(["--port", "0", "--app", "slowapp:app"], env, cwd=slow_app) as server:
         [endpoint] = server.endpoints
         context = tls_client(cache_dir)
-        busy = slow_request(endpoint.port, context, slow_app, 300)  # 30 s: far beyond this test
+        busy = slow_request(endpoint.port, slow_app, 300, context)  # 30 s: far beyond this test
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "shutting down" in server.errors(), "the first signal to be handled", 10.0)
         server.proc.send_signal(signal.SIGINT)
@@ -526,10 +340,19 @@ MORE_USER_ERRORS = [
     ("app exits on import", ["serve", "--app", "cli_exits:app"], "SystemExit"),
     ("host malformed", ["serve", "--host", "127.0.0.1..1", "--port", "0"], "invalid host name"),
     ("app and line echo", ["serve", "--app", "json:loads", "--line-echo"], "exclude"),
+    ("unknown codec", ["serve", "--http", "h2"], "invalid choice"),
+    ("codec for line echo", ["serve", "--http", "h11", "--line-echo"], "applies to HTTP"),
     ("timeout zero", ["serve", "--timeout", "0"], "greater than 0"),
     ("timeout infinite", ["serve", "--timeout", "inf"], "greater than 0"),
     ("max connections zero", ["serve", "--max-connections", "0"], "at least 1"),
     ("bad log level", ["serve", "--log-level", "loud"], "invalid choice"),
+    ("workers negative", ["serve", "--workers", "-1"], "0 or auto for one per CPU"),
+    ("workers not a number", ["serve", "--workers", "many"], "not a number of workers"),
+    ("balance without workers", ["serve", "--balance", "shared"], "applies to --workers"),
+    ("fd not a number", ["serve", "--fd", "three"], "not a file descriptor number"),
+    ("uds mode not octal", ["serve", "--uds-mode", "9"], "octal mode"),
+    ("uds mode too wide", ["serve", "--uds-mode", "1777"], "0 to 777"),
+    ("uds directory missing", ["serve", "--uds", "{missing}.d/s"], "cannot listen on unix:"),
     ("conformance driver", ["conformance", "--driver", "nope"], "unknown driver"),
     ("conformance all and more", ["conformance", "--driver", "all", "--driver", "x"], "all"),
 ]

@@ -18,7 +18,8 @@ import sys
 
 import pytest
 from conftest import PKI
-from test_cli import cache_dir, driver, env, needs_signals, served, spcore  # noqa: F401
+from servekit import needs_signals, run_spcore, served, spcore
+from test_cli import driver  # noqa: F401
 
 from spcore import cli
 from spcore.conformance.clients import program, run_program
@@ -38,7 +39,7 @@ def ocsp_file(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Pat
 
 @pytest.fixture(scope="module")
 def key_file(
-    env: dict[str, str],  # noqa: F811  (the fixture imported from test_cli)
+    env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> pathlib.Path:
     """A ticket key file written by ``spcore ticket-key``."""
@@ -63,6 +64,7 @@ def _s_client(port: int, pki: PKI, version: str, *args: str) -> list[str]:
 
 
 REQUEST = b"GET /?format=json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+STATS = b"GET /stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
 def _tls_of(http_output: bytes) -> dict[str, object]:
@@ -76,7 +78,7 @@ def _tls_of(http_output: bytes) -> dict[str, object]:
 @needs_signals
 def test_gnutls_engine_serves_real_clients_on_each_driver(
     driver: str,  # noqa: F811
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     pki: PKI,
     ocsp_file: pathlib.Path,
     key_file: pathlib.Path,
@@ -133,7 +135,7 @@ def test_gnutls_engine_serves_real_clients_on_each_driver(
 @needs_signals
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_second_process_sharing_the_ticket_key_resumes_the_session(
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     pki: PKI,
     ocsp_file: pathlib.Path,
     key_file: pathlib.Path,
@@ -170,19 +172,57 @@ def test_a_second_process_sharing_the_ticket_key_resumes_the_session(
 
 
 def _python_session(
-    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None
-) -> tuple[ssl.SSLSession | None, bool]:
-    """One request with Python's ssl: the session to resume next, and whether this one was."""
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None, request: bytes = REQUEST
+) -> tuple[ssl.SSLSession | None, bool, bytes]:
+    """One request with Python's ssl: the session to resume next, whether this one was, and
+    the response's body."""
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="localhost", session=session) as tls,
     ):
-        tls.sendall(REQUEST)
+        tls.sendall(request)
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
-        assert data.startswith(b"HTTP/1.1 200 ")
-        return tls.session, bool(tls.session_reused)
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        return tls.session, bool(tls.session_reused), data.partition(b"\r\n\r\n")[2]
+
+
+@needs_signals
+def test_workers_get_the_engine_and_resume_each_others_sessions(
+    env: dict[str, str], pki: PKI, ocsp_file: pathlib.Path, key_file: pathlib.Path
+) -> None:
+    """Under ``--workers`` every worker serves with the engine and the files it was given: a
+    session made on one worker resumes on the other (SO_REUSEPORT picks the worker of each
+    new connection), since both read the one ticket key file."""
+    with served([*_gnutls_serve(pki, ocsp_file, key_file), "--workers", "2"], env) as server:
+        assert len(server.workers) == 2
+        port = server.endpoints[0].port
+        context = pki.client_context("1.3")
+        session = _python_session(port, context, None)[0]
+        resumed_on: set[int] = set()
+        for _ in range(200):
+            newer, reused, body = _python_session(port, context, session, STATS)
+            worker = json.loads(body)["worker"]  # the one SO_REUSEPORT picked
+            assert reused, f"worker {worker} did not resume the session"
+            session = newer or session
+            resumed_on.add(worker)
+            if len(resumed_on) == 2:
+                break
+        assert resumed_on == {0, 1}
+        assert server.stop() == 0
+
+
+def test_the_supervisor_checks_the_tls_files_before_starting_workers(
+    env: dict[str, str], pki: PKI, ocsp_file: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A file the engine cannot use is the supervisor's one-line error: no worker starts."""
+    bad = tmp_path / "tickets.key"
+    bad.write_text("not a ticket key\n")
+    result = run_spcore("serve", *_gnutls_serve(pki, ocsp_file, bad), "--workers", "2", env=env)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("spcore: error: cannot set up TLS: the ticket key file "), line
 
 
 def _this_update(status_output: bytes) -> bytes:
@@ -193,7 +233,7 @@ def _this_update(status_output: bytes) -> bytes:
 
 @needs_signals
 def test_rotated_ocsp_and_ticket_key_files_are_picked_up_while_serving(
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     pki: PKI,
     tmp_path: pathlib.Path,
 ) -> None:

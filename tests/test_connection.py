@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from conftest import PKI
-from memlink import LOCAL, PEER, MemLink
+from memlink import LOCAL, PEER, ByHand, MemLink
 
+from spcore.actions import CLOSE, READ_OFF, READ_ON, SHUT_WRITE, RunJobs, Send, SetTimer
 from spcore.config import Limits
-from spcore.connection import Connection
+from spcore.connection import Connection, Hub
 from spcore.layer import ProtocolLayer
+from spcore.lifecycle import TRANSITIONS, Event, LifecycleError, State, next_state
 from spcore.server import Listener, Server
 from spcore.tls import Alert, ClientContext, ClientTLS, ServerTLS
 from spcore.tls.engine import (
@@ -127,9 +129,7 @@ def accept(server: Server) -> Connection:
 
 def drain(conn: Connection, now: float = NOW) -> bytes:
     """Play a driver whose socket takes everything: write out all output."""
-    data = b"".join(bytes(b) for b in conn.outgoing())
-    conn.sent(len(data), now)
-    return data
+    return ByHand(conn, now).drain()
 
 
 def client_hello(client_tls: ClientTLS) -> bytes:
@@ -370,15 +370,41 @@ FLOW = {"write_high_water": 4096, "write_low_water": 1024}
 
 def test_reading_stops_above_high_water_and_resumes_below_low_water() -> None:
     server, made = recording_server(echo=True, **FLOW)
-    conn = accept(server)
-    conn.receive_data(b"x" * 5000, NOW)
-    assert conn.output_size == 5000
-    assert not conn.reading and not conn.writable
-    conn.sent(5000 - 1025, NOW)  # 1025 left: above low water
-    assert not conn.reading and made[0].resumed == 0
-    conn.sent(2, NOW)  # 1023 left
-    assert conn.reading and conn.writable and made[0].resumed == 1
-    assert drain(conn) == b"x" * 1023
+    hand = ByHand(accept(server))
+    assert hand.actions() == [READ_ON]
+    hand.conn.receive_data(b"x" * 5000, NOW)
+    assert hand.actions()[:2] == [Send((b"x" * 5000,), 5000), READ_OFF]
+    assert hand.conn.output_size == 5000 and not hand.conn.writable
+    hand.take(5000 - 1025)  # 1025 left: above low water
+    assert not hand.reading and made[0].resumed == 0
+    assert hand.sending is not None and hand.sending.nbytes == 1025  # the rest, next
+    hand.take(2)  # 1023 left
+    assert hand.reading and hand.conn.writable and made[0].resumed == 1
+    assert hand.drain() == b"x" * 1023
+
+
+def test_one_send_is_in_flight_at_a_time_and_new_output_follows_it() -> None:
+    server, made = recording_server()
+    hand = ByHand(accept(server))
+    transport = made[0].conn
+    assert transport is not None
+    transport.write(b"one")
+    (_send,) = [a for a in hand.actions() if isinstance(a, Send)]
+    transport.write(b"two")
+    assert hand.actions() == []  # no second Send while the first is in flight
+    assert hand.take() == b"one"
+    assert hand.sending == Send((b"two",), 3)
+    with pytest.raises(ValueError, match="in flight"):
+        hand.conn.sent(4, NOW)  # more than the Send had: a driver bug, said loudly
+
+
+def test_a_send_the_kernel_took_nothing_of_comes_back_whole() -> None:
+    server, _made = recording_server(echo=True)
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"abc", NOW)
+    hand.actions()
+    assert hand.take(0) == b""
+    assert hand.sending == Send((b"abc",), 3)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -402,74 +428,97 @@ def test_a_peer_that_stops_reading_stops_our_reading(
 
 def test_graceful_close_shuts_the_write_side_after_flushing() -> None:
     server, made = recording_server(close_on=b"bye")
-    conn = accept(server)
-    conn.receive_data(b"bye", NOW)
-    assert conn.closing and not conn.should_close
+    hand = ByHand(accept(server))
+    hand.actions()
+    hand.conn.receive_data(b"bye", NOW)
+    assert hand.conn.closing and hand.conn.state is State.FLUSHING
     assert made[0].conn is not None
     made[0].conn.write(b"ignored")  # closing: writes are dropped
-    assert list(conn.outgoing()) == []
-    assert conn.write_eof
-    conn.write_eof_done(NOW + 1)
-    assert not conn.write_eof and not conn.should_close
-    assert conn.reading  # reads and discards until the peer's EOF
-    assert conn.deadline == NOW + 1 + server.limits.close_timeout
-    conn.receive_data(b"late", NOW + 1.5)
-    assert made[0].data == b"bye" and not conn.should_close
-    conn.receive_data(b"", NOW + 1.5)
-    assert conn.should_close
+    deadline = NOW + server.limits.close_timeout
+    # Nothing to send: the write side is shut; reading goes on, to discard until the EOF.
+    assert hand.actions() == [SHUT_WRITE, SetTimer(deadline)]
+    assert hand.conn.state is State.DRAINING and hand.reading
+    hand.conn.receive_data(b"late", NOW + 1.5)
+    assert made[0].data == b"bye" and hand.actions() == []
+    hand.conn.receive_data(b"", NOW + 1.5)
+    assert hand.actions() == [CLOSE] and hand.conn.state is State.CLOSE
 
 
 def test_graceful_close_flushes_pending_output_first() -> None:
     server, _ = recording_server(echo=True, close_on=b"!")
-    conn = accept(server)
-    conn.receive_data(b"last words!", NOW)
-    assert not conn.write_eof  # output still pending
-    assert drain(conn) == b"last words!"
-    assert conn.write_eof
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"last words!", NOW)
+    actions = hand.actions()
+    assert SHUT_WRITE not in actions  # output still pending
+    assert hand.take() == b"last words!"
+    assert hand.shut
 
 
 def test_close_timeout_ends_a_peer_that_never_closes() -> None:
     server, _ = recording_server(close_on=b"bye", close_timeout=2.0)
-    conn = accept(server)
-    conn.receive_data(b"bye", NOW)
-    conn.write_eof_done(NOW)
-    conn.on_deadline(NOW + 1.9)
-    assert not conn.should_close
-    conn.on_deadline(NOW + 2.0)
-    assert conn.should_close
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"bye", NOW)
+    assert SHUT_WRITE in hand.actions() and hand.timer == NOW + 2.0
+    hand.conn.on_deadline(NOW + 1.9)  # early
+    assert hand.actions() == [SetTimer(NOW + 2.0)]  # a timer that fired is told again
+    hand.conn.on_deadline(NOW + 2.0)
+    assert hand.actions() == [CLOSE]
 
 
 def test_zero_close_timeout_closes_right_after_flushing() -> None:
     server, _ = recording_server(echo=True, close_on=b"bye", close_timeout=0)
-    conn = accept(server)
-    conn.receive_data(b"bye", NOW)
-    assert not conn.should_close
-    drain(conn)
-    assert conn.should_close and not conn.write_eof
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"bye", NOW)
+    hand.take()
+    assert hand.closed and not hand.shut
 
 
 def test_peer_eof_first_then_our_close_closes_after_flushing() -> None:
     server, made = recording_server(echo=True)
-    conn = accept(server)
-    conn.receive_data(b"abc", NOW)
-    conn.receive_data(b"", NOW)
-    assert made[0].eofs == [True] and not conn.reading
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"abc", NOW)
+    hand.conn.receive_data(b"", NOW)
+    hand.actions()
+    assert made[0].eofs == [True] and not hand.reading
     assert made[0].conn is not None
     made[0].conn.close()
-    assert not conn.should_close
-    assert drain(conn) == b"abc"
-    assert conn.should_close
+    assert not hand.closed
+    assert hand.drain() == b"abc"
+    assert hand.closed and not hand.shut
 
 
 def test_abort_asks_to_close_at_once() -> None:
     server, made = recording_server()
-    conn = accept(server)
+    hand = ByHand(accept(server))
     assert made[0].conn is not None
     made[0].conn.write(b"dropped")
     made[0].conn.abort("test")
-    assert conn.should_close and not conn.reading
-    conn.connection_lost(None, NOW)
+    assert hand.actions() == [CLOSE] and not hand.conn.reading
+    hand.conn.connection_lost(None, NOW)
     assert made[0].lost == [None]
+
+
+def test_an_abort_with_a_send_in_flight_closes_without_waiting_for_it() -> None:
+    server, _made = recording_server(echo=True)
+    hand = ByHand(accept(server))
+    hand.conn.receive_data(b"abc", NOW)
+    hand.actions()
+    assert hand.sending is not None
+    hand.conn.abort("test")
+    assert hand.actions() == [CLOSE]
+    hand.conn.sent(3, NOW)  # a completion arriving after the abort is ignored
+    assert hand.conn.next_action() is CLOSE
+
+
+def test_jobs_submitted_before_an_abort_are_still_handed_out() -> None:
+    server, made = recording_server()
+    hand = ByHand(accept(server))
+    transport = made[0].conn
+    assert transport is not None
+    transport.submit_job(lambda: None, lambda job, now: None)
+    transport.abort("test")
+    first, second = hand.actions()
+    assert isinstance(first, RunJobs) and len(first.jobs) == 1 and second is CLOSE
 
 
 def test_connection_lost_is_idempotent_and_forgets_the_connection() -> None:
@@ -481,7 +530,7 @@ def test_connection_lost_is_idempotent_and_forgets_the_connection() -> None:
     conn.connection_lost(error, NOW)
     conn.connection_lost(None, NOW)
     assert made[0].lost == [error]
-    assert conn.closed and conn.should_close
+    assert conn.closed and conn.next_action() is None
     assert conn.id not in server.connections and other.id in server.connections
     assert server.stats.connections_open == 1
 
@@ -495,16 +544,15 @@ def test_calls_after_connection_lost_are_no_ops() -> None:
     conn.receive_data(b"", NOW)
     conn.sent(3, NOW)
     conn.on_deadline(NOW + 10_000)
-    conn.write_eof_done(NOW)
     conn.write(b"x")
     conn.close()
     conn.abort("late")
     assert made[0].data == b"abc" and made[0].eofs == [] and made[0].timers == 0
-    assert list(conn.outgoing()) == []
-    assert conn.deadline is None
-    assert not conn.reading and not conn.write_eof and conn.should_close
+    assert conn.next_action() is None
+    assert conn.deadline is None and not conn.reading and conn.closed
     assert made[0].lost == [None]
-    assert server.take_woken() == [] and not server.connections
+    assert not server.connections
+    assert all(type(a).__name__ != "Sync" for a in iter(server.next_action, None))
 
 
 def test_connection_lost_during_the_handshake_leaves_no_deadline(
@@ -516,7 +564,7 @@ def test_connection_lost_during_the_handshake_leaves_no_deadline(
     assert conn.deadline == NOW + server.limits.handshake_timeout
     conn.connection_lost(OSError("reset"), NOW)
     assert conn.deadline is None
-    assert list(conn.outgoing()) == []  # the engine's ServerHello is not handed out any more
+    assert conn.next_action() is None  # the engine's ServerHello is not handed out any more
 
 
 def test_handshake_timeout_aborts_an_unfinished_handshake(
@@ -594,7 +642,7 @@ def test_deadline_is_the_earliest_of_all_timers() -> None:
     layer.deadline = NOW + 100.0
     assert conn.deadline == NOW + 60.0
     conn.on_deadline(NOW + 60.0)
-    assert conn.should_close and layer.timers == 0  # the send timeout fired, not the protocol
+    assert conn.next_action() is CLOSE and layer.timers == 0  # the send timeout, not the protocol
 
 
 def test_the_protocol_timer_does_not_run_while_our_output_holds_reading_back() -> None:
@@ -606,7 +654,7 @@ def test_the_protocol_timer_does_not_run_while_our_output_holds_reading_back() -
     assert not conn.reading and conn.deadline == NOW + 60.0  # only the send timeout runs
     conn.on_deadline(NOW + 30.0)
     assert layer.timers == 0 and not conn.closing  # the client was not idle: we were
-    conn.sent(4000, NOW + 30.0)
+    ByHand(conn, NOW + 30.0).take(4000)
     assert conn.reading and layer.resumed == 1 and conn.deadline == NOW + 5.0
     conn.on_deadline(NOW + 30.0)
     assert layer.timers == 1  # the layer restarts its time in resume_writing (this one did not)
@@ -623,7 +671,7 @@ def test_early_and_stale_deadline_calls_are_harmless() -> None:
     conn.on_deadline(NOW + 5.0)
     assert layer.timers == 1 and layer.deadline is None
     conn.on_deadline(NOW + 6.0)  # stale: the timer was already handled
-    assert layer.timers == 1 and not conn.should_close and not conn.closing
+    assert layer.timers == 1 and not conn.closing
 
 
 class Broken(Recorder):
@@ -691,14 +739,14 @@ def test_an_exception_in_the_protocol_aborts_only_that_connection(
         drain(conn)  # (no protocol timer runs while its output holds reading back)
         layers[1].deadline = NOW + 1
         conn.on_deadline(NOW + 1)
-        server.begin_shutdown(NOW + 2)
+        server.request_stop(NOW + 2)
         conn.receive_data(b"", NOW + 2)
-    assert conn.should_close
+    assert conn.state is State.CLOSE
     assert any("internal error" in r.getMessage() for r in caplog.records)
     assert server.stats.errors == 1
     conn.connection_lost(None, NOW + 3)
     assert layers[1].lost == [None]
-    assert bystander.id in server.connections and not bystander.should_close
+    assert bystander.id in server.connections and bystander.state is State.OPEN
 
 
 def test_an_exception_in_connection_lost_is_logged_and_the_registry_still_cleaned(
@@ -873,9 +921,9 @@ def test_the_protocol_starts_only_after_the_handshake(
     for start in range(0, len(hello), step):
         conn.receive_data(hello[start : start + step], NOW)
         assert made[0].conn is None and conn.tls_info is None
-        assert not conn.protocol_started
+        assert conn.state in (State.SNIFF, State.HELLO, State.HANDSHAKE)
     link = MemLink(server, client=client_tls, chunk=chunk)
-    assert made[1].made_after_handshake is True and link.conn.protocol_started
+    assert made[1].made_after_handshake is True and link.conn.state is State.OPEN
 
 
 def test_a_protocol_factory_that_raises_closes_only_that_connection(
@@ -887,7 +935,69 @@ def test_a_protocol_factory_that_raises_closes_only_that_connection(
     server = Server([Listener(protocol=broken)])
     with caplog.at_level(logging.ERROR, logger="spcore.connection"):
         conn = server.accept(server.listeners[0], ("127.0.0.1", 1), ("127.0.0.1", 2), 0.0)
-    assert conn.should_close
+    assert conn.next_action() is CLOSE
     assert "could not build" in caplog.text
     conn.connection_lost(None, 0.0)
     assert server.connections == {}
+
+
+# -- the lifecycle table and a connection without a server ----------------------------------
+
+
+def test_the_lifecycle_table_is_closed_and_every_state_can_end() -> None:
+    assert set(TRANSITIONS) == set(State)
+    used = {event for moves in TRANSITIONS.values() for event in moves}
+    assert used == set(Event)  # every event happens somewhere
+    assert TRANSITIONS[State.CLOSED] == {}  # the end is the end
+    for state in set(State) - {State.CLOSED}:
+        assert TRANSITIONS[state][Event.LOST] is State.CLOSED  # a reset may come at any time
+        if state is not State.CLOSE:
+            assert TRANSITIONS[state][Event.ABORT] is State.CLOSE
+
+
+def test_an_event_the_table_does_not_allow_is_a_bug_said_loudly() -> None:
+    with pytest.raises(LifecycleError, match="HELLO_READ cannot happen in state OPEN"):
+        next_state(State.OPEN, Event.HELLO_READ)
+
+
+def test_a_connection_needs_no_server() -> None:
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder(echo=True))
+        return made[-1]
+
+    conn = Connection(Listener(factory), peer=PEER, local=LOCAL, now=NOW)
+    hand = ByHand(conn)
+    assert hand.actions() == [READ_ON] and conn.state is State.OPEN
+    conn.receive_data(b"ping", NOW)
+    assert hand.take() == b"ping"
+    assert conn.call_soon_threadsafe(print, "no loop to run it") is False
+    assert conn.stats.bytes_sent == 4 and conn.limits == Limits()
+    conn.receive_data(b"", NOW)
+    assert made[0].eofs == [True]
+
+
+def test_connections_of_one_hub_wake_each_other() -> None:
+    hub = Hub()
+    a, b = (Connection(Listener(Recorder), hub, now=NOW) for _ in range(2))
+    assert a.id != b.id and hub.connections == {a.id: a, b.id: b}
+    b.write(b"from outside any call of b")
+    assert hub.pop_woken() is b and hub.pop_woken() is None
+    b.connection_lost(None, NOW)
+    assert hub.connections == {a.id: a}
+
+
+def test_a_failed_handshake_logs_what_the_client_offered(
+    pki: PKI, server_tls: ServerTLS, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ClientTLS(
+        trust=pki.ca_file,
+        max_version="1.2",
+        alpn=("h2",),
+        engine_options={"openssl": {"ciphers": "AES128-SHA"}},  # a cipher the server refuses
+    )
+    server, _ = recording_server(tls=server_tls)
+    with caplog.at_level(logging.INFO, logger="spcore.connection"):
+        MemLink(server, client=client)
+    assert "the client offered up to TLS 1.2; SNI localhost; ALPN h2" in caplog.text

@@ -30,7 +30,7 @@ from spcore.http.messages import App, Pipe, Request, Response, blocking
 from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
-from spcore.stream import DeferredSession, Session, StreamHandler, StreamProtocol
+from spcore.stream import DeferredSession, Session, Sessions, StreamHandler, StreamProtocol
 from spcore.tls import ServerTLS
 
 TIMEOUT = 10.0  # the bound on every wait; tests normally take a fraction of it
@@ -59,7 +59,7 @@ def serving(
     loop: LoopName,
     *,
     limits: Limits | None = None,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     send_buffer: int | None = None,
 ) -> Iterator[Running]:
     """Run the driver on a thread; stop it and join the thread on the way out.
@@ -390,9 +390,10 @@ class Chat(StreamHandler):
 
 
 def test_a_broadcast_reaches_the_other_connections(loop: LoopName) -> None:
-    with serving(lambda: StreamProtocol(Chat()), loop) as running:
+    sessions = Sessions()
+    with serving(lambda: StreamProtocol(Chat(), sessions), loop) as running:
         talker, listener = connect(running.port), connect(running.port)
-        wait_for(lambda: len(running.server.sessions) == 2, "both sessions", TIMEOUT)
+        wait_for(lambda: len(sessions) == 2, "both sessions", TIMEOUT)
         talker.sendall(b"hello\n")
         assert listener.recv(100) == b"hello\r\n"  # synced as woken, not on its own event
         talker.close()

@@ -128,10 +128,10 @@ class Recording(DoubledIocpDriver):
         self.sends.append((self._posted[op.owner].pop(0), result))
         super()._sent(op, result, now)
 
-    def _close(self, link: Link, error: BaseException | None, now: float) -> None:
+    def close(self, link: Link, error: BaseException | None, now: float) -> None:
         if not link.closed:
             self.lost.append(error)
-        super()._close(link, error, now)
+        super().close(link, error, now)
 
 
 @contextlib.contextmanager
@@ -218,8 +218,8 @@ def fail_first(
 
 
 def only_link(driver: IocpDriver) -> Link:
-    wait_for(lambda: len(driver._links) == 1, "one connection")
-    return next(iter(driver._links.values()))
+    wait_for(lambda: len(driver.links) == 1, "one connection")
+    return next(iter(driver.links.values()))
 
 
 def pending_recv(link: Link) -> Operation[Link]:
@@ -671,8 +671,11 @@ def test_a_failed_wait_ends_run_with_the_error_after_reaping_everything() -> Non
 
     with (
         pytest.raises(AssertionError, match="GetQueuedCompletionStatusEx") as raised,
-        serving(prepare=prepare) as (driver, _, _),
+        serving(prepare=prepare) as (driver, spy, _),
     ):
+        # (not before the wait failed: before run() opens the port, there is none either)
+        waited = spy.named
+        wait_for(lambda: waited("GetQueuedCompletionStatusEx"), "the wait that fails")
         wait_for(lambda: not driver._ops and driver._port is None, "run() to end")
     assert "Windows error 735" in str(raised.value)
 
@@ -700,6 +703,32 @@ def test_a_finished_job_wakes_the_loop_with_a_posted_packet() -> None:
         waits = spy.named("GetQueuedCompletionStatusEx")
         assert all(a[2] == 256 for a in waits)  # a batch of up to 256 packets per call
         client.close()
+
+
+def test_calls_from_another_thread_wake_the_loop_with_one_packet_per_batch() -> None:
+    ran: list[tuple[int, str]] = []
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        busy.set()
+        release.wait(WAIT)
+
+    with serving() as (driver, spy, _):
+        wait_for(lambda: bool(spy.named("GetQueuedCompletionStatusEx")), "the first wait")
+        assert driver.call_soon_threadsafe(hold_the_loop)
+        wait_for(busy.is_set, "the loop to run the first call")
+        posted = len(spy.named("PostQueuedCompletionStatus"))
+        for n in range(100):  # while the loop is busy: one wake-up packet says it all
+            assert driver.call_soon_threadsafe(
+                lambda n=n: ran.append((n, threading.current_thread().name))
+            )
+        release.set()
+        wait_for(lambda: len(ran) == 100, "the calls to run")
+        assert len(spy.named("PostQueuedCompletionStatus")) == posted + 1
+        assert ran == [(n, "iocp-loop") for n in range(100)]
+    posted = len(spy.named("PostQueuedCompletionStatus"))
+    assert driver.call_soon_threadsafe(ran.append, "too late") is False  # stopped: refused
+    assert len(spy.named("PostQueuedCompletionStatus")) == posted and len(ran) == 100
 
 
 def test_graceful_stop_finishes_the_job_in_flight_then_releases_everything() -> None:

@@ -83,10 +83,10 @@ class Recording(UringDriver):
         self.send_results.append(result)
         super()._sent(op, result, now)
 
-    def _close(self, link: Link, error: BaseException | None, now: float) -> None:
+    def close(self, link: Link, error: BaseException | None, now: float) -> None:
         if not link.closed:
             self.lost.append(error)
-        super()._close(link, error, now)
+        super().close(link, error, now)
 
     def _admit_or_park(self, acceptor: Acceptor, sock: socket.socket, now: float) -> None:
         super()._admit_or_park(acceptor, sock, now)
@@ -277,7 +277,7 @@ def test_graceful_stop_finishes_the_request_in_flight() -> None:
 def test_stop_leaves_no_operation_and_closes_everything() -> None:
     with serving(close_timeout=0.2) as (driver, address):
         idle = connect_echoed(address, b"ping")
-        link = next(iter(driver._links.values()))
+        link = next(iter(driver.links.values()))
     assert driver._ops == {}
     assert driver._ring is not None and driver._ring.closed
     assert driver._eventfd == -1

@@ -4,7 +4,7 @@ Whatever arrives, in whatever chunking, no exception escapes the core (nothing r
 connection's "internal error" catch-all, nothing is logged at ERROR), the server answers only
 with valid HTTP (200, 4xx or 5xx, as h11 parses it), a TLS alert or the plaintext 400, its
 buffers stay within the limits, and once the client is gone and the timeouts have run the
-connection is closed.
+connection is closed. The HTTP properties hold for each codec (``http_codec``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ FUZZ = settings(
     derandomize=True,
     database=None,
     deadline=5000,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # http_codec is a function-scoped fixture, but only a name: nothing to reset per example.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 # --- the application under the stack --------------------------------------------------------
@@ -219,7 +224,7 @@ def check_bounded(link: MemLink, piece: int) -> None:
     protocol = conn.protocol
     assert isinstance(protocol, HTTPProtocol)
     assert protocol.buffered <= LIMITS["max_header_size"] + piece
-    assert len(conn.take_jobs()) == 0  # MemLink runs every job at once
+    assert link.jobs_pending == []  # MemLink runs every job at once
 
 
 def feed(link: MemLink, data: bytes, sizes: list[int]) -> None:
@@ -304,9 +309,9 @@ def check_counters(server: Server) -> None:
 # --- plaintext --------------------------------------------------------------------------------
 
 
-def drive_plain(data: bytes, sizes: list[int], linger: bool) -> None:
+def drive_plain(data: bytes, sizes: list[int], linger: bool, codec: str) -> None:
     assume(b"HEAD" not in data)  # a HEAD response's framing needs the method to parse
-    server = http_server(router, **LIMITS)
+    server = http_server(router, http=codec, **LIMITS)
     link = MemLink(server)
     with no_error_logs():
         feed(link, data, sizes)
@@ -317,8 +322,8 @@ def drive_plain(data: bytes, sizes: list[int], linger: bool) -> None:
 
 @FUZZ
 @given(data=st.sampled_from(SEEDS).flatmap(mutations), sizes=CHUNKINGS, linger=st.booleans())
-def test_mutated_requests(data: bytes, sizes: list[int], linger: bool) -> None:
-    drive_plain(data, sizes, linger)
+def test_mutated_requests(data: bytes, sizes: list[int], linger: bool, http_codec: str) -> None:
+    drive_plain(data, sizes, linger, http_codec)
 
 
 @FUZZ
@@ -327,14 +332,14 @@ def test_mutated_requests(data: bytes, sizes: list[int], linger: bool) -> None:
     sizes=CHUNKINGS,
     linger=st.booleans(),
 )
-def test_arbitrary_bytes(data: bytes, sizes: list[int], linger: bool) -> None:
-    drive_plain(data, sizes, linger)
+def test_arbitrary_bytes(data: bytes, sizes: list[int], linger: bool, http_codec: str) -> None:
+    drive_plain(data, sizes, linger, http_codec)
 
 
-def test_the_seeds_themselves_are_served() -> None:
+def test_the_seeds_themselves_are_served(http_codec: str) -> None:
     """The properties start from requests the server answers with 200s."""
     for seed in SEEDS:
-        server = http_server(router, **LIMITS)
+        server = http_server(router, http=http_codec, **LIMITS)
         link = MemLink(server)
         link.send_raw(seed)
         output = link.take()
@@ -378,13 +383,16 @@ def test_mutated_ciphertext(
     sizes: list[int],
     linger: bool,
     draw: st.DataObject,
+    http_codec: str,
 ) -> None:
     """A real client's flights, one of them (the ClientHello is flight 0) mutated in transit.
 
     The request inside may be mutated too, so the HTTP layer meets bad input behind TLS.
     """
     assume(b"HEAD" not in request)
-    server = http_server(router, tls=contexts["server"], tls_engine=contexts["engine"], **LIMITS)
+    server = http_server(
+        router, tls=contexts["server"], tls_engine=contexts["engine"], http=http_codec, **LIMITS
+    )
     link = MemLink(server)  # no client engine in the link: the test plays the client
     client = contexts[version].new_engine("localhost")
     client.start()

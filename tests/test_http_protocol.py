@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -22,8 +23,10 @@ import pytest
 from memlink import MemLink, http_server, read_response
 
 from spcore.config import KiB, MiB
+from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
+from spcore.layer import ProtocolLayer
 from spcore.tls import ClientTLS, ServerTLS
 
 # --- a parsing client ---------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def chunked(*pieces: bytes) -> bytes:
 
 def run_jobs(link: MemLink) -> int:
     """Play the driver's worker pool by hand (for links built with ``run_jobs=False``)."""
-    jobs = link.conn.take_jobs()
+    jobs = link.take_jobs()
     for job in jobs:
         job.run()
         link.conn.job_done(job, link.clock.now)
@@ -189,7 +192,7 @@ def tls_contexts(server_tls: ServerTLS, client_tls: ClientTLS) -> tuple[ServerTL
     return server_tls, client_tls
 
 
-def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS]) -> Connect:
+def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS], codec: str) -> Connect:
     def connect(
         app: Callable[[Request], Response | None],
         *,
@@ -197,7 +200,8 @@ def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS]) -> C
         chunk: int | str | None = "transport",
         **limits: Any,
     ) -> MemLink:
-        server = http_server(app, tls=contexts[0] if transport.tls else None, **limits)
+        tls = contexts[0] if transport.tls else None
+        server = http_server(app, tls=tls, http=codec, **limits)
         return MemLink(
             server,
             client=contexts[1] if transport.tls else None,
@@ -209,20 +213,20 @@ def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS]) -> C
 
 
 @pytest.fixture(params=[PLAIN, BYTEWISE, TLS, TLS_BYTEWISE], ids=str)
-def connect(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
-    """Every transport: plain and TLS, whole buffers and one byte at a time."""
-    return _connector(request.param, tls_contexts)
+def connect(request: pytest.FixtureRequest, tls_contexts: Any, http_codec: str) -> Connect:
+    """Every codec and transport: plain and TLS, whole buffers and one byte at a time."""
+    return _connector(request.param, tls_contexts, http_codec)
 
 
 @pytest.fixture(params=[PLAIN, BYTEWISE], ids=str)
-def connect_plain(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
-    return _connector(request.param, tls_contexts)
+def connect_plain(request: pytest.FixtureRequest, tls_contexts: Any, http_codec: str) -> Connect:
+    return _connector(request.param, tls_contexts, http_codec)
 
 
 @pytest.fixture(params=[PLAIN, TLS], ids=str)
-def connect_whole(request: pytest.FixtureRequest, tls_contexts: Any) -> Connect:
+def connect_whole(request: pytest.FixtureRequest, tls_contexts: Any, http_codec: str) -> Connect:
     """Plain and TLS in whole buffers, for the tests that move megabytes."""
-    return _connector(request.param, tls_contexts)
+    return _connector(request.param, tls_contexts, http_codec)
 
 
 @pytest.fixture(autouse=True)
@@ -540,9 +544,11 @@ class TestResponseBodies:
 
 
 def test_a_handshake_larger_than_the_high_water_mark_completes(
-    server_tls: ServerTLS, client_tls: ClientTLS
+    server_tls: ServerTLS, client_tls: ClientTLS, http_codec: str
 ) -> None:
-    server = http_server(hello, tls=server_tls, write_high_water=100, write_low_water=0)
+    server = http_server(
+        hello, tls=server_tls, http=http_codec, write_high_water=100, write_low_water=0
+    )
     link = MemLink(server, client=client_tls)  # the certificate alone is over 100 bytes
     link.send(request())
     assert parse_one(link.take()).body == b"GET /"
@@ -779,7 +785,12 @@ BAD_REQUESTS = [
     pytest.param(
         b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: marker-xyz\r\n\r\n", 400, id="bad-length"
     ),
-    pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501, id="gzip"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 400, id="gzip"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        501,
+        id="gzip-chunked",
+    ),
     pytest.param(
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nmarker-xyz\r\n",
         400,
@@ -929,7 +940,7 @@ class TestTimeouts:
         assert parse_one(link.take()).body == b"1" * 10 + b"2" * 10 + b"3" * 10
         assert not link.client_got_eof
 
-    def test_no_body_timeout_while_our_output_holds_reading_back(self) -> None:
+    def test_no_body_timeout_while_our_output_holds_reading_back(self, http_codec: str) -> None:
         def pipe_echo(req: Request) -> Response:
             pipe = Pipe()
             req.read_body(pipe)
@@ -937,7 +948,7 @@ class TestTimeouts:
 
         size = 256 * KiB
         marks = {"write_high_water": 64 * KiB, "write_low_water": 16 * KiB}
-        server = http_server(pipe_echo, **self.LIMITS, **marks)  # type: ignore[arg-type]
+        server = http_server(pipe_echo, http=http_codec, **self.LIMITS, **marks)  # type: ignore[arg-type]
         link = MemLink(server, chunk=16 * KiB)  # the body arrives as the server reads it
         link.window = 0
         link.send(request("POST", "/", [("Content-Length", str(size))], b"y" * size))
@@ -966,6 +977,12 @@ BAD_RESPONSES = [
     pytest.param(Response(200, [("x", "€")], b""), id="header-encoding"),
     pytest.param(Response(200, [], 42), id="body-type"),  # type: ignore[arg-type]
     pytest.param(Response(200, [("Content-Length", "9")], b"short"), id="length-mismatch"),
+    pytest.param(Response(200, [("x-bad", "a\x00b")], b""), id="header-nul"),
+    pytest.param(Response(200, [("x-bad", "a\nb")], b""), id="header-lf"),
+    pytest.param(Response(200, [("x-bad", " padded")], b""), id="header-outer-space"),
+    pytest.param(Response(200, [("Transfer-Encoding", "chunked")], b"x"), id="te-on-bytes"),
+    pytest.param(Response(200, [("Transfer-Encoding", "gzip")], iter([b"x"])), id="te-gzip"),
+    pytest.param(Response(101, [], b""), id="status-informational"),
     pytest.param("not a response", id="not-a-response"),
 ]
 
@@ -1112,6 +1129,177 @@ class TestApplicationErrors:
         assert link.server.connections == {}
 
 
+# --- the exchange's own API: deferred responses, flow control, back-pressure ------------------
+
+
+class TestExchangeAPI:
+    def test_a_response_given_later_from_outside_the_call(self, connect: Connect) -> None:
+        waiting: list[Request] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            waiting.append(req)
+
+        link = connect(app)
+        link.send(request(target="/later"))
+        assert link.take() == b"" and not link.conn.reading  # the next request waits
+        waiting[0].exchange.respond(Response(200, [], b"answered later"))
+        link.pump()  # the driver syncs the woken connection
+        assert parse_one(link.take()).body == b"answered later"
+        link.send(request())  # and the connection goes on
+        assert len(waiting) == 2
+
+    def test_a_response_given_through_the_exchange_within_the_call(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        link = connect_plain(lambda req: req.exchange.respond(Response(200, [], b"direct")))
+        link.send(request())
+        assert parse_one(link.take()).body == b"direct"
+        assert error_records(caplog) == [] and not link.client_got_eof
+
+    def test_a_streamed_response_given_later(self, connect_plain: Connect) -> None:
+        waiting: list[Request] = []
+        link = connect_plain(lambda req: waiting.append(req) or req.exchange.defer())
+        link.send(request())
+        pipe = Pipe()
+        waiting[0].exchange.respond(Response(200, [], pipe))
+        pipe.write(b"late ")
+        pipe.write(b"data")
+        pipe.close()
+        link.pump()
+        assert parse_one(link.take()).body == b"late data"
+
+    def test_a_second_response_given_later_is_ignored(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        waiting: list[Request] = []
+        link = connect_plain(lambda req: waiting.append(req) or Response(200, [], b"first"))
+        link.send(request())
+        probe = Probe(1)
+        waiting[0].exchange.respond(Response(200, [], probe))
+        assert parse_one(link.take()).body == b"first"
+        assert probe.closed and "second response" in caplog.text
+
+    def test_a_reader_pauses_the_body_until_it_resumes(self, connect_plain: Connect) -> None:
+        """(Plaintext: over TLS a whole record is decrypted at once, so the pause holds the
+        rest in the codec instead of in the client's socket.)"""
+
+        class Slow:
+            """Takes one piece, then asks for a pause until the test resumes it."""
+
+            def __init__(self) -> None:
+                self.chunks: list[bytes] = []
+                self.request: Request | None = None
+
+            def data(self, chunk: bytes) -> bool:
+                self.chunks.append(chunk)
+                return False
+
+            def end(self) -> Response:
+                return Response(200, [], b"".join(self.chunks))
+
+        reader = Slow()
+
+        def app(req: Request) -> None:
+            reader.request = req
+            req.read_body(reader)
+
+        link = connect_plain(app, chunk=512)
+        body = bytes(range(256)) * 40
+        link.send(request("POST", "/", [("Content-Length", str(len(body)))], body))
+        assert len(reader.chunks) == 1 and not link.conn.reading
+        assert len(link.to_server) > len(body) // 2  # the rest waits on the client's side
+        assert reader.request is not None
+        resumed = 0
+        while not link.received and resumed < 200:
+            pieces = len(reader.chunks)
+            reader.request.exchange.resume_body()
+            link.pump()
+            resumed += 1
+            assert len(reader.chunks) <= pieces + 1  # one piece per resume, at most
+        assert parse_one(link.take(), "POST").body == body
+        assert resumed > 5
+
+    def test_writable_and_on_writable_follow_the_client(self, connect_whole: Connect) -> None:
+        pipe = Pipe(high_water=1 << 30)
+        served: list[Request] = []
+        link = connect_whole(
+            lambda req: served.append(req) or Response(200, [], pipe),
+            write_high_water=16 * KiB,
+            write_low_water=4 * KiB,
+        )
+        link.window = 0  # the client does not read
+        link.send(request())
+        exchange = served[0].exchange
+        pipe.write(b"x" * 64 * KiB)
+        link.pump()
+        assert not exchange.writable
+        calls: list[bool] = []
+        exchange.on_writable(lambda: calls.append(exchange.writable))
+        link.let_client_read(None)
+        assert calls == [True]
+
+    def test_a_lost_connection_is_reported_to_a_deferred_response(self, connect: Connect) -> None:
+        gone: list[str] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            req.exchange.on_disconnect(lambda: gone.append(req.target))
+
+        link = connect(app)
+        link.send(request(target="/waiting"))
+        link.conn.abort("the peer reset the connection")  # as a driver reports a reset
+        link.pump()
+        assert link.closed and gone == ["/waiting"]
+
+    def test_an_upgrade_hands_the_connection_and_what_followed_to_another_layer(
+        self, connect: Connect
+    ) -> None:
+        class Echo(ProtocolLayer):
+            def connection_made(self, conn: Any, now: float) -> None:
+                self.conn = conn
+
+            def data_received(self, data: bytes, now: float) -> None:
+                self.conn.write(data.upper())
+
+        def app(req: Request) -> Response | None:
+            if req.path != "/ws":
+                return Response(200, [], b"plain")
+            req.exchange.upgrade(Echo(), [("Upgrade", "shout"), ("Connection", "Upgrade")])
+            return None
+
+        link = connect(app)
+        asking = [("Connection", "Upgrade"), ("Upgrade", "shout")]
+        link.send(request(target="/ws", headers=asking) + b"already sent")
+        head, _, rest = link.take().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"upgrade: shout" in head.lower() and rest == b"ALREADY SENT"
+        link.send(b"and more")
+        assert link.take() == b"AND MORE"
+        assert link.conn.reading and not link.client_got_eof
+
+    def test_only_a_request_asking_for_an_upgrade_gets_one(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def app(req: Request) -> Response | None:
+            req.exchange.upgrade(ProtocolLayer())
+            return None
+
+        link = connect_plain(app)
+        link.send(request())
+        assert_closed_with(link, parse_one(link.take()), 500, b"raised an exception")
+
+    def test_a_request_outside_an_exchange_has_none(self) -> None:
+        req = Request("GET", "/", [], "1.1", client=None, server=None, tls=None)
+        with pytest.raises(LocalProtocolError):
+            req.exchange  # noqa: B018
+
+    def test_an_int_enum_status_is_a_status(self, connect_plain: Connect) -> None:
+        link = connect_plain(lambda req: Response(HTTPStatus.CREATED, [], b"made"))
+        link.send(request())
+        assert parse_one(link.take()).status == 201
+
+
 # --- blocking applications ----------------------------------------------------------------------
 
 
@@ -1129,7 +1317,7 @@ class TestBlockingApps:
         assert calls == []  # not called on the loop thread
         assert link.take() == b""
         assert not link.conn.reading
-        jobs = link.conn.take_jobs()
+        jobs = link.take_jobs()
         assert len(jobs) == 1
         jobs[0].run()
         assert calls == ["/job"]
@@ -1145,7 +1333,7 @@ class TestBlockingApps:
         link.send(b"".join(request(target=f"/{n}") for n in range(3)))
         rounds = 0
         while True:
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             assert len(jobs) == 1
@@ -1175,7 +1363,7 @@ class TestBlockingApps:
             link.send(b"%x\r\n%s\r\n" % (len(piece), piece))
         link.send(b"0\r\n\r\n")
         while True:
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             assert not link.conn.reading
@@ -1204,7 +1392,7 @@ class TestBlockingApps:
         link = connect_plain(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
         link.send(request())
         run_jobs(link)  # the app call; a pull job is now out
-        jobs = link.conn.take_jobs()
+        jobs = link.take_jobs()
         assert len(jobs) == 1
         link.conn.connection_lost(ConnectionResetError(), link.clock.now)
         link.closed = True
@@ -1228,7 +1416,7 @@ class TestBlockingApps:
         probe = Probe(2)
         link = connect(blocking(lambda req: Response(200, [], probe)), run_jobs=False)
         link.send(request())
-        (job,) = link.conn.take_jobs()
+        (job,) = link.take_jobs()
         link.conn.connection_lost(ConnectionResetError(), link.clock.now)
         link.closed = True
         job.run()
@@ -1254,7 +1442,7 @@ class TestBlockingApps:
         link.send(request("POST", "/", [("Content-Length", "10")], b"hello"))
         link.send(b"world")
         for _ in range(100):  # each job on a real worker thread, as a driver runs it
-            jobs = link.conn.take_jobs()
+            jobs = link.take_jobs()
             if not jobs:
                 break
             for job in jobs:
@@ -1276,7 +1464,7 @@ class TestShutdown:
         link.send(request())
         parse_one(link.take())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         assert not server.accepting
         link.pump()
         assert link.client_got_eof
@@ -1289,7 +1477,7 @@ class TestShutdown:
         link = connect_whole(blocking(hello), run_jobs=False)
         link.send(request())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         link.pump()
         assert not link.client_got_eof
         assert not server.finished
@@ -1304,7 +1492,7 @@ class TestShutdown:
     def test_half_received_request_is_answered_then_closed(self, connect_whole: Connect) -> None:
         link = connect_whole(hello)
         link.send(b"GET / HTTP/1.1\r\n")
-        link.server.begin_shutdown(link.clock.now)
+        link.server.request_stop(link.clock.now)
         link.pump()
         assert not link.client_got_eof
         link.send(b"Host: t\r\n\r\n")
@@ -1315,7 +1503,7 @@ class TestShutdown:
         link = connect_whole(blocking(hello), run_jobs=False, shutdown_grace=3.0)
         link.send(request())
         server = link.server
-        server.begin_shutdown(link.clock.now)
+        server.request_stop(link.clock.now)
         link.pump()
         assert server.deadline == link.clock.now + 3.0
         link.clock.now += 3.0

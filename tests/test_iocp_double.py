@@ -404,6 +404,60 @@ def test_one_call_dequeues_a_batch_in_order(api: Win32Double) -> None:
     assert [e.dwNumberOfBytesTransferred for e in entries[: removed.value]] == list(range(64, 100))
 
 
+def test_posts_from_many_threads_arrive_once_each_in_each_thread_s_order(api: Win32Double) -> None:
+    port = new_port(api)
+    threads, posts = 8, 200
+    barrier = threading.Barrier(threads)
+
+    def post(key: int) -> None:
+        barrier.wait(TIMEOUT)
+        for number in range(posts):
+            assert api.PostQueuedCompletionStatus(port, number, key, None)
+
+    posters = [threading.Thread(target=post, args=(key,)) for key in range(1, threads + 1)]
+    for poster in posters:
+        poster.start()
+    packets = reap(api, port, threads * posts)  # while they post
+    for poster in posters:
+        poster.join(TIMEOUT)
+    for key in range(1, threads + 1):
+        assert [n for k, _, _, n in packets if k == key] == list(range(posts))
+    assert {status for _, _, status, _ in packets} == {win32.STATUS_SUCCESS}
+    assert_no_packet(api, port)
+
+
+def test_a_posted_overlapped_is_any_value_and_comes_back_as_given(api: Win32Double) -> None:
+    port = new_port(api)
+    assert api.PostQueuedCompletionStatus(port, 3, 9, 0x1234)  # not a pointer: never read
+    assert reap(api, port, 1) == [(9, 0x1234, win32.STATUS_SUCCESS, 3)]
+
+
+def test_a_closed_port_refuses_posts_and_its_queued_packets_are_gone(api: Win32Double) -> None:
+    port = new_port(api)
+    assert api.PostQueuedCompletionStatus(port, 1, 1, None)
+    assert api.CloseHandle(port)
+    assert not api.PostQueuedCompletionStatus(port, 2, 1, None)
+    assert api.get_last_error() == win32.ERROR_INVALID_HANDLE
+    entries = (win32.OVERLAPPED_ENTRY * 1)()
+    removed = win32.ULONG()
+    assert not api.GetQueuedCompletionStatusEx(port, entries, 1, byref(removed), 0, 0)
+    assert api.get_last_error() == win32.ERROR_INVALID_HANDLE
+
+
+def test_posting_a_pending_operation_s_overlapped_is_a_violation(
+    doubles: Doubles, sockets: Track
+) -> None:
+    api = doubles(immediate_rate=0.0)
+    pending = pending_recv(api, sockets, ctypes.create_string_buffer(8))
+    assert api.PostQueuedCompletionStatus(pending.port, 0, 0, byref(pending.ov))
+    assert api.violations == [
+        "PostQueuedCompletionStatus with the OVERLAPPED of a pending operation"
+    ]
+    assert api.CancelIoEx(pending.acceptor.fileno(), byref(pending.ov))
+    assert len(reap(api, pending.port, 2)) == 2  # the posted packet and the cancelled receive
+    api.violations.clear()
+
+
 def test_closing_the_port_abandons_a_waiter(api: Win32Double) -> None:
     port = new_port(api)
     outcome: list[int] = []

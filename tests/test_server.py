@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Any
 
 import pytest
 from engines import ENGINE_NAMES, skip_unavailable
-from memlink import LOCAL, PEER, MemLink
+from memlink import LOCAL, PEER, ByHand, MemLink
 
+from spcore.actions import (
+    CLOSE,
+    CLOSE_LISTENERS,
+    EXIT,
+    START_ACCEPTING,
+    STOP_ACCEPTING,
+    SetTimer,
+    Sync,
+)
 from spcore.config import Limits
 from spcore.connection import Connection
 from spcore.http.dates import DateCache
-from spcore.server import Listener, Server
+from spcore.listeners import stream_listener
+from spcore.server import Listener, Server, ServerAction
 from spcore.stream import Session, StreamHandler, StreamProtocol
 from spcore.tls import ClientTLS, ServerTLS
 from spcore.tls.openssl import OpenSSLEngine
@@ -46,6 +57,16 @@ def echo_server(
 
 def accept(server: Server) -> Connection:
     return server.accept(server.listeners[0], PEER, LOCAL, NOW)
+
+
+def actions(server: Server) -> list[ServerAction]:
+    """The server's actions until it has none (or says exit)."""
+    done: list[ServerAction] = []
+    while (action := server.next_action()) is not None:
+        done.append(action)
+        if action is EXIT:
+            break
+    return done
 
 
 def test_a_server_needs_a_listener() -> None:
@@ -90,21 +111,39 @@ def test_listener_takes_a_third_party_engine_factory(server_tls: ServerTLS) -> N
 # -- admission ---------------------------------------------------------------------------------
 
 
-def test_not_accepting_at_max_connections() -> None:
+def test_accepting_is_told_when_it_changes_at_max_connections() -> None:
     server, _ = echo_server(max_connections=2)
+    assert actions(server) == [START_ACCEPTING]
     first = accept(server)
-    assert server.accepting
+    assert actions(server) == []
     accept(server)
-    assert not server.accepting
+    assert actions(server) == [STOP_ACCEPTING]
     first.connection_lost(None, NOW)
-    assert server.accepting
+    assert actions(server) == [START_ACCEPTING]
 
 
-def test_not_accepting_during_shutdown() -> None:
-    server, _ = echo_server()
+def test_the_stop_sequence_is_the_same_actions_for_every_driver() -> None:
+    server, _ = echo_server(shutdown_grace=10.0)
+    assert actions(server) == [START_ACCEPTING]
+    a, b = MemLink(server), MemLink(server)
+    a.send(b"in flight\n")
+    a.window = b.window = 0  # neither client reads: nothing finishes by itself
     assert server.accepting and not server.shutting_down
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     assert not server.accepting and server.shutting_down
+    assert actions(server) == [
+        CLOSE_LISTENERS,  # first, so that nothing new arrives
+        Sync(a.conn),  # every connection was asked to finish: each is synced
+        Sync(b.conn),
+        SetTimer(NOW + 10.0),  # the end of the grace period
+    ]
+    server.on_deadline(NOW + 10.0)
+    assert actions(server) == [Sync(a.conn), Sync(b.conn), SetTimer(NOW + 10.0)]
+    for link in (a, b):
+        assert link.conn.next_action() == CLOSE  # the grace period is over: cut
+        link.conn.connection_lost(None, NOW + 10.0)
+    assert actions(server) == [SetTimer(None), EXIT]
+    assert actions(server) == [EXIT]  # and it stays so
 
 
 def test_connection_ids_are_unique_and_registered() -> None:
@@ -122,7 +161,7 @@ def test_connection_ids_are_unique_and_registered() -> None:
 def test_shutdown_with_nothing_open_is_finished_at_once() -> None:
     server, _ = echo_server()
     assert not server.finished
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     assert server.finished and server.deadline is None
 
 
@@ -130,9 +169,10 @@ def test_shutdown_closes_idle_sessions_gracefully() -> None:
     server, closed = echo_server(shutdown_grace=10.0)
     link = MemLink(server)
     link.send(b"last\n")
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     assert server.deadline == NOW + 10.0
-    assert [c.id for c in server.take_woken()] == [link.conn.id]
+    woken = [a.conn for a in actions(server) if isinstance(a, Sync)]
+    assert [c.id for c in woken] == [link.conn.id]
     link.pump()
     assert link.take() == b"last\r\n" and link.client_got_eof
     assert not server.finished  # waiting for the client's EOF (or the close timeout)
@@ -146,7 +186,7 @@ def test_shutdown_cuts_unfinished_handshakes_at_once(
     server, _ = echo_server(tls=server_tls)
     link = MemLink(server)
     link.send_raw(b"\x16\x03\x01")  # a ClientHello has begun
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     link.pump()
     assert link.closed and server.finished
 
@@ -154,12 +194,12 @@ def test_shutdown_cuts_unfinished_handshakes_at_once(
 def test_shutdown_waits_for_a_running_job_then_closes() -> None:
     server, closed = echo_server(blocking=True)
     link = MemLink(server, run_jobs=False)
-    for job in link.conn.take_jobs():  # start()
+    for job in link.take_jobs():  # start()
         job.run()
         link.conn.job_done(job, NOW)
     link.send(b"working\n")
-    (job,) = link.conn.take_jobs()
-    server.begin_shutdown(NOW)
+    (job,) = link.take_jobs()
+    server.request_stop(NOW)
     link.pump()
     assert not link.client_got_eof  # the job is in flight
     job.run()
@@ -173,15 +213,16 @@ def test_shutdown_waits_for_a_running_job_then_closes() -> None:
 def test_grace_period_end_aborts_what_remains() -> None:
     server, closed = echo_server(blocking=True, shutdown_grace=5.0)
     stuck = MemLink(server, run_jobs=False)
-    (job,) = stuck.conn.take_jobs()  # start() does not come back in time
+    (job,) = stuck.take_jobs()  # start() does not come back in time
     idle = MemLink(server)
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     idle.pump()
     assert idle.client_got_eof and not stuck.client_got_eof
     server.on_deadline(NOW + 4.9)  # early: nothing happens
-    assert not server.take_woken() and stuck.conn.id in server.connections
+    assert not any(isinstance(a, Sync) for a in actions(server))
+    assert stuck.conn.id in server.connections
     server.on_deadline(NOW + 5.0)
-    assert stuck.conn.should_close
+    assert stuck.conn.closing and not stuck.closed
     stuck.pump()  # syncs the woken connections: both are closed now
     assert stuck.closed and idle.closed
     assert server.finished and closed == [idle.conn.id]
@@ -211,34 +252,35 @@ def test_a_failed_accept_pauses_accepting_until_the_deadline(error: OSError, pau
 def test_shutdown_overrides_an_accept_pause() -> None:
     server, _ = echo_server(accept_pause=0.5)
     server.accept_failed(OSError(errno.ENFILE, "Too many open files in system"), NOW)
-    server.begin_shutdown(NOW)
+    server.request_stop(NOW)
     assert server.deadline is None and server.finished  # nothing to wait for: no connections
 
 
-def test_begin_shutdown_twice_keeps_the_first_deadline() -> None:
+def test_a_second_stop_request_keeps_the_first_deadline() -> None:
     server, _ = echo_server(shutdown_grace=10.0)
     MemLink(server)
-    server.begin_shutdown(NOW)
-    server.begin_shutdown(NOW + 5)
+    server.request_stop(NOW)
+    server.request_stop(NOW + 5)
     assert server.deadline == NOW + 10.0
 
 
 # -- wake-ups ----------------------------------------------------------------------------------
 
 
-def test_take_woken_lists_each_changed_connection_once() -> None:
+def test_each_changed_connection_is_synced_once() -> None:
     server, _ = echo_server()
     a, b = accept(server), accept(server)
-    assert server.take_woken() == []
-    server.wake(a)
-    server.wake(b)
-    server.wake(a)
-    assert server.take_woken() == [a, b]
-    assert server.take_woken() == []
-    server.wake(b)
+    actions(server)
+    assert actions(server) == []
+    server.hub.wake(a)
+    server.hub.wake(b)
+    server.hub.wake(a)
+    assert actions(server) == [Sync(a), Sync(b)]
+    assert actions(server) == []
+    server.hub.wake(b)
     b.connection_lost(None, NOW)
-    server.wake(b)
-    assert server.take_woken() == []
+    server.hub.wake(b)
+    assert actions(server) == []
 
 
 def test_a_broadcast_wakes_the_receivers_not_the_sender() -> None:
@@ -246,14 +288,63 @@ def test_a_broadcast_wakes_the_receivers_not_the_sender() -> None:
         def message(self, session: Session | object, message: bytes) -> None:
             session.broadcast(message)  # type: ignore[attr-defined]
 
-    server = Server([Listener(lambda: StreamProtocol(Relay()))])
+    listener = stream_listener(Relay)
+    server = Server([listener])
     a, b, c = accept(server), accept(server), accept(server)
+    actions(server)
     a.receive_data(b"news\n", NOW)
-    assert set(server.take_woken()) == {b, c}  # a is synced after its own call anyway
-    assert b"".join(bytes(x) for x in b.outgoing()) == b"news\r\n"
-    assert list(a.outgoing()) == []
-    server.sessions[b.id].send(b"from outside any call")
-    assert server.take_woken() == [b]
+    woken = [action.conn for action in actions(server) if isinstance(action, Sync)]
+    assert woken == [b, c]  # a is synced after its own call anyway
+    assert ByHand(b).take() == b"news\r\n"
+    assert ByHand(a).take() == b""
+    protocol = b.protocol
+    assert isinstance(protocol, StreamProtocol)
+    protocol.sessions[b.id].send(b"from outside any call")
+    assert actions(server) == [Sync(b)]
+
+
+# -- calls handed to the loop thread -----------------------------------------------------------
+
+
+def test_without_a_driver_a_call_is_refused() -> None:
+    server, _ = echo_server()
+    assert server.call_soon_threadsafe(print, "never") is False
+    assert accept(server).call_soon_threadsafe(print, "never") is False
+
+
+def test_a_call_goes_to_the_attached_driver_and_runs_timed_as_its_own() -> None:
+    server, _ = echo_server()
+    posted: list[tuple[object, tuple[object, ...]]] = []
+
+    def post(fn: object, *args: object) -> bool:
+        posted.append((fn, args))
+        return True
+
+    server.attach(post)
+    conn = accept(server)
+    link = MemLink(server)
+    assert conn.call_soon_threadsafe(link.conn.write, b"hello") is True
+    assert server.call_soon_threadsafe(len, b"x") is True
+    assert posted == [(link.conn.write, (b"hello",)), (len, (b"x",))]
+    fn, args = posted[0]
+    server.call(fn, args, NOW + 5)  # type: ignore[arg-type]  # the driver runs it, on its thread
+    assert server.now == NOW + 5 and actions(server) == [Sync(link.conn)]
+    link.pump()
+    assert link.take() == b"hello"
+
+
+def test_a_call_that_raises_is_logged_and_goes_no_further(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, _ = echo_server()
+
+    def broken() -> None:
+        raise RuntimeError("bug in a handed-over call")
+
+    with caplog.at_level(logging.ERROR, logger="spcore.server"):
+        server.call(broken, (), NOW)
+    assert "a function handed to the loop thread failed" in caplog.text
+    assert server.stats.errors == 1
 
 
 # -- counters ----------------------------------------------------------------------------------
@@ -307,6 +398,6 @@ def test_wall_time_follows_the_offset_start_learnt() -> None:
 
 def test_http_date_is_made_once_per_second() -> None:
     date = DateCache()
-    assert date(WALL) == b"Tue, 14 Nov 2023 22:13:20 GMT"
+    assert date(WALL) == (b"date", b"Tue, 14 Nov 2023 22:13:20 GMT")
     assert date(WALL + 0.999) is date(WALL)
-    assert date(WALL + 61) == b"Tue, 14 Nov 2023 22:14:21 GMT"
+    assert date(WALL + 61) == (b"date", b"Tue, 14 Nov 2023 22:14:21 GMT")

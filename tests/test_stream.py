@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable
 
 import pytest
 from errorlog import no_error_logs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memlink import LOCAL, PEER, Clock, MemLink
+from memlink import LOCAL, PEER, ByHand, Clock, MemLink
 
 from spcore.config import Limits
 from spcore.errors import ProtocolError, RemoteProtocolError
@@ -22,8 +21,9 @@ from spcore.framing import (
     LineFraming,
     RawFraming,
 )
+from spcore.listeners import stream_listener
 from spcore.server import Listener, Server
-from spcore.stream import DeferredSession, Session, StreamHandler, StreamProtocol
+from spcore.stream import DeferredSession, Session, Sessions, StreamHandler, StreamProtocol
 from spcore.tls import ClientTLS, ServerTLS
 
 NOW = 1000.0
@@ -97,14 +97,20 @@ def serve(
     idle_timeout: float | None = None,
     **limits: float,
 ) -> Server:
-    def protocol() -> StreamProtocol:
-        return StreamProtocol(
-            Journal(events, framing, blocking=blocking, idle_timeout=idle_timeout)
-        )
+    def handler() -> Journal:
+        return Journal(events, framing, blocking=blocking, idle_timeout=idle_timeout)
 
-    server = Server([Listener(protocol, tls=tls)], Limits(**limits))  # type: ignore[arg-type]
+    listener = stream_listener(handler, tls=tls)
+    server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(NOW, 1_700_000_000.0)
     return server
+
+
+def sessions(server: Server) -> Sessions:
+    """The registry the server's (first) listener gives its protocols."""
+    protocol = server.listeners[0].protocol()
+    assert isinstance(protocol, StreamProtocol)
+    return protocol.sessions
 
 
 def of(events: list[Event], kind: str) -> list[object]:
@@ -114,7 +120,7 @@ def of(events: list[Event], kind: str) -> list[object]:
 def run_jobs(link: MemLink) -> int:
     """Play the driver's worker pool for a link made with ``run_jobs=False``."""
     count = 0
-    while jobs := link.conn.take_jobs():
+    while jobs := link.take_jobs():
         for job in jobs:
             job.run()
             link.conn.job_done(job, link.clock.now)
@@ -191,7 +197,7 @@ def test_close_after_reply_flushes_then_ends(
     assert of(events, "message") == [b"QUIT"]  # nothing is handled after the close
     link.client_close()
     assert link.closed and of(events, "close") == [link.conn.id]
-    assert not server.sessions and not server.connections
+    assert not sessions(server) and not server.connections
 
 
 # -- sessions talking to each other ----------------------------------------------------------
@@ -244,7 +250,7 @@ def test_send_to_a_gone_session_returns_false() -> None:
     a.send(b"TO %d psst\n" % b.conn.id)
     assert a.take() == b"ok\r\n" and b.take() == b"psst\r\n"
     b.client_close()
-    assert b.closed and b.conn.id not in server.sessions
+    assert b.closed and b.conn.id not in sessions(server)
     a.send(b"TO %d psst\n" % b.conn.id)
     assert a.take() == b"gone\r\n"
     a.send(b"TO 9999 nobody\n")
@@ -396,7 +402,7 @@ def test_blocking_handler_calls_become_jobs_and_pause_reading() -> None:
     link = MemLink(serve(events, blocking=True), run_jobs=False)
     assert run_jobs(link) == 1 and of(events, "start") == [link.conn.id]  # start is a job too
     link.send(b"one\n")
-    (job,) = link.conn.take_jobs()
+    (job,) = link.take_jobs()
     assert not link.conn.reading
     link.send(b"two\n")
     assert link.to_server == b"two\n"  # not read while the job runs
@@ -420,7 +426,7 @@ def test_deferred_session_applies_recorded_actions_in_order() -> None:
             assert session.closed
             session.send(b"4: after close, dropped")
 
-    server = Server([Listener(lambda: StreamProtocol(Scripted([], blocking=True)))])
+    server = Server([stream_listener(lambda: Scripted([], blocking=True))])
     other = MemLink(server)
     link = MemLink(server)
     assert other.take() == b""
@@ -459,13 +465,13 @@ def test_idle_timer_does_not_run_while_a_blocking_job_runs() -> None:
     link = MemLink(serve(events, blocking=True, idle_timeout=10.0), run_jobs=False)
     run_jobs(link)
     link.send(b"slow\n")
-    (job,) = link.conn.take_jobs()
+    (job,) = link.take_jobs()
     link.advance(30.0)  # the job takes longer than the idle timeout
     job.run()
     link.conn.job_done(job, link.clock.now)
     link.pump()
     assert link.take() == b"slow\r\n"
-    assert link.conn.take_jobs() == [] and of(events, "timeout") == []
+    assert link.take_jobs() == [] and of(events, "timeout") == []
     assert not link.client_got_eof
     link.advance(10.0)  # idle again from the end of the job
     run_jobs(link)
@@ -480,12 +486,12 @@ def test_a_blocking_handler_is_closed_after_the_job_it_was_running() -> None:
     link = MemLink(server, run_jobs=False)
     run_jobs(link)
     link.send(b"ALL last words\n")
-    (job,) = link.conn.take_jobs()
+    (job,) = link.take_jobs()
     link.conn.connection_lost(ConnectionResetError(), link.clock.now)
     assert of(events, "close") == []  # not while message() may still be running
     job.run()
     link.conn.job_done(job, link.clock.now)
-    assert list(link.conn.outgoing()) == [] and link.conn.take_jobs() == []
+    assert link.conn.next_action() is None and link.take_jobs() == []
     assert [name for name, _ in events][-2:] == ["message", "close"]
     assert of(events, "close") == [link.conn.id]
     other.pump()
@@ -516,7 +522,7 @@ def _timeout(link: MemLink) -> None:
 
 
 def _shutdown(link: MemLink) -> None:
-    link.server.begin_shutdown(link.clock.now)
+    link.server.request_stop(link.clock.now)
     link.pump()
     link.client_close()
 
@@ -531,12 +537,12 @@ def test_handler_close_is_called_exactly_once_whatever_the_cause(
     server = serve(events, idle_timeout=10.0)
     bystander = MemLink(server)
     link = MemLink(server)
-    assert set(server.sessions) == {bystander.conn.id, link.conn.id}
+    assert set(sessions(server)) == {bystander.conn.id, link.conn.id}
     end(link)
     assert link.closed
     link.conn.connection_lost(None, link.clock.now)  # a second report changes nothing
     assert of(events, "close") == [link.conn.id]
-    assert link.conn.id not in server.sessions and link.conn.id not in server.connections
+    assert link.conn.id not in sessions(server) and link.conn.id not in server.connections
     assert server.stats.connections_open == len(server.connections)
 
 
@@ -559,8 +565,8 @@ class Echo(StreamHandler):
         session.send(message)
 
 
-def bounded_server(framings: list[LineFraming], tls: ssl.SSLContext | None) -> Server:
-    listener = Listener(lambda: StreamProtocol(Echo(framings)), tls=tls)
+def bounded_server(framings: list[LineFraming], tls: ServerTLS | None) -> Server:
+    listener = stream_listener(lambda: Echo(framings), tls=tls)
     return Server([listener], Limits(**LIMITS))  # type: ignore[arg-type]
 
 
@@ -579,22 +585,21 @@ def test_arbitrary_bytes_never_escape_and_memory_stays_bounded(
 ) -> None:
     framings: list[LineFraming] = []
     server = bounded_server(framings, server_tls if tls else None)
-    conn = server.accept(server.listeners[0], PEER, LOCAL, NOW)
+    hand = ByHand(server.accept(server.listeners[0], PEER, LOCAL, NOW))
+    conn = hand.conn
     with no_error_logs():
         for data, peer_reads in steps:
-            if conn.should_close:
+            hand.actions()
+            if hand.closed:
                 break
             if peer_reads:
-                sent = sum(len(b) for b in conn.outgoing())
-                conn.sent(sent, NOW)
-                if conn.write_eof:
-                    conn.write_eof_done(NOW)
-            if conn.reading:
+                hand.take()
+            if hand.reading:
                 conn.receive_data(data, NOW)
             check_bounded(framings, server)
         conn.receive_data(b"", NOW)
         conn.connection_lost(None, NOW)
-    assert not server.connections and not server.sessions
+    assert not server.connections and not sessions(server)
 
 
 @settings(max_examples=40, deadline=None)

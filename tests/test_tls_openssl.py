@@ -1,5 +1,6 @@
 """What is the OpenSSL engine's own, beyond the engine kit (which it passes like every engine):
-how it reads records without an exception per read, its SNI callback's failures, a shutdown
+how it reads records without an exception per read
+(https://github.com/python/cpython/issues/123954), its SNI callback's failures, a shutdown
 with records left unread, and the safe options of the contexts it builds."""
 
 from __future__ import annotations

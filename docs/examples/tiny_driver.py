@@ -1,34 +1,49 @@
 """A tiny but complete spcore driver: docs/driver-contract.md in one readable file.
 
-One thread, one ``selectors`` loop, one ``send`` per buffer (no gathered writes), the timer
-heap and job pool from ``spcore.drivers.base``. It passes the conformance suite:
+One thread, one ``selectors`` loop, one ``send`` per buffer (no gathered writes); the driver
+ritual (actions, timers, jobs, calls handed to the loop) from ``spcore.drivers.base.Driver``.
+It passes the conformance suite:
 
-    PYTHONPATH=docs/examples pytest --pyargs spcore.conformance.scenarios \
+    PYTHONPATH=docs/examples pytest --pyargs spcore.conformance.scenarios \\
         --spcore-driver-factory tiny_driver:TinyDriver
+
+and serves the built-in app over plain HTTP until Ctrl-C when run as a script:
+
+    python docs/examples/tiny_driver.py [PORT]
 """
 
 from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
+import sys
 import time
 
-from spcore import Connection, Server
-from spcore.drivers.base import (
-    READ_SIZE,
-    Bound,
-    Driver,
-    JobPool,
-    TimerHeap,
-    prepare_accepted,
-    wait_timeout,
-)
+from spcore import Connection, Listener, Server
+from spcore.actions import Send
+from spcore.app import builtin_app
+from spcore.drivers.base import Bound, Driver, prepare_accepted
+from spcore.http.protocol import HTTPProtocol
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
-class TinyDriver(Driver):
+class Link:
+    """One connection's socket, and what its actions left to do."""
+
+    def __init__(self, conn: Connection, sock: socket.socket) -> None:
+        self.conn, self.sock = conn, sock
+        self.mask = 0  # what the socket is registered for
+        self.reading = False  # the latest Read action
+        self.sending: Send | None = None  # a Send the kernel's full buffer did not take yet
+
+
+class TinyDriver(Driver[Link]):
+    """The ritual (the actions, the timers, the jobs, the calls) is the base class's
+    ``follow`` and ``drive``; this is the loop and the platform's calls."""
+
     name = "tiny"
 
     @classmethod
@@ -36,151 +51,137 @@ class TinyDriver(Driver):
         return True, "a selectors loop, one send per buffer"
 
     def __init__(self, server: Server) -> None:
-        super().__init__(server)
-        self.selector = selectors.DefaultSelector()
-        self.timers = TimerHeap()
-        self.socks: dict[Connection, socket.socket] = {}
-        self.masks: dict[Connection, int] = {}  # what each socket is registered for
-        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r, self.wake_w = socket.socketpair()  # the self-pipe that wakes select()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
-        self.jobs = JobPool(server.limits.worker_threads, self.wake)
+        super().__init__(server)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wake_r, READ, None)
         self.listening = False
 
     def wake(self) -> None:  # any thread: interrupt select()
-        with contextlib.suppress(OSError):  # a wake-up already pending, or closing
+        with contextlib.suppress(OSError):  # a wake-up already pending, or closed
             self.wake_w.send(b"!")
 
     def run(self) -> None:
-        server = self.server
-        server.info["driver"] = self.name
+        self.server.info["driver"] = self.name
         if not self.bound:
             self.bind()
-        server.start(time.monotonic(), time.time())
-        self.selector.register(self.wake_r, READ, None)
+        self.server.start(time.monotonic(), time.time())
         try:
-            while not server.finished:
-                self.listen(server.accepting)
-                deadlines = (self.timers.next_deadline(), server.deadline)
-                timeout = wait_timeout(time.monotonic(), *deadlines)
-                for key, events in self.selector.select(timeout):
+            while self.follow(time.monotonic()):  # the calls handed over, the server's actions
+                for key, events in self.selector.select(self.wait_timeout()):
                     now = time.monotonic()
-                    if key.data is None:  # the wake-up socket: just empty it
-                        with contextlib.suppress(BlockingIOError):
-                            while self.wake_r.recv(4096):
-                                pass
+                    if key.data is None:
+                        self.wake_r.recv(4096)  # a wake-up: its work is done in follow()
                     elif isinstance(key.data, Bound):
                         self.accept(key.data, now)
                     else:
                         self.ready(key.data, events, now)
                 now = time.monotonic()
-                if self.stop_requested and not server.shutting_down:
-                    self.listen(False)
-                    self.close_listeners()
-                    server.begin_shutdown(now)
-                for conn, job in self.jobs.finished():
-                    conn.job_done(job, now)  # every job comes back, even for a gone connection
-                    self.sync(conn, now)
-                for conn in self.timers.expired(now):
-                    conn.on_deadline(now)
-                    self.sync(conn, now)
-                if server.deadline is not None and now >= server.deadline:
-                    server.on_deadline(now)
-                for conn in server.take_woken():
-                    self.sync(conn, now)
+                self.finish_jobs(now)
+                self.expire(now)
         finally:
-            for conn in list(self.socks):
-                self.close(conn, ConnectionAbortedError("driver stopped"), time.monotonic())
+            self.end(time.monotonic())
             self.close_listeners()
-            self.jobs.shutdown()
             self.selector.close()
             self.wake_r.close()
             self.wake_w.close()
 
-    def listen(self, accepting: bool) -> None:
+    def accepting(self, on: bool) -> None:
         """Poll the listening sockets only while the server accepts."""
-        if accepting == self.listening or (accepting and self.server.shutting_down):
-            return
-        self.listening = accepting
-        for bound in self.bound:
-            if accepting:
-                self.selector.register(bound.sock, READ, bound)
-            else:
-                self.selector.unregister(bound.sock)
+        if on != self.listening:
+            self.listening = on
+            for bound in self.bound:
+                if on:
+                    self.selector.register(bound.sock, READ, bound)
+                else:
+                    self.selector.unregister(bound.sock)
 
     def accept(self, bound: Bound, now: float) -> None:
-        while self.server.accepting:
-            try:
-                sock, peer = bound.sock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # the core says whether to go on or pause (EMFILE)
-                self.server.accept_failed(exc, now)
-                continue
-            prepare_accepted(sock)
-            conn = self.server.accept(bound.listener, peer, sock.getsockname(), now)
-            self.socks[conn], self.masks[conn] = sock, 0
-            self.sync(conn, now)
-
-    def ready(self, conn: Connection, events: int, now: float) -> None:
-        sock = self.socks.get(conn)
-        if sock is None:
-            return  # closed earlier in this round
-        if events & READ:
-            try:
-                data = sock.recv(READ_SIZE)
-            except BlockingIOError:
-                data = None
-            except OSError as exc:
-                self.close(conn, exc, now)
-                return
-            if data is not None:
-                conn.receive_data(data, now)  # b"" = the peer shut its side
-        self.sync(conn, now)  # and for WRITE: the socket takes more output
-
-    def sync(self, conn: Connection, now: float) -> None:
-        """Do what the connection wants, in the contract's order."""
-        sock = self.socks.get(conn)
-        if sock is None:
-            return  # already closed
-        while not conn.should_close:
-            out = conn.outgoing()
-            try:
-                if out:
-                    sent = sock.send(out[0])
-                    conn.sent(sent, now)
-                    continue
-                if conn.write_eof:
-                    sock.shutdown(socket.SHUT_WR)
-                    conn.write_eof_done(now)
-                    continue
-            except BlockingIOError:
-                pass  # the kernel's buffer is full: wait for WRITE
-            except OSError as exc:
-                self.close(conn, exc, now)
-                return
-            break
-        if conn.should_close:
-            self.close(conn, None, now)
+        if not self.listening:
+            return  # the server stopped accepting earlier in this round
+        try:
+            sock, peer = bound.sock.accept()
+        except BlockingIOError:
             return
-        mask = (READ if conn.reading else 0) | (WRITE if conn.outgoing() else 0)
-        if mask != self.masks[conn]:
-            if not mask:
-                self.selector.unregister(sock)
-            elif not self.masks[conn]:
-                self.selector.register(sock, mask, conn)
-            else:
-                self.selector.modify(sock, mask, conn)
-            self.masks[conn] = mask
-        for job in conn.take_jobs():
-            self.jobs.submit(conn, job)
-        self.timers.arm(conn)
+        except OSError as exc:  # the core says whether to go on or pause (EMFILE)
+            self.server.accept_failed(exc, now)
+            return
+        try:
+            prepare_accepted(sock)  # non-blocking, no Nagle delay
+            local = sock.getsockname()
+        except OSError:  # reset already: one connection lost
+            sock.close()
+            self.server.refused()
+            return
+        conn = self.server.accept(bound.listener, peer, local, now)
+        self.links[conn] = Link(conn, sock)
+        self.drive(conn, now)
+        self.follow(now)  # at max_connections the server stops accepting: at once
 
-    def close(self, conn: Connection, error: BaseException | None, now: float) -> None:
-        """The one exit path: socket, registration, timer, then the core."""
-        sock = self.socks.pop(conn)
-        if self.masks.pop(conn):
-            self.selector.unregister(sock)
-        sock.close()
-        self.timers.forget(conn)
-        conn.connection_lost(error, now)
+    def ready(self, link: Link, events: int, now: float) -> None:
+        if link.conn not in self.links:
+            return  # closed earlier in this round
+        try:
+            if events & WRITE and link.sending is not None:
+                self.send(link, link.sending, now)
+            if events & READ:
+                link.conn.receive_data(link.sock.recv(65536), now)  # b"": the peer shut its side
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.close(link, exc, now)
+            return
+        self.drive(link.conn, now)
+
+    # -- what drive() calls for the connection's actions -------------------------------------
+
+    def send(self, link: Link, send: Send, now: float) -> None:
+        try:
+            sent = link.sock.send(send.buffers[0])  # what it does not take comes back next
+        except BlockingIOError:
+            link.sending = send  # the kernel's buffer is full: try again when writable
+            return
+        link.sending = None
+        link.conn.sent(sent, now)
+
+    def read(self, link: Link, on: bool) -> None:
+        link.reading = on
+
+    def shut_write(self, link: Link) -> None:
+        link.sock.shutdown(socket.SHUT_WR)
+
+    def settle(self, link: Link) -> None:
+        """Register the socket for what the actions left: input wanted, a Send held."""
+        mask = (READ if link.reading else 0) | (WRITE if link.sending else 0)
+        if mask != link.mask:
+            if not mask:
+                self.selector.unregister(link.sock)
+            elif not link.mask:
+                self.selector.register(link.sock, mask, link)
+            else:
+                self.selector.modify(link.sock, mask, link)
+            link.mask = mask
+
+    def close(self, link: Link, error: BaseException | None, now: float) -> None:
+        """The one exit path: registration, socket, then the core (``forget``)."""
+        if link.mask:
+            self.selector.unregister(link.sock)
+            link.mask = 0
+        link.sock.close()
+        self.forget(link.conn, error, now)
+
+
+def main(argv: list[str]) -> None:
+    server = Server([Listener(lambda: HTTPProtocol(app), port=int(argv[0]) if argv else 8080)])
+    app = builtin_app(server)
+    driver = TinyDriver(server)
+    port = driver.bind()[0].address[1]
+    signal.signal(signal.SIGINT, lambda *_: driver.stop())
+    print(f"serving http://127.0.0.1:{port}/ with the tiny driver (Ctrl-C stops)", flush=True)
+    driver.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

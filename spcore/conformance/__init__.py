@@ -1,7 +1,8 @@
 """The driver conformance suite and the TLS engine kit, shipped as a pytest plugin.
 
-Every scenario in ``spcore.conformance.scenarios`` runs once per chosen driver (each TLS one
-once per chosen TLS engine) and talks to it only over loopback sockets, with real clients.
+Every scenario in ``spcore.conformance.scenarios`` runs once per chosen driver (each HTTP one
+once per HTTP codec, each TLS transport once per TLS engine: docs/certifying.md says how they
+combine) and talks to it only over loopback sockets, with real clients.
 The engine kit, ``spcore.conformance.engine_scenarios``, holds engines to the engine
 interface, in memory and over sockets. Run them from pytest::
 

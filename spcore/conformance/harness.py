@@ -30,7 +30,7 @@ from spcore.config import Limits
 from spcore.http.messages import App
 from spcore.listeners import http_listener, stream_listener
 from spcore.server import Listener, Server
-from spcore.stream import StreamHandler
+from spcore.stream import Sessions, StreamHandler
 from spcore.tls.config import Certificate, ServerTLS
 from spcore.tls.engine import EngineFactory
 
@@ -68,7 +68,9 @@ def suite_limits(**overrides: Any) -> Limits:
 
 
 class DriverLike(Protocol):
-    """What the suite needs of a driver (``spcore.drivers.base.Driver`` has it)."""
+    """What the suite needs of a driver (``spcore.drivers.base.Driver`` has it). The driver
+    also hands its ``call_soon_threadsafe`` to the server (``server.attach``), through which
+    the wake-up scenarios reach it."""
 
     def bind(self) -> Sequence[Any]: ...  # objects with an ``address`` attribute
 
@@ -193,12 +195,15 @@ class Served:
         addresses: list[tuple[Any, ...]],
         transport: Transport,
         pki: PKI,
+        sessions: Sessions,
     ) -> None:
         self.server = server
         self.driver = driver
         self.addresses = addresses
         self.transport = transport
         self.pki = pki
+        #: The stream sessions of every listener ``serve(handler=...)`` made.
+        self.sessions = sessions
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._stopped = False
@@ -298,18 +303,29 @@ class Served:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def loop_thread(self) -> int | None:
+        """The identity of the thread running ``driver.run()`` (the loop thread)."""
+        return None if self._thread is None else self._thread.ident
+
 
 class Serve:
     """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``.
 
-    TLS listeners it makes run on ``engine`` (the scenario's TLS engine).
+    ``http`` is the HTTP codec of the listeners it builds for an ``app``; the TLS listeners
+    it builds run on ``engine`` (the scenario's TLS engine).
     """
 
     def __init__(
-        self, factory: DriverFactory, pki: PKI, engine: str | EngineFactory = "openssl"
+        self,
+        factory: DriverFactory,
+        pki: PKI,
+        http: str = "auto",
+        engine: str | EngineFactory = "openssl",
     ) -> None:
         self.factory = factory
         self.pki = pki
+        self.http = http
         self.engine = engine
 
     @contextlib.contextmanager
@@ -334,6 +350,7 @@ class Serve:
         (unless ``allow_errors``).
         """
         pki = self.pki
+        sessions = Sessions()
         if listeners is None:
             config = None
             if transport != "plain":
@@ -343,12 +360,15 @@ class Serve:
             engine = self.engine
             if app is not None:
                 listeners = [
-                    http_listener(app, host=host, tls=config, tls_engine=engine) for host in hosts
+                    http_listener(app, host=host, tls=config, tls_engine=engine, http=self.http)
+                    for host in hosts
                 ]
             else:
                 assert handler is not None
                 listeners = [
-                    stream_listener(handler, host=host, tls=config, tls_engine=engine)
+                    stream_listener(
+                        handler, host=host, tls=config, tls_engine=engine, sessions=sessions
+                    )
                     for host in hosts
                 ]
         server = Server(listeners, limits or SUITE_LIMITS)
@@ -360,7 +380,7 @@ class Serve:
         errors = ErrorLog()
         spcore_log = logging.getLogger("spcore")
         spcore_log.addHandler(errors)
-        served = Served(server, driver, addresses, transport, pki)
+        served = Served(server, driver, addresses, transport, pki, sessions)
         try:
             served._start()
             yield served

@@ -1,4 +1,5 @@
-"""The pytest plugin: driver and TLS engine selection options and the per-driver results table.
+"""The pytest plugin: driver, TLS engine and HTTP codec selection options, how the scenarios
+combine them, and the per-driver and per-engine results tables.
 
 It is loaded through the ``pytest11`` entry point wherever spcore is installed, so it must
 stay inert in other projects' test runs: its options are namespaced (``--spcore-...``), it
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,17 +22,27 @@ if TYPE_CHECKING:  # the plugin loads in every pytest run: import the suite only
     from .harness import DriverFactory
 
 __all__ = [
+    "REFERENCE_DRIVER",
+    "STREAM_MARK",
+    "Case",
     "DriverChoice",
     "EngineChoice",
+    "chosen_codecs",
     "chosen_drivers",
     "chosen_engines",
+    "full_matrix",
     "raise_fd_limit",
+    "scenario_cases",
 ]
 
+#: The marker of the scenarios that serve no HTTP (they do not run once per codec).
+STREAM_MARK = "spcore_stream"
 _DRIVER_OPTION = "spcore_driver"
 _FACTORY_OPTION = "spcore_driver_factory"
 _ENGINE_OPTION = "spcore_engine"
 _ENGINE_FACTORY_OPTION = "spcore_engine_factory"
+_HTTP_OPTION = "spcore_http"
+_FULL_MATRIX_OPTION = "spcore_full_matrix"
 _CHOICES_KEY = pytest.StashKey[list["DriverChoice"]]()
 _ENGINES_KEY = pytest.StashKey[list["EngineChoice"]]()
 _RESULTS_PLUGIN = "spcore-conformance-results"
@@ -98,6 +109,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a third-party TLS engine: an EngineFactory object like spcore.tls.gnutls.GNUTLS "
         "(repeatable)",
     )
+    group.addoption(
+        "--spcore-http",
+        action="append",
+        dest=_HTTP_OPTION,
+        metavar="CODEC",
+        help="run the HTTP scenarios with this HTTP codec (h11, httptools; repeatable; "
+        "default: every codec installed here)",
+    )
+    group.addoption(
+        "--spcore-full-matrix",
+        action="store_true",
+        dest=_FULL_MATRIX_OPTION,
+        help="run every TLS engine with every HTTP codec on every driver (by default the "
+        "engines other than the first meet the codecs other than the first on one driver)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,6 +142,78 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not config.pluginmanager.has_plugin(_RESULTS_PLUGIN):
         config.pluginmanager.register(Results(), _RESULTS_PLUGIN)
+    config.addinivalue_line("markers", f"{STREAM_MARK}: an spcore scenario that serves no HTTP")
+
+
+def chosen_codecs(config: pytest.Config) -> list[str]:
+    """The HTTP codecs the HTTP scenarios run with."""
+    from spcore.http.codecs import CODECS, available_codecs
+
+    names = config.getoption(_HTTP_OPTION) or available_codecs()
+    for name in names:
+        if name not in CODECS:
+            raise pytest.UsageError(f"--spcore-http: unknown codec {name!r} ({', '.join(CODECS)})")
+        if name not in available_codecs():
+            raise pytest.UsageError(f"--spcore-http: {name} is not installed here")
+    return list(dict.fromkeys(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One run of a scenario: its transport, TLS engine, driver and HTTP codec (None for a
+    parameter the scenario does not take, and for the engine of a plain transport)."""
+
+    transport: str | None
+    engine: EngineChoice | None
+    driver: DriverChoice | None
+    codec: str | None
+
+    @property
+    def id(self) -> str:
+        engine = self.engine.name if self.engine is not None else None
+        driver = self.driver.name if self.driver is not None else None
+        return "-".join(p for p in (self.transport, engine, driver, self.codec) if p is not None)
+
+
+#: The driver on which the engines other than the first meet the codecs other than the first.
+REFERENCE_DRIVER = "selectors"
+
+
+def scenario_cases(
+    transports: Sequence[str] | None,
+    engines: Sequence[EngineChoice],
+    drivers: Sequence[DriverChoice | None],
+    codecs: Sequence[str | None],
+    *,
+    full: bool = False,
+) -> list[Case]:
+    """Every run of one scenario, in order.
+
+    A scenario runs on every driver with every codec, each of its TLS transports once per
+    engine; but a case with both an engine other than the first and a codec other than the
+    first runs on the reference driver only (``REFERENCE_DRIVER``), unless ``full``. Every
+    pair of parameters still meets, for a fraction of the whole product, which would grow with
+    each new part (docs/certifying.md).
+    """
+    cases = []
+    each_transport: Sequence[str | None] = transports or [None]
+    for transport in each_transport:
+        per_engine: Sequence[EngineChoice | None] = (
+            engines if transport not in (None, "plain") else [None]
+        )
+        for engine in per_engine:
+            for driver in drivers:
+                for codec in codecs:
+                    secondary = engine not in (None, engines[0]) and codec not in (None, codecs[0])
+                    reference = driver is None or driver.name == REFERENCE_DRIVER
+                    if full or not secondary or reference:
+                        cases.append(Case(transport, engine, driver, codec))
+    return cases
+
+
+def full_matrix(config: pytest.Config) -> bool:
+    """Whether ``--spcore-full-matrix`` asks for the whole product of the parameters."""
+    return bool(config.getoption(_FULL_MATRIX_OPTION))
 
 
 def chosen_drivers(config: pytest.Config) -> list[DriverChoice]:

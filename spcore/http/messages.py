@@ -5,6 +5,8 @@ buffered behind the application's back: to receive it, the application hands a
 ``BodyReader`` to ``request.read_body()`` and either returns a response at once (it may stream
 from a ``Pipe`` the reader fills) or returns ``None`` and lets ``reader.end()`` produce it.
 ``buffered(fn)`` wraps a ``fn(request, body)`` for applications that do want the whole body.
+An application that answers later, from outside its call, uses ``request.exchange``
+(``spcore.http.exchange``): ``defer()``, then ``respond(response)``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from ..errors import LocalProtocolError
+from .rules import split_target
 
 if TYPE_CHECKING:
+    from ..layer import ProtocolLayer
     from ..tls.engine import TLSInfo
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "Pipe",
     "Request",
     "Response",
+    "ResponseControl",
     "blocking",
     "buffered",
 ]
@@ -34,12 +39,50 @@ HeaderInput: TypeAlias = "Mapping[str, str] | Iterable[tuple[str | bytes, str | 
 
 
 class BodyReader(Protocol):
-    """Receives a request body piece by piece."""
+    """Receives a request body piece by piece.
 
-    def data(self, chunk: bytes) -> None: ...
+    ``data()`` may return False to pause the body until ``request.exchange.resume_body()``
+    (the connection stops reading meanwhile); anything else takes more.
+    """
+
+    def data(self, chunk: bytes) -> bool | None: ...
 
     def end(self) -> Response | None:
         """The body is complete; return the response unless one was already returned."""
+        ...
+
+
+class ResponseControl(Protocol):
+    """What an application may do with the exchange serving its request (``request.exchange``,
+    a ``spcore.http.exchange.Exchange``), on the loop thread."""
+
+    @property
+    def writable(self) -> bool:
+        """Whether the client keeps up with the response (see ``on_writable``)."""
+        ...
+
+    def defer(self) -> None:
+        """The response will come from ``respond()`` later: the app may return None."""
+        ...
+
+    def respond(self, response: Response, now: float | None = None) -> None:
+        """Answer with ``response`` (once)."""
+        ...
+
+    def resume_body(self) -> None:
+        """Take the request body again after a ``BodyReader.data()`` returned False."""
+        ...
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once the client has taken enough of the response to send more."""
+        ...
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` if the connection is lost before the response has ended."""
+        ...
+
+    def upgrade(self, layer: ProtocolLayer, headers: HeaderInput = ()) -> None:
+        """Answer ``101 Switching Protocols`` and hand the connection to ``layer``."""
         ...
 
 
@@ -47,6 +90,7 @@ class Request:
     """One HTTP request head, plus the hook to receive its body."""
 
     __slots__ = (
+        "_exchange",
         "_reader",
         "client",
         "headers",
@@ -73,7 +117,10 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target
-        path, _, query = target.partition("?")
+        if target[:1] == "/":
+            path, _, query = target.partition("?")
+        else:  # absolute-form (its path) or "*"
+            path, query = split_target(target)
         self.path = path
         self.query = query
         #: (lower-case name, value) pairs as received, in order.
@@ -84,6 +131,14 @@ class Request:
         self.tls = tls
         self.scheme = "https" if tls is not None else "http"
         self._reader: BodyReader | None = None
+        self._exchange: ResponseControl | None = None
+
+    @property
+    def exchange(self) -> ResponseControl:
+        """The exchange serving this request (to answer later, to pace the body)."""
+        if self._exchange is None:
+            raise LocalProtocolError("this request is not being served")
+        return self._exchange
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded as latin-1."""

@@ -1,13 +1,17 @@
 """The state machine every memory-buffer engine shares, whatever library does the crypto.
 
-The rules below were each learnt the hard way by another project (see TLS-NOTES): data
-written before the handshake is queued, never handed to the library early; an EOF during the
-handshake is a failure, not a close; closing during the handshake aborts; nothing the peer
-sends after its close_notify, or after a failure, is read; a failed or finished session
-refuses to send. An engine supplies the library calls (``_feed``, ``_handshake_step``,
-``_read``, ``_write``, ``_shutdown``...) and inherits the rules, so two engines cannot drift
-apart on them.
-"""
+The rules below were each learnt the hard way by another project (CPython's
+``asyncio/sslproto.py``, trio's ``SSLStream``, Twisted's ``TLSMemoryBIOProtocol``, uvloop):
+the handshake is driven before the first read or write (trio, after
+https://bugs.python.org/issue30141); data written before the handshake is queued, never
+handed to the library early; an EOF during the handshake is a failure, not a close; closing
+during the handshake aborts, as no close_notify can be sent yet
+(https://bugs.python.org/issue29743); a ragged EOF is told apart from close_notify (trio's
+``https_compatible``); nothing the peer sends before the handshake, after its close_notify or
+after a failure is taken for application data (the class of bug of CVE-2023-40217); a failed
+or finished session refuses to send. An engine supplies the library calls (``_feed``,
+``_handshake_step``, ``_read``, ``_write``, ``_shutdown``...) and inherits the rules, so two
+engines cannot drift apart on them."""
 
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 
 ``MemoryEngine`` holds the rules every engine shares; what is OpenSSL's own is here. Output is
 collected after every call because OpenSSL writes handshake messages and alerts even when it
-raises; reads loop until no plaintext is left, checking the buffers first so the common case
-costs no exception. OpenSSL's reasons are translated into the neutral vocabulary: the alert
-by its RFC name (read from the alert record itself when it went out in plaintext), the
-cipher by its IANA name, the verification failure by kind.
+raises (asyncio and uvloop lose a failed handshake's alert; Twisted flushes it); reads loop
+until no plaintext is left, checking the buffers first so the common case costs no exception
+(https://github.com/python/cpython/issues/123954); ``OP_IGNORE_UNEXPECTED_EOF`` stays off, so
+a ragged EOF stays distinguishable from close_notify. OpenSSL's reasons are translated into
+the neutral vocabulary: the alert by its RFC name (read from the alert record itself when it
+went out in plaintext), the cipher by its IANA name, the verification failure by kind.
 """
 
 from __future__ import annotations
@@ -228,12 +230,14 @@ class OpenSSLEngine(MemoryEngine):
             self._fail()
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
+            written = self._ssl.write(data)
+            if written < len(data):
                 # A memory BIO never refuses, but SSL_MODE_ENABLE_PARTIAL_WRITE allows short
                 # writes, so loop rather than assume.
-                view = view[self._ssl.write(view) :]
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[self._ssl.write(view) :]
         except ssl.SSLError as exc:
             raise self._failed(self._error_from(exc, during_handshake=False)) from None
 

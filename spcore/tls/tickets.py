@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
+import secrets
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -31,7 +31,7 @@ _HEADER = b"# spcore session-ticket key: share this file with every server proce
 
 def new_ticket_key_file() -> bytes:
     """The content of a fresh key file."""
-    return _HEADER + base64.b64encode(os.urandom(48)) + b"\n"
+    return _HEADER + base64.b64encode(secrets.token_bytes(48)) + b"\n"
 
 
 def parse_ticket_key(data: bytes) -> bytes:

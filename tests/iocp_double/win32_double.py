@@ -34,12 +34,17 @@ What it reproduces:
   successful receive. A zero-length WSARecv completes with 0 bytes when data (or EOF) arrives.
 - GetQueuedCompletionStatusEx fills up to ulCount OVERLAPPED_ENTRY in FIFO order, times out with
   WAIT_TIMEOUT, and returns ERROR_ABANDONED_WAIT_0 when the port is closed under a waiter;
-  PostQueuedCompletionStatus wakes a waiter from any thread.
+  PostQueuedCompletionStatus, from any thread and from many at once, queues one packet per call
+  in the port's FIFO with the key, byte count and lpOverlapped given (never dereferenced, so
+  any value goes) and Internal STATUS_SUCCESS, as NtSetIoCompletion does, and wakes a waiter;
+  on a closed port it fails with ERROR_INVALID_HANDLE, and the packets queued when the port
+  closed are gone.
 - Driver mistakes are recorded in ``violations`` (tests assert it stays empty): WSARecv/WSASend
   on an AcceptEx/ConnectEx socket before SO_UPDATE_ACCEPT/CONNECT_CONTEXT, an OVERLAPPED or a
-  buffer still owned by a pending operation, two WSASend pending on one socket (a rule of this
-  project, not of Windows), an operation on a socket with no completion port, no OVERLAPPED, a
-  completion routine, GetAcceptExSockaddrs on a buffer AcceptEx did not fill.
+  buffer still owned by a pending operation (also as a posted packet's lpOverlapped), two
+  WSASend pending on one socket (a rule of this project, not of Windows), an operation on a
+  socket with no completion port, no OVERLAPPED, a completion routine, GetAcceptExSockaddrs
+  on a buffer AcceptEx did not fill.
 
 What it cannot show: real Windows kernel timing and ordering between sockets; Layered Service
 Providers (and so whether FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is safe); the variety of
@@ -562,8 +567,14 @@ class Win32Double:
     ) -> int:
         with self._cond:
             port = self._ports.get(port_handle)
-            if port is None:
+            if port is None:  # never made, or closed: its queued packets went with it
                 return self._fail(win32.ERROR_INVALID_HANDLE, win32.FALSE)
+            if overlapped and any(op.overlapped == overlapped for op in self._ops):
+                # Windows delivers it all the same (the value is never dereferenced), and its
+                # owner would take the operation as finished while it still writes memory.
+                self.violations.append(
+                    "PostQueuedCompletionStatus with the OVERLAPPED of a pending operation"
+                )
             port.packets.append((key, overlapped, win32.STATUS_SUCCESS, transferred))
             self._cond.notify_all()
             return win32.TRUE

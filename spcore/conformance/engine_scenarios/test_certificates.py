@@ -1,5 +1,7 @@
 """Certificates and names: verification failures named and alerted, ALPN, SNI choosing the
-certificate (and refusing unknown names when strict), client certificates and their failures.
+certificate (and refusing unknown names when strict), client certificates and their failures
+(under TLS 1.3 a rejected client certificate shows at the client's first read, after its
+handshake completed).
 
 The alerts are RFC 8446 6.2's for each reason (``spcore.tls.engine.verify_alert``), so a
 peer learns the same thing whichever engine refused it.

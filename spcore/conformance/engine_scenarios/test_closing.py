@@ -1,5 +1,7 @@
 """Closing: close_notify both ways and half-closed sessions, nothing read after the peer's
-close_notify, a ragged EOF told apart from a clean close, EOF or close during the handshake."""
+close_notify (the class of bug of CVE-2023-40217), a ragged EOF told apart from a clean close
+(trio's ``https_compatible``), EOF or close during the handshake (which aborts:
+https://bugs.python.org/issue29743)."""
 
 from __future__ import annotations
 

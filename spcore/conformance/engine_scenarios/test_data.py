@@ -1,5 +1,7 @@
 """Application data: zero-length and large writes, several records read as one event,
-TLS 1.3 tickets after the handshake (never mistaken for data, never held back), resumption."""
+TLS 1.3 tickets after the handshake (never mistaken for data, never held back:
+https://github.com/python-trio/trio/issues/819, https://github.com/openssl/openssl/issues/7948),
+resumption."""
 
 from __future__ import annotations
 

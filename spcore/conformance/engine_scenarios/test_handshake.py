@@ -1,5 +1,7 @@
-"""The handshake: every flight flushed, what it settled in neutral names, versions and suites
-refused with the right alert, plaintext never taken for TLS, data queued until it is done."""
+"""The handshake: every flight flushed (the alert of a failed one too, which asyncio and uvloop
+lose), what it settled in neutral names, versions and suites refused with the right alert,
+plaintext never taken for TLS, data queued until it is done (trio drives the handshake
+before any read or write, after https://bugs.python.org/issue30141)."""
 
 from __future__ import annotations
 

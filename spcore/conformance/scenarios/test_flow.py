@@ -15,6 +15,8 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 
+import pytest
+
 from spcore.conformance.clients import Client, pattern
 from spcore.conformance.harness import (
     Serve,
@@ -137,6 +139,7 @@ class CountingEcho(StreamHandler):
         session.send(message)
 
 
+@pytest.mark.spcore_stream
 @transports("plain", "tls1.3")
 def test_echo_flood_from_a_peer_that_does_not_read(serve: Serve, transport: Transport) -> None:
     """A peer sending lines without reading the echoes: the server stops reading too (its

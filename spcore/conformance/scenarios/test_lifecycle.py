@@ -158,11 +158,12 @@ def _refused(served: Served) -> bool:
 
 @blocking
 def _slow(request: Request) -> Response:
-    """A response trickling out over about a second (the generator runs on workers)."""
+    """A response trickling out over about a second (the generator runs on workers): twice
+    the grace period the scenario that cuts it gives, so that it cannot finish in time."""
 
     def body() -> Iterator[bytes]:
         for chunk in pattern_body(SLOW_SIZE, SLOW_SIZE // 10):
-            time.sleep(0.1)  # a second in all: twice the grace of the scenario that cuts it
+            time.sleep(0.1)
             yield chunk
 
     return Response(200, [("content-length", str(SLOW_SIZE))], body())

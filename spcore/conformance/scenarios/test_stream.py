@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from spcore.conformance.clients import Client
 from spcore.conformance.harness import Serve, Served, Transport, transports, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
 
+pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
 TRANSPORTS = transports("plain", "tls1.3")
 AnySession = Session | DeferredSession
 
@@ -43,7 +46,7 @@ class SlowEcho(StreamHandler):
 
 
 def _sessions(served: Served, n: int) -> None:
-    wait_until(lambda: len(served.server.sessions) == n, 5.0, f"{n} sessions")
+    wait_until(lambda: len(served.sessions) == n, 5.0, f"{n} sessions")
 
 
 @TRANSPORTS
@@ -107,4 +110,4 @@ def test_client_closes_its_side(serve: Serve) -> None:
         assert client.read_until(b"\r\n") == b"last words\r\n"
         client.close()
         served.wait_drained()
-        assert not served.server.sessions
+        assert not served.sessions

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import ClientTLS, ServerTLS
 from ..engine import Feature
 from . import _lib
-from .state import GnuTLSClientState, GnuTLSServerState
+from .session import GnuTLSClientState, GnuTLSServerState
 
 __all__ = ["GNUTLS", "GnuTLSFactory", "probe"]
 

@@ -15,6 +15,10 @@ engine); a ClientHello we cannot read is left to GnuTLS with the defaults.
 
 Every session is freed exactly once: as soon as nothing more can happen on it (failure, or
 both directions closed), or by its finalizer when the engine is dropped mid-handshake.
+
+The states a listener (or a client) builds once from its neutral configuration are here too,
+at the end: they make the engines and the engines read them, so one module holds both (their
+native objects are in ``native.py``) and neither imports the other back.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import logging
 import threading
 import weakref
 from ctypes import byref, c_int, c_size_t, c_uint, c_void_p
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import RemoteProtocolError
 from ..alerts import Alert
+from ..config import Certificate as CertificateConfig
+from ..config import ClientTLS, ServerTLS, TLSConfigError
 from ..engine import (
     CloseNotify,
     EngineUnsupported,
@@ -41,14 +47,14 @@ from ..engine import (
     verify_alert,
 )
 from ..memory import MemoryEngine
+from ..names import NameTable
 from ..records import ClientHello, ClientHelloReader, alert_record
+from ..tickets import derive, read_ticket_key
 from . import _lib
-from ._lib import Library
+from ._lib import Datum, Library
+from .native import Credentials, Priority, Protocols, datum
 
-if TYPE_CHECKING:
-    from .state import Credentials, GnuTLSClientState, GnuTLSServerState
-
-__all__ = ["GnuTLSEngine"]
+__all__ = ["GnuTLSClientState", "GnuTLSEngine", "GnuTLSServerState"]
 
 log = logging.getLogger("spcore.tls")
 
@@ -211,7 +217,7 @@ def _verify_failure(status: int) -> VerifyFailure:
 
 
 class GnuTLSEngine(MemoryEngine):
-    """A ``TLSEngine`` on a GnuTLS session; made by the states in ``spcore.tls.gnutls.state``."""
+    """A ``TLSEngine`` on a GnuTLS session; made by the states below."""
 
     engine_name = "gnutls"
     _eof_reason = "GNUTLS_E_PREMATURE_TERMINATION"
@@ -632,3 +638,73 @@ class GnuTLSEngine(MemoryEngine):
             message = ctypes.string_at(out.data, out.size).decode("utf-8", "replace").strip()
             lib.gnutls_free(out.data)
         return _verify_failure(status), message
+
+
+# -- the states: what a listener (or a client) builds once, and makes engines from ------------
+
+#: GnuTLS's session ticket encryption key (STEK) size: key name, cipher key, MAC key.
+STEK_SIZE = 64
+TICKET_PURPOSE = "spcore gnutls session ticket key"
+
+
+class GnuTLSServerState:
+    """One listener: a credentials object per certificate, the SNI table, shared settings."""
+
+    def __init__(self, lib: Library, config: ServerTLS) -> None:
+        self.lib = lib
+        self.priority = Priority.of(lib, config, server=True)
+
+        def credentials(certificate: CertificateConfig) -> Credentials:
+            made = Credentials(lib)
+            made.set_certificate(certificate)
+            if config.client_ca is not None:
+                made.set_trust(config.client_ca, "client CA")
+                lib.gnutls_certificate_set_verify_function(made.handle, VERIFY_CLIENT)
+            return made
+
+        self.default = credentials(config.certificate)
+        self.names: NameTable[Credentials] = NameTable(
+            {name: credentials(c) for name, c in config.sni.items()}
+        )
+        self.strict_sni = config.strict_sni
+        self.client_cert = {
+            "none": _lib.CERT_IGNORE,
+            "optional": _lib.CERT_REQUEST,
+            "required": _lib.CERT_REQUIRE,
+        }[config.client_cert]
+        self.alpn = Protocols(config.alpn)
+        self.ticket_key: tuple[Datum, object] | None = None
+        if config.ticket_key is not None:
+            secret = read_ticket_key(config.ticket_key)
+            self.ticket_key = datum(derive(secret, TICKET_PURPOSE, STEK_SIZE))
+
+    def new_engine(self) -> GnuTLSEngine:
+        return GnuTLSEngine(self, server_side=True)
+
+
+class GnuTLSClientState:
+    """Outgoing connections: trust anchors, an optional client certificate, SNI, ALPN."""
+
+    def __init__(self, lib: Library, config: ClientTLS) -> None:
+        self.lib = lib
+        self.priority = Priority.of(lib, config, server=False)
+        self.credentials = Credentials(lib)
+        if config.verify:
+            self.credentials.set_trust(config.trust, "CA")
+        self.has_certificate = config.certificate is not None
+        if config.certificate is not None:
+            if config.certificate.ocsp_response is not None:
+                raise TLSConfigError("a client certificate has no OCSP response to staple")
+            self.credentials.set_certificate(config.certificate)
+        self.verify = config.verify
+        self.server_name = config.server_name
+        self.alpn = Protocols(config.alpn)
+
+    def new_engine(
+        self, server_name: str | None = None, resume: object | None = None
+    ) -> GnuTLSEngine:
+        if resume is not None and not isinstance(resume, bytes):
+            raise TypeError("resume must be the resumption of a gnutls engine")
+        return GnuTLSEngine(
+            self, server_side=False, server_name=server_name or self.server_name, resume=resume
+        )

@@ -1,9 +1,9 @@
-"""The GnuTLS engine's per-listener state: credentials, a priority cache, ALPN and ticket keys.
+"""The native objects a GnuTLS state is built from: credentials, a priority cache, ALPN lists.
 
-Built once from the neutral configuration; every session of the listener shares it. Each
-native object is owned by exactly one Python object whose ``weakref.finalize`` frees it
+Each native object is owned by exactly one Python object whose ``weakref.finalize`` frees it
 exactly once, when the last session and the listener have let go of it, so a state swapped
-out by a reload lives on for the connections still using it.
+out by a reload lives on for the connections still using it. (The states themselves live
+beside the engine they make, in ``session.py``, which reads them.)
 
 The profile becomes a GnuTLS priority string: versions, the ciphers and key exchanges of its
 suites, its groups, and the server's order first (as Python's ``ssl`` does for the OpenSSL
@@ -27,13 +27,10 @@ from ..config import (
     describe,
     read_source,
 )
-from ..names import NameTable
-from ..tickets import derive, read_ticket_key
 from . import _lib
 from ._lib import Datum, Library
-from .session import VERIFY_CLIENT, GnuTLSEngine
 
-__all__ = ["Credentials", "GnuTLSClientState", "GnuTLSServerState", "priority_string"]
+__all__ = ["Credentials", "Priority", "Protocols", "datum", "priority_string"]
 
 _TLS13_CIPHERS = {
     "TLS_AES_128_GCM_SHA256": "AES-128-GCM",
@@ -41,9 +38,6 @@ _TLS13_CIPHERS = {
     "TLS_CHACHA20_POLY1305_SHA256": "CHACHA20-POLY1305",
 }
 _GROUPS = {"x25519": "X25519", "secp256r1": "SECP256R1", "secp384r1": "SECP384R1"}
-#: GnuTLS's session ticket encryption key (STEK) size: key name, cipher key, MAC key.
-STEK_SIZE = 64
-TICKET_PURPOSE = "spcore gnutls session ticket key"
 
 
 def _tls12_parts(suite: str) -> tuple[str, str]:
@@ -77,7 +71,7 @@ def priority_string(profile: CipherProfile, versions: Sequence[str], *, server: 
     return ":".join(parts)
 
 
-def _datum(data: bytes) -> tuple[Datum, ctypes.Array[ctypes.c_char]]:
+def datum(data: bytes) -> tuple[Datum, ctypes.Array[ctypes.c_char]]:
     """A datum over a private copy of ``data`` (returned too: it must stay alive)."""
     buffer = ctypes.create_string_buffer(data, len(data))
     return Datum(ctypes.cast(buffer, c_void_p), len(data)), buffer
@@ -132,8 +126,8 @@ class Credentials:
 
     def set_certificate(self, certificate: CertificateConfig) -> None:
         chain_pem, key_pem = certificate.read()
-        chain, _keep1 = _datum(chain_pem)
-        key, _keep2 = _datum(key_pem)
+        chain, _keep1 = datum(chain_pem)
+        key, _keep2 = datum(key_pem)
         code = self._lib.gnutls_certificate_set_x509_key_mem2(
             self.handle, byref(chain), byref(key), _lib.X509_FMT_PEM, None, 0
         )
@@ -141,7 +135,7 @@ class Credentials:
         ocsp = certificate.read_ocsp()
         if ocsp is not None:
             assert certificate.ocsp_response is not None
-            response, _keep3 = _datum(ocsp)
+            response, _keep3 = datum(ocsp)
             code = self._lib.gnutls_certificate_set_ocsp_status_request_mem(
                 self.handle, byref(response), 0, _lib.X509_FMT_DER
             )
@@ -156,7 +150,7 @@ class Credentials:
             code = self._lib.gnutls_certificate_set_x509_system_trust(self.handle)
             _check(self._lib, code, "cannot load the system's trusted CAs")
             return
-        pem, _keep = _datum(read_source(source, what))
+        pem, _keep = datum(read_source(source, what))
         code = self._lib.gnutls_certificate_set_x509_trust_mem(
             self.handle, byref(pem), _lib.X509_FMT_PEM
         )
@@ -177,66 +171,3 @@ class Protocols:
         self.array = (Datum * max(1, self.count))()
         for i, (name, buffer) in enumerate(zip(names, self._buffers, strict=True)):
             self.array[i] = Datum(ctypes.cast(buffer, c_void_p), len(name))
-
-
-class GnuTLSServerState:
-    """One listener: a credentials object per certificate, the SNI table, shared settings."""
-
-    def __init__(self, lib: Library, config: ServerTLS) -> None:
-        self.lib = lib
-        self.priority = Priority.of(lib, config, server=True)
-
-        def credentials(certificate: CertificateConfig) -> Credentials:
-            made = Credentials(lib)
-            made.set_certificate(certificate)
-            if config.client_ca is not None:
-                made.set_trust(config.client_ca, "client CA")
-                lib.gnutls_certificate_set_verify_function(made.handle, VERIFY_CLIENT)
-            return made
-
-        self.default = credentials(config.certificate)
-        self.names: NameTable[Credentials] = NameTable(
-            {name: credentials(c) for name, c in config.sni.items()}
-        )
-        self.strict_sni = config.strict_sni
-        self.client_cert = {
-            "none": _lib.CERT_IGNORE,
-            "optional": _lib.CERT_REQUEST,
-            "required": _lib.CERT_REQUIRE,
-        }[config.client_cert]
-        self.alpn = Protocols(config.alpn)
-        self.ticket_key: tuple[Datum, object] | None = None
-        if config.ticket_key is not None:
-            secret = read_ticket_key(config.ticket_key)
-            self.ticket_key = _datum(derive(secret, TICKET_PURPOSE, STEK_SIZE))
-
-    def new_engine(self) -> GnuTLSEngine:
-        return GnuTLSEngine(self, server_side=True)
-
-
-class GnuTLSClientState:
-    """Outgoing connections: trust anchors, an optional client certificate, SNI, ALPN."""
-
-    def __init__(self, lib: Library, config: ClientTLS) -> None:
-        self.lib = lib
-        self.priority = Priority.of(lib, config, server=False)
-        self.credentials = Credentials(lib)
-        if config.verify:
-            self.credentials.set_trust(config.trust, "CA")
-        self.has_certificate = config.certificate is not None
-        if config.certificate is not None:
-            if config.certificate.ocsp_response is not None:
-                raise TLSConfigError("a client certificate has no OCSP response to staple")
-            self.credentials.set_certificate(config.certificate)
-        self.verify = config.verify
-        self.server_name = config.server_name
-        self.alpn = Protocols(config.alpn)
-
-    def new_engine(
-        self, server_name: str | None = None, resume: object | None = None
-    ) -> GnuTLSEngine:
-        if resume is not None and not isinstance(resume, bytes):
-            raise TypeError("resume must be the resumption of a gnutls engine")
-        return GnuTLSEngine(
-            self, server_side=False, server_name=server_name or self.server_name, resume=resume
-        )

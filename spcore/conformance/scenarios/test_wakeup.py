@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from spcore.conformance.apps import suite_app
 from spcore.conformance.harness import Serve, Served, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
@@ -127,6 +129,7 @@ class _Streams(StreamHandler):
         threading.Thread(target=from_a_thread, daemon=True).start()
 
 
+@pytest.mark.spcore_stream
 def test_a_thread_writes_to_its_connection_through_the_wake_up(serve: Serve) -> None:
     _Streams.threads = []
     with serve(handler=_Streams) as served:
@@ -156,6 +159,7 @@ class _Working(StreamHandler):
         session.send(b"done")
 
 
+@pytest.mark.spcore_stream
 def test_calls_made_while_stopping_run_and_calls_after_the_stop_are_refused(
     serve: Serve,
 ) -> None:

@@ -11,6 +11,11 @@ wrk run under ``strace -c -f -p`` counts the server's syscalls per request.
 
 Prints a table, writes the same as JSON to ``bench/results/<timestamp>.json`` and, with
 ``--markdown``, prints a markdown table for ``docs/benchmarks.md``. This is not a test.
+
+spcore's HTTPS targets run once per TLS engine available here (``spcore
+selectors+httptools https gnutls``). ``--path /mib`` loads a 1 MiB body instead of the hello
+(spcore only, with ``--only spcore``); ``--close`` makes every request a new connection and
+so a new full TLS handshake (req/CPU-s is then handshakes per CPU-second).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import Any, TextIO, TypeVar
 from spcore.certs import CertPair, dev_certificate
 from spcore.drivers import probe_all
 from spcore.http.codecs import available_codecs
+from spcore.tls.engines import ENGINES
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -73,11 +79,12 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Target:
     """One server configuration: a server, its stack (spcore: driver+codec; uvicorn: its HTTP
-    implementation+loop), a transport."""
+    implementation+loop), a transport, and for spcore over TLS the TLS engine."""
 
     server: str
     driver: str
     tls: bool
+    engine: str = "openssl"
 
     @property
     def transport(self) -> str:
@@ -85,7 +92,8 @@ class Target:
 
     @property
     def label(self) -> str:
-        return f"{self.server} {self.driver} {self.transport}"
+        engine = f" {self.engine}" if self.engine != "openssl" else ""
+        return f"{self.server} {self.driver} {self.transport}{engine}"
 
     @property
     def traceable(self) -> bool:
@@ -100,6 +108,7 @@ class Target:
             argv += ["--host", HOST, "--port", str(port), "--app", "spcore_hello:app"]
             argv += ["--log-level", "warning"]
             tls = ["--cert", str(cert.certfile), "--key", str(cert.keyfile)]
+            tls += ["--tls-engine", self.engine]
             return argv + (tls if self.tls else ["--no-tls"])
         if self.server == "uvicorn":
             http, _, loop = self.driver.partition("+")
@@ -137,6 +146,8 @@ def targets(only: Sequence[str]) -> list[Target]:
     if installed["granian"]:
         stacks.append(("granian", "rust+asgi"))
     chosen = [Target(server, driver, tls) for tls in (False, True) for server, driver in stacks]
+    engines = [name for name, spec in ENGINES.items() if name != "openssl" and spec.probe()[0]]
+    chosen += [Target(srv, drv, True, e) for e in engines for srv, drv in stacks if srv == "spcore"]
     if only:
         chosen = [t for t in chosen if any(word in t.label for word in only)]
     return chosen
@@ -277,20 +288,22 @@ class Running:
     log: Path
     headers: list[str] = field(default_factory=list)
 
+    path: str = PATH
+
     @property
     def url(self) -> str:
-        return f"{self.target.transport}://{HOST}:{self.port}{PATH}"
+        return f"{self.target.transport}://{HOST}:{self.port}{self.path}"
 
 
 @contextlib.contextmanager
 def serve(
-    procs: Processes, target: Target, cert: CertPair, workdir: Path, pin: bool
+    procs: Processes, target: Target, cert: CertPair, workdir: Path, s: Settings
 ) -> Iterator[Running]:
     port = free_port()
     log = workdir / f"{target.label.replace(' ', '-')}.log"
     with log.open("w") as out:
-        proc = procs.start(pinned(target.command(port, cert), SERVER_CPU, pin), out)
-    running = Running(target, proc, port, log)
+        proc = procs.start(pinned(target.command(port, cert), SERVER_CPU, s.pin), out)
+    running = Running(target, proc, port, log, path=s.path)
     try:
         running.headers = wait_ready(running, cert)
         yield running
@@ -313,10 +326,11 @@ def wait_ready(running: Running, cert: CertPair) -> list[str]:
             else http.client.HTTPConnection(HOST, port, timeout=2)
         )
         try:
-            conn.request("GET", PATH)
+            conn.request("GET", running.path)
             response = conn.getresponse()
             body = response.read()
-            if response.status == 200 and body == BODY:
+            expected = BODY if running.path == PATH else None  # /mib: any 200 with a body
+            if response.status == 200 and (body == expected or (expected is None and body)):
                 return sorted(name.lower() for name in response.headers)
             last = f"answered {response.status} {body[:60]!r}"
         except OSError as exc:  # not listening yet
@@ -345,10 +359,11 @@ class WrkResult:
     output: str
 
 
-def run_wrk(
-    procs: Processes, url: str, duration: float, connections: int, workdir: Path, pin: bool
-) -> WrkResult:
+def run_wrk(procs: Processes, url: str, duration: float, s: Settings, workdir: Path) -> WrkResult:
+    connections, pin = s.connections, s.pin
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
+    if s.close:
+        argv += ["-H", "Connection: close"]
     log = workdir / "wrk.log"
     with log.open("w") as out:
         proc = procs.start(pinned([*argv, url], WRK_CPU, pin), out)
@@ -400,17 +415,19 @@ class Settings:
     strace_duration: float
     pin: bool
     strace: bool
+    path: str = PATH
+    close: bool = False
 
 
 def measure(
     procs: Processes, target: Target, cert: CertPair, workdir: Path, s: Settings
 ) -> dict[str, Any]:
     """Start the server, warm it up, load it for ``s.duration``; one round's numbers."""
-    with serve(procs, target, cert, workdir, s.pin) as running:
-        run_wrk(procs, running.url, s.warmup, s.connections, workdir, s.pin)
+    with serve(procs, target, cert, workdir, s) as running:
+        run_wrk(procs, running.url, s.warmup, s, workdir)
         cpu_before, core_before = cpu_seconds(running.proc.pid), core_busy(SERVER_CPU)
         started = time.monotonic()
-        result = run_wrk(procs, running.url, s.duration, s.connections, workdir, s.pin)
+        result = run_wrk(procs, running.url, s.duration, s, workdir)
         elapsed = time.monotonic() - started
         cpu = (cpu_seconds(running.proc.pid) - cpu_before) / elapsed
         # What other processes took of the server's core: the noise this round suffered.
@@ -436,8 +453,8 @@ def count_syscalls(
     procs: Processes, target: Target, cert: CertPair, workdir: Path, s: Settings
 ) -> dict[str, Any]:
     """Syscalls per request of the server's process (all its threads) under a short wrk run."""
-    with serve(procs, target, cert, workdir, s.pin) as running:
-        run_wrk(procs, running.url, s.warmup, s.connections, workdir, s.pin)
+    with serve(procs, target, cert, workdir, s) as running:
+        run_wrk(procs, running.url, s.warmup, s, workdir)
         log = workdir / "strace.log"
         with log.open("w") as out:
             tracer = procs.start(["strace", "-c", "-f", "-p", str(running.proc.pid)], out)
@@ -448,7 +465,7 @@ def count_syscalls(
                     raise BenchError(f"strace cannot attach: {tail(log)}")
                 time.sleep(0.05)
             time.sleep(0.3)  # let strace attach every thread
-            result = run_wrk(procs, running.url, s.strace_duration, s.connections, workdir, s.pin)
+            result = run_wrk(procs, running.url, s.strace_duration, s, workdir)
         finally:
             procs.stop(tracer, signal.SIGINT)  # SIGINT: detach and print the summary
     calls = parse_strace(log.read_text(errors="replace"))
@@ -583,7 +600,7 @@ def summarise(
         rows.append(
             {
                 "server": target.server,
-                "driver": target.driver,
+                "driver": target.driver + (f" ({target.engine})" if target.tls else ""),
                 "transport": target.transport,
                 "rps": median([r["rps"] for r in done]),
                 "p99_ms": median([r["p99_ms"] for r in done]),
@@ -722,6 +739,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="one round of 3 s (a smoke run, not a measurement)"
     )
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument("--path", default=PATH, help=f"what wrk asks for ({PATH}; /mib: 1 MiB)")
+    parser.add_argument(
+        "--close", action="store_true", help="a new connection (a full handshake) per request"
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -779,6 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         strace_duration=args.strace_duration,
         pin=True,
         strace=not args.no_strace,
+        path=args.path,
+        close=args.close,
     )
     notes = preflight(s)
     # Ctrl-C even when started in the background (which ignores SIGINT), and SIGTERM from tox

@@ -53,7 +53,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, WakeSocket, prepare_accepted, signals_wake
 
 __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
@@ -150,12 +150,19 @@ class AsyncioDriver(Driver[_Link]):
         server.info["loop"] = type(loop).__name__
         self._done = loop.create_future()
         self._loop = loop
+        # asyncio's loop has a signal wake-up only for add_signal_handler()'s signals; the
+        # server's handlers are signal.signal() ones (uvloop sets its own, then puts ours back).
+        waker = WakeSocket()
+        loop.add_reader(waker.reader, waker.drain)
         try:
-            loop.run_until_complete(self._serve(loop))
+            with signals_wake(waker.signal_fd):
+                loop.run_until_complete(self._serve(loop))
         finally:
             try:
                 self._teardown(loop)
             finally:
+                loop.remove_reader(waker.reader)
+                waker.close()
                 loop.close()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:

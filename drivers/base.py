@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import errno
 import heapq
 import itertools
 import logging
 import queue
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -45,9 +47,11 @@ __all__ = [
     "Driver",
     "JobPool",
     "TimerHeap",
+    "WakeSocket",
     "bind_listener",
     "outbound_socket",
     "prepare_accepted",
+    "signals_wake",
 ]
 
 log = logging.getLogger("spcore.driver")
@@ -189,6 +193,59 @@ class TimerHeap:
                 del self._armed[conn]
                 due.append(conn)
         return due
+
+
+class WakeSocket:
+    """A socket pair whose reading end a loop waits on: a byte written to the other end ends
+    the wait. Any thread may ``wake()``; a signal's C handler writes to ``signal_fd`` (see
+    ``signals_wake``). The writing end never blocks: a full pair already has a wake-up
+    pending."""
+
+    def __init__(self, *, blocking_reader: bool = False) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(blocking_reader)
+        self._writer.setblocking(False)
+        # wake() must never write to a closed (and maybe reused) fd number. Re-entrant: a
+        # signal handler calling stop() may interrupt the loop thread while it holds the lock.
+        self._lock = threading.RLock()
+
+    @property
+    def signal_fd(self) -> int:
+        return self._writer.fileno()
+
+    def wake(self) -> None:
+        with self._lock, contextlib.suppress(OSError):  # BlockingIOError: one is pending
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        """Read every pending wake-up (from a non-blocking reading end)."""
+        with contextlib.suppress(BlockingIOError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self.reader.close()
+            self._writer.close()
+
+
+@contextlib.contextmanager
+def signals_wake(fd: int) -> Iterator[None]:
+    """While a loop runs on the main thread, have every signal also write a byte to ``fd``.
+
+    Python runs a signal's handler between two bytecodes of the main thread; a signal that
+    lands after the loop's last bytecode and before its wait (select, io_uring_enter) would
+    otherwise leave the loop waiting, the handler pending, until something else wakes it
+    (https://docs.python.org/3/library/signal.html#signal.set_wakeup_fd). Elsewhere than on
+    the main thread there is nothing to do: signal handlers only run there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
 
 
 class CallQueue:

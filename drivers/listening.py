@@ -14,7 +14,6 @@ import os
 import socket
 import stat
 import sys
-from dataclasses import replace
 
 from spcore.server import Listener
 
@@ -49,14 +48,7 @@ def bind_listener(listener: Listener, backlog: int) -> socket.socket:
         return adopt_listener(listener.fd)
     if listener.path is not None:
         return _bind_unix(listener.path, listener.mode, backlog)
-    sock = _bind_tcp(listener)
-    try:
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return _listening(_bind_tcp(listener.host, listener.port, listener.reuse_port), backlog)
 
 
 def bind_group(listener: Listener, count: int, backlog: int) -> list[socket.socket]:
@@ -64,15 +56,15 @@ def bind_group(listener: Listener, count: int, backlog: int) -> list[socket.sock
 
     A probe bound without ``SO_REUSEPORT`` comes first: a busy address is an error then, as it
     is without workers (a group bound straight away would join the group of another server
-    run by the same user), and a port 0 becomes one free port for the whole group."""
-    probe = _bind_tcp(replace(listener, reuse_port=False))
+    run by the same user), and a port 0 becomes one free port for the whole group. (They are
+    bound from the listener's fields: a copy of the listener would build its TLS state again.)"""
+    probe = _bind_tcp(listener.host, listener.port, reuse_port=False)
     port = probe.getsockname()[1]
     probe.close()
-    member = replace(listener, port=port, reuse_port=True)
     group: list[socket.socket] = []
     try:
         for _ in range(count):
-            group.append(bind_listener(member, backlog))
+            group.append(_listening(_bind_tcp(listener.host, port, reuse_port=True), backlog))
     except BaseException:
         for sock in group:
             sock.close()
@@ -100,11 +92,20 @@ def adopt_listener(fd: int) -> socket.socket:
     return sock
 
 
-def _bind_tcp(listener: Listener) -> socket.socket:
+def _listening(sock: socket.socket, backlog: int) -> socket.socket:
+    """``sock``, bound, now listening and non-blocking (closed if that fails)."""
     try:
-        infos = socket.getaddrinfo(
-            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_tcp(host: str, port: int, reuse_port: bool) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except UnicodeError as exc:  # a malformed name ("a..b", a label over 63 characters)
         raise socket.gaierror(socket.EAI_NONAME, f"invalid host name: {exc}") from None
     family, kind, proto, _, address = infos[0]
@@ -114,7 +115,7 @@ def _bind_tcp(listener: Listener) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined, unused-ignore]
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if listener.reuse_port:
+        if reuse_port:
             option = reuse_port_option()
             if option is None:
                 raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT does not balance connections here")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -51,7 +52,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver
+from .base import READ_SIZE, Bound, Driver, signals_wake
 
 __all__ = ["Acceptor", "Completion", "Link", "Operation", "ProactorBase", "RecvBuffer"]
 
@@ -270,16 +271,24 @@ class ProactorBase(Driver[Link]):
             self._acceptors = [Acceptor(bound) for bound in self.bound]
             now = time.monotonic()
             server.start(now, time.time())
-            while True:
-                if not self.follow(now) and self._quiet():
-                    break
-                completions = self._wait(self.wait_timeout())
-                now = time.monotonic()
-                self._dispatch(completions, now)
-                self.finish_jobs(now)
-                self.expire(now)
+            fd = self._signal_fd()
+            with contextlib.nullcontext() if fd is None else signals_wake(fd):
+                self._loop(now)
         finally:
             self._close_all()
+
+    def _loop(self, now: float) -> None:
+        while self.follow(now) or not self._quiet():
+            completions = self._wait(self.wait_timeout())
+            now = time.monotonic()
+            self._dispatch(completions, now)
+            self.finish_jobs(now)
+            self.expire(now)
+
+    def _signal_fd(self) -> int | None:
+        """The fd a signal writes a byte to so as to end the wait (``signals_wake``); None
+        where the wait wakes up for signals by itself."""
+        return None
 
     def _quiet(self) -> bool:
         """Only the driver's own resident operations are pending."""

@@ -25,7 +25,7 @@ from spcore.actions import Send
 from spcore.connection import Connection
 from spcore.server import Server
 
-from .base import READ_SIZE, Bound, Driver, prepare_accepted
+from .base import READ_SIZE, Bound, Driver, WakeSocket, prepare_accepted, signals_wake
 
 __all__ = ["SelectorsDriver"]
 
@@ -59,16 +59,13 @@ class SelectorsDriver(Driver[_Link]):
         return True, f"readiness loop on {selectors.DefaultSelector.__name__}"
 
     def __init__(self, server: Server) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = WakeSocket()
         super().__init__(server)
         self._selector = selectors.DefaultSelector()
         self._accepting = False
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # BlockingIOError: a wake-up is already pending
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def run(self) -> None:
         server = self.server
@@ -77,29 +74,30 @@ class SelectorsDriver(Driver[_Link]):
             self.bind()
         now = time.monotonic()
         server.start(now, time.time())
-        self._selector.register(self._wake_r, _READ, None)
+        self._selector.register(self._waker.reader, _READ, None)
         try:
-            while self.follow(now):
-                events = self._selector.select(self.wait_timeout())
-                now = time.monotonic()
-                for key, mask in events:
-                    data = key.data
-                    if type(data) is _Link:
-                        self._ready(data, mask, now)
-                    elif data is None:
-                        with contextlib.suppress(BlockingIOError):
-                            while self._wake_r.recv(4096):
-                                pass
-                    else:
-                        self._accept(data, now)
-                self.finish_jobs(now)
-                self.expire(now)
+            with signals_wake(self._waker.signal_fd):
+                self._loop(now)
         finally:
             self.end(time.monotonic())
             self.close_listeners()
             self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
+
+    def _loop(self, now: float) -> None:
+        while self.follow(now):
+            events = self._selector.select(self.wait_timeout())
+            now = time.monotonic()
+            for key, mask in events:
+                data = key.data
+                if type(data) is _Link:
+                    self._ready(data, mask, now)
+                elif data is None:
+                    self._waker.drain()
+                else:
+                    self._accept(data, now)
+            self.finish_jobs(now)
+            self.expire(now)
 
     # -- accepting ------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -52,6 +53,7 @@ _RENEW_BEFORE = datetime.timedelta(days=30)
 
 _Role = Literal["ca", "server", "client"]
 _Key = ec.EllipticCurvePrivateKey
+_LeafKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -173,20 +175,23 @@ class CertificateAuthority:
         client: bool = False,
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
+        rsa_bits: int | None = None,
     ) -> CertPair:
         """Issue a leaf certificate as ``directory/{stem}-cert.pem`` and ``{stem}-key.pem``.
 
         ``names`` are DNS names or IP literals (the first is also the common name). A server
         certificate is valid for serverAuth, a ``client=True`` one for clientAuth. The default
         validity runs from a day before ``now`` for a year; pass ``not_after`` in the past to
-        get an expired certificate.
+        get an expired certificate. The key is ECDSA P-256, or RSA of ``rsa_bits``.
         """
         if not names:
             raise ValueError("a certificate needs at least one name")
         now = _utc(now)
         start = _utc(not_before) if not_before is not None else now - _ONE_DAY
         end = _utc(not_after) if not_after is not None else start + _LEAF_LIFETIME
-        key = _new_key()
+        key: _LeafKey = (
+            _new_key() if rsa_bits is None else rsa.generate_private_key(65537, rsa_bits)
+        )
         cert = _build_certificate(
             key,
             names[0],
@@ -201,6 +206,34 @@ class CertificateAuthority:
         _write_pair(pair, cert, key)
         return pair
 
+    def ocsp_response(
+        self,
+        certfile: os.PathLike[str] | str,
+        now: datetime.datetime,
+        *,
+        revoked: bool = False,
+        lifetime: datetime.timedelta = datetime.timedelta(days=7),
+    ) -> bytes:
+        """A DER OCSP response (RFC 6960) for a certificate this CA issued, as an OCSP
+        responder would sign it at ``now``: status good (or revoked), valid for ``lifetime``.
+        What a server staples; tests make their own instead of asking a responder."""
+        now = _utc(now)
+        cert = x509.load_pem_x509_certificate(pathlib.Path(certfile).read_bytes())
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert,
+            issuer=self._cert,
+            algorithm=hashes.SHA256(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+            this_update=now - _ONE_DAY / 24,
+            next_update=now + lifetime,
+            revocation_time=now - _ONE_DAY if revoked else None,
+            revocation_reason=None,
+        )
+        # By name: GnuTLS finds a signer that is not in the response by its DN only.
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.NAME, self._cert)
+        response = builder.sign(self._key, hashes.SHA256())
+        return response.public_bytes(serialization.Encoding.DER)
+
 
 # --- building ---------------------------------------------------------------------------------
 
@@ -210,7 +243,7 @@ def _new_key() -> _Key:
 
 
 def _build_certificate(
-    key: _Key,
+    key: _LeafKey,
     common_name: str,
     *,
     role: _Role,
@@ -286,7 +319,7 @@ def _utc(moment: datetime.datetime) -> datetime.datetime:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _write_pair(pair: CertPair, cert: x509.Certificate, key: _Key) -> None:
+def _write_pair(pair: CertPair, cert: x509.Certificate, key: _LeafKey) -> None:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -1,4 +1,5 @@
-"""The ``spcore`` command: ``serve``, ``tunnel``, ``drivers`` and ``conformance``.
+"""The ``spcore`` command: ``serve``, ``tunnel``, ``drivers``, ``engines``, ``ticket-key`` and
+``conformance``.
 
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
 development certificate), imports the user's application, binds sockets through a driver (or
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import errno
 import importlib
@@ -25,7 +27,6 @@ import os
 import re
 import signal
 import socket
-import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from . import cli_tls
 from .addresses import describe_address, host_port
 from .app import LineEcho, builtin_app
 from .certs import CertificateError, CertPair, check_cert_key, dev_certificate
@@ -57,7 +59,7 @@ from .remote import Remote
 from .server import Listener, Server
 from .stream import Sessions, StreamProtocol
 from .supervisor import UP, ListenFailed, Supervisor, WorkerSockets, cpu_count
-from .tls.context import ClientCertMode, client_context, server_context
+from .tls.config import Certificate, ClientCertMode, ClientTLS, ServerTLS, TLSConfigError
 from .tunnel import Tunnel
 
 __all__ = ["UsageError", "main"]
@@ -160,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("none", "optional", "required"),
         help="ask for client certificates (default: required with --client-ca, else none)",
     )
+    cli_tls.add_engine_options(serve)
     what = serve.add_argument_group("what to serve")
     what.add_argument(
         "--app", metavar="MODULE:CALLABLE", help="your app(request) -> Response | None"
@@ -190,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "drivers", help="list the drivers and whether they run here", allow_abbrev=False
     )
     drivers.set_defaults(run=_drivers)
+    cli_tls.add_tls_commands(commands)
 
     conformance = commands.add_parser(
         "conformance",
@@ -222,23 +226,25 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     if args.workers is not None and args.worker is None:
         return _supervise(args, limits, driver_cls, handed_in)
     user_app = _load_app(args.app) if args.app else None
-    context, certfile = _tls_context(args)
+    tls, certfile = _tls_config(args)
     codec = None if args.line_echo else _codec(args.http)
-    server = _build_server(args, limits, context, user_app, handed_in, codec)
+    server = _build_server(args, limits, tls, user_app, handed_in, codec)
     try:
         driver = driver_cls(server, **driver_options)
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     bound = _bind(driver)
     server.info["pid"] = os.getpid()
+    # Signals before the banner (whoever reads it may signal at once), and in every worker the
+    # watcher of the TLS files that rotate (the OCSP response, the ticket keys).
     if args.worker is not None:
         server.info["worker"] = args.worker
-        with _worker_signals(driver, args.worker):
+        with _worker_signals(driver, args.worker), cli_tls.watching(server.listeners):
             log.info("serving %s with the %s driver", _listing(args, bound), driver.name)
             _report_up(args.worker_link, driver)
             driver.run()
         return 0
-    with _stop_on_signals(driver):  # before the banner: whoever reads it may signal at once
+    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
         print(_banner(args, driver.name, codec, bound, certfile), flush=True)
         driver.run()
     return 0
@@ -262,6 +268,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
         for given, option in (
             (args.cert or args.key, "--cert/--key"),
             (args.client_ca or args.client_cert, "--client-ca/--client-cert"),
+            (args.ocsp_response or args.ticket_key_file, "--ocsp-response/--ticket-key-file"),
             (args.plain_port is not None, "--plain-port (--port is already plain)"),
         ):
             if given:
@@ -342,13 +349,11 @@ def _load_app(spec: str) -> App:
     return app
 
 
-def _tls_context(
+def _tls_config(
     args: argparse.Namespace, alpn: Sequence[str] | None = None
-) -> tuple[ssl.SSLContext | None, Path | None]:
-    """The listeners' TLS context and the certificate file it serves (None for --no-tls);
-    ALPN offers ``alpn`` (default: what the served protocol speaks)."""
-    if alpn is None:
-        alpn = () if args.line_echo else ("http/1.1",)
+) -> tuple[ServerTLS | None, Path | None]:
+    """The listeners' TLS configuration and the certificate file it serves (None for
+    --no-tls); ALPN offers ``alpn`` (default: what the served protocol speaks)."""
     if args.no_tls:
         return None, None
     if args.cert is not None:
@@ -373,28 +378,18 @@ def _tls_context(
         raise UsageError("--client-ca is unused with --client-cert none")
     if args.client_ca and not os.path.isfile(args.client_ca):
         raise UsageError(f"the client CA file {args.client_ca} does not exist")
-    # The certificate alone first, so that an error names the file at fault.
-    attempts: list[tuple[str, str | None, ClientCertMode]] = [(str(pair.certfile), None, "none")]
-    if args.client_ca:
-        attempts.append((f"the client CA file {args.client_ca}", args.client_ca, client_cert))
-    for what, client_ca, mode in attempts:
-        try:
-            context = server_context(
-                pair.certfile,
-                pair.keyfile,
-                alpn_protocols=alpn,
-                client_ca=client_ca,
-                client_cert=mode,
-            )
-        except OSError as exc:  # ssl.SSLError included
-            raise UsageError(f"cannot set up TLS with {what}: {_reason(exc)}") from None
-    return context, pair.certfile
+    if alpn is None:
+        alpn = () if args.line_echo else ("http/1.1",)
+    try:
+        return cli_tls.server_tls(args, pair, client_cert, alpn), pair.certfile
+    except TLSConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _build_server(
     args: argparse.Namespace,
     limits: Limits,
-    context: ssl.SSLContext | None,
+    tls: ServerTLS | None,
     user_app: App | None,
     handed_in: list[tuple[int, bool]],
     codec: str | None,
@@ -409,7 +404,7 @@ def _build_server(
         assert app is not None and codec is not None  # set before the driver accepts anything
         return HTTPProtocol(app, http=codec)
 
-    server = Server(_listeners(args, protocol, context, handed_in), limits)
+    server = Server(_listeners(args, protocol, tls, handed_in), limits)
     if app is None:
         app = builtin_app(server)  # it shows the server's counters, so it needs the server
     return server
@@ -418,17 +413,27 @@ def _build_server(
 def _listeners(
     args: argparse.Namespace,
     protocol: Callable[[], ProtocolLayer],
-    context: ssl.SSLContext | None,
+    tls: ServerTLS | None,
     handed_in: list[tuple[int, bool]],
 ) -> list[Listener]:
     """Sockets handed in, then Unix sockets, then TCP ones on each host: ``--port`` unless
     only sockets of the other kinds were asked for, and ``--plain-port``.
 
-    A worker serves exactly the sockets its supervisor bound (``--worker-socket``)."""
+    A worker serves exactly the sockets its supervisor bound (``--worker-socket``). Each TLS
+    listener has the engine build its state, reading every file the configuration names: a
+    supervisor so finds a bad one before it starts any worker."""
 
     def listener(plain: bool, **where: Any) -> Listener:
-        tls = None if plain else context
-        return Listener(protocol, tls=tls, proxy_protocol=args.proxy_protocol, **where)
+        try:
+            return Listener(
+                protocol,
+                tls=None if plain else tls,
+                proxy_protocol=args.proxy_protocol,
+                tls_engine=args.tls_engine,
+                **where,
+            )
+        except TLSConfigError as exc:
+            raise UsageError(f"cannot set up TLS: {exc}") from None
 
     if args.worker is not None:
         return [listener(plain, fd=fd) for fd, plain in args.worker_socket]
@@ -730,15 +735,16 @@ def _supervise(
     driver_cls: type[Driver[Any]],
     handed_in: list[tuple[int, bool]],
 ) -> int:
-    """``--workers N``: check what can be checked here (the TLS files; the development
-    certificate is made once, here), bind the sockets, and run the workers."""
-    context, certfile = _tls_context(args)
+    """``--workers N``: check what can be checked here (the TLS files, read by the chosen TLS
+    engine; the development certificate is made once, here), bind the sockets, and run the
+    workers. They get this command line, TLS engine and files included."""
+    tls, certfile = _tls_config(args)
     codec = None if args.line_echo else _codec(args.http)
 
     def no_protocol() -> ProtocolLayer:
         raise AssertionError("the supervisor serves no connection")
 
-    listeners = _listeners(args, no_protocol, context, handed_in)
+    listeners = _listeners(args, no_protocol, tls, handed_in)
     reuse_port = (args.balance or ("reuseport" if reuse_port_option() else "shared")) == "reuseport"
     try:
         sockets = WorkerSockets(listeners, args.workers, reuse_port, limits.listen_backlog)
@@ -968,6 +974,7 @@ def _add_tunnel(commands: Any) -> None:
         help="event loop of drivers that have one (asyncio)",
     )
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
+    cli_tls.add_engine_options(tunnel)
     tunnel.set_defaults(run=_tunnel, worker=None, workers=None, no_tls=False)
 
 
@@ -979,13 +986,15 @@ def _tunnel(args: argparse.Namespace, _extra: list[str]) -> int:
         raise UsageError(f"the {driver_cls.name} driver makes no outbound connections")
     server_tls, certfile, client_tls = _tunnel_tls(args)
     tunnel = Tunnel(
-        _backend(args.connect, client_tls, args.connect_name),
+        _backend(args.connect, client_tls, args.connect_name, args.tls_engine),
         proxy_header=args.send_proxy,
         idle_timeout=args.idle_timeout,
     )
     host, where = args.accept
     place: dict[str, Any] = {"path": where} if host == "unix" else {"host": host, "port": where}
-    listener = tunnel.listener(tls=server_tls, proxy_protocol=args.proxy_protocol, **place)
+    listener = tunnel.listener(
+        tls=server_tls, tls_engine=args.tls_engine, proxy_protocol=args.proxy_protocol, **place
+    )
     overrides: dict[str, Any] = {}
     if args.connect_timeout is not None:
         overrides["connect_timeout"] = args.connect_timeout
@@ -997,7 +1006,7 @@ def _tunnel(args: argparse.Namespace, _extra: list[str]) -> int:
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     (bound,) = _bind(driver)
-    with _stop_on_signals(driver):
+    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
         scheme = "tls" if server_tls is not None else "tcp"
         line = f"spcore: tunnel from {_url(scheme, bound.sock.getsockname())} to "
         line += f"{_url(args.tls_out.replace('plain', 'tcp'), tunnel.backend.address)}"
@@ -1011,7 +1020,11 @@ def _tunnel(args: argparse.Namespace, _extra: list[str]) -> int:
 
 def _check_tunnel_options(args: argparse.Namespace) -> None:
     for side, unused, options in (
-        ("--in", args.tls_in == "plain", ("cert", "key", "client_ca", "client_cert", "alpn")),
+        (
+            "--in",
+            args.tls_in == "plain",
+            ("cert", "key", "client_ca", "client_cert", "alpn", "ocsp_response", "ticket_key_file"),
+        ),
         (
             "--out",
             args.tls_out == "plain",
@@ -1030,50 +1043,56 @@ def _check_tunnel_options(args: argparse.Namespace) -> None:
         raise UsageError("--connect-key needs --connect-cert")
 
 
-def _tunnel_tls(
-    args: argparse.Namespace,
-) -> tuple[ssl.SSLContext | None, Path | None, ssl.SSLContext | None]:
+def _tunnel_tls(args: argparse.Namespace) -> tuple[ServerTLS | None, Path | None, ClientTLS | None]:
     """The tunnel's TLS, made in this one place: the server side (``--in tls``) with the
-    certificate file it serves, and the client side (``--out tls``)."""
+    certificate file it serves, and the client side (``--out tls``), one engine for both."""
     server_tls, certfile = (None, None)
     if args.tls_in == "tls":
-        server_tls, certfile = _tls_context(args, args.alpn or ())
-    client_tls = None
-    if args.tls_out == "tls":
-        for option, path in (
-            ("--connect-ca", args.connect_ca),
-            ("--connect-cert", args.connect_cert),
-        ):
-            if path is not None and not os.path.isfile(path):
-                raise UsageError(f"{option}: the file {path} does not exist")
-        try:
-            client_tls = client_context(
-                cafile=args.connect_ca,
-                certfile=args.connect_cert,
-                keyfile=args.connect_key,
-                alpn_protocols=args.connect_alpn or (),
-            )
-        except OSError as exc:  # ssl.SSLError included
-            raise UsageError(f"cannot set up TLS to the backend: {_reason(exc)}") from None
+        server_tls, certfile = _tls_config(args, args.alpn or ())
+    if args.tls_out == "plain":
+        return server_tls, certfile, None
+    for option, path in (("--connect-ca", args.connect_ca), ("--connect-cert", args.connect_cert)):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{option}: the file {path} does not exist")
+    certificate = None
+    if args.connect_cert is not None:
+        certificate = Certificate(args.connect_cert, args.connect_key or args.connect_cert)
+    try:
+        client_tls = ClientTLS(
+            trust=args.connect_ca,
+            certificate=certificate,
+            alpn=tuple(args.connect_alpn or ()),
+            profile=args.tls_profile,
+        )
+    except TLSConfigError as exc:
+        raise UsageError(f"cannot set up TLS to the backend: {exc}") from None
     return server_tls, certfile, client_tls
 
 
-def _backend(endpoint: _Endpoint, tls: ssl.SSLContext | None, name: str | None) -> Remote:
+def _backend(endpoint: _Endpoint, tls: ClientTLS | None, name: str | None, engine: str) -> Remote:
     """The backend, its name resolved now (neither the core nor a driver resolves names:
-    stunnel's default, ``delay = no``, does the same)."""
+    stunnel's default, ``delay = no``, does the same); its TLS state built now, so that a
+    bad client certificate or CA file is an error at start."""
     host, where = endpoint
     if host == "unix":
         if tls is not None and name is None:
             raise UsageError("--connect unix:... with --out tls needs --connect-name")
-        return Remote(path=where, tls=tls, server_name=name)
+        place: dict[str, Any] = {"path": where}
+    else:
+        try:
+            infos = socket.getaddrinfo(host, where, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise UsageError(f"cannot resolve the backend {host!r}: {exc}") from None
+        address = str(infos[0][4][0])
+        if name is None and address != host:
+            name = host  # verified as the name given, not as the address it resolved to
+        place = {"host": address, "port": where}
+    if tls is not None and name is not None:
+        tls = dataclasses.replace(tls, server_name=name)
     try:
-        infos = socket.getaddrinfo(host, where, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UsageError(f"cannot resolve the backend {host!r}: {exc}") from None
-    address = str(infos[0][4][0])
-    if name is None and address != host:
-        name = host  # verified as the name given, not as the address it resolved to
-    return Remote(address, where, tls=tls, server_name=name)
+        return Remote(tls=tls, tls_engine=engine, **place)
+    except TLSConfigError as exc:
+        raise UsageError(f"cannot set up TLS to the backend: {exc}") from None
 
 
 def _url(scheme: str, address: Any) -> str:
@@ -1105,13 +1124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)  # a supervisor's workers get it
         if args.command is None:
             raise UsageError(
-                "name a command: serve, tunnel, drivers or conformance (see spcore --help)"
+                "name a command: serve, tunnel, drivers, engines, ticket-key or conformance "
+                "(see spcore --help)"
             )
         if extra and args.command != "conformance":
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         command: Callable[[argparse.Namespace, list[str]], int] = args.run
         return command(args, extra)
-    except UsageError as exc:
+    except (UsageError, TLSConfigError) as exc:
         message = " ".join(str(exc).split())
         print(f"spcore: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 
 from .http.codecs import codec_factory
@@ -10,6 +9,8 @@ from .http.messages import App
 from .http.protocol import HTTPProtocol
 from .server import Listener
 from .stream import Sessions, StreamHandler, StreamProtocol
+from .tls.config import ServerTLS
+from .tls.engine import EngineFactory
 
 __all__ = ["http_listener", "stream_listener"]
 
@@ -19,8 +20,9 @@ def http_listener(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     proxy_protocol: bool = False,
+    tls_engine: str | EngineFactory = "openssl",
     http: str = "auto",
 ) -> Listener:
     """A listener serving ``app(request) -> Response | None`` over HTTP/1.1.
@@ -35,6 +37,7 @@ def http_listener(
         port=port,
         tls=tls,
         proxy_protocol=proxy_protocol,
+        tls_engine=tls_engine,
     )
 
 
@@ -43,8 +46,9 @@ def stream_listener(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     proxy_protocol: bool = False,
+    tls_engine: str | EngineFactory = "openssl",
     sessions: Sessions | None = None,
 ) -> Listener:
     """A listener running a new ``handler()`` per connection over its framing; its sessions
@@ -57,4 +61,5 @@ def stream_listener(
         port=port,
         tls=tls,
         proxy_protocol=proxy_protocol,
+        tls_engine=tls_engine,
     )

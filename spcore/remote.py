@@ -9,18 +9,15 @@ client engine with SNI and certificate verification, or plaintext, under the pro
 from __future__ import annotations
 
 import ipaddress
-import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .addresses import describe_address
-from .tls.engine import TLSEngine
-from .tls.openssl import OpenSSLEngine
+from .tls.config import ClientTLS
+from .tls.context import ClientContext
+from .tls.engine import EngineFactory, TLSEngine
+from .tls.engines import DEFAULT_ENGINE
 
-__all__ = ["ClientEngineFactory", "Remote"]
-
-#: Makes a client engine from the remote's context and the name to send and verify.
-ClientEngineFactory = Callable[[ssl.SSLContext, "str | None"], TLSEngine]
+__all__ = ["Remote"]
 
 
 @dataclass(frozen=True)
@@ -29,31 +26,32 @@ class Remote:
 
     ``host`` is numeric (``127.0.0.1``, ``::1``): neither the core nor a driver resolves
     names, as a lookup blocks; resolve once beforehand, as stunnel does by default (its
-    ``delay = no``). Or ``path``, a Unix domain socket. ``tls`` is a client context
-    (``spcore.tls.client_context``: it verifies the certificate); ``server_name`` is the SNI
-    sent and the name verified (default: ``host``, which for an IP address is verified but,
-    as RFC 6066 section 3 wants, not sent; a Unix socket has no default). ``engine``
-    replaces the OpenSSL engine.
+    ``delay = no``). Or ``path``, a Unix domain socket. ``tls`` is the neutral client
+    configuration (it verifies the certificate unless told not to); its ``server_name`` is
+    the SNI sent and the name verified, by default ``host`` (for an IP address verified but,
+    as RFC 6066 section 3 wants, not sent; a Unix socket has no default). ``tls_engine``
+    names the engine, as a ``Listener``'s does; its state is built once, here.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     path: str | None = None
-    tls: ssl.SSLContext | None = None
-    server_name: str | None = None
-    engine: ClientEngineFactory | None = None
+    tls: ClientTLS | None = None
+    tls_engine: str | EngineFactory = DEFAULT_ENGINE
+    tls_context: ClientContext | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.path is not None:
-            return
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            raise ValueError(
-                f"connect to a numeric address, not {self.host!r}: resolve the name first"
-            ) from None
-        if not 0 < self.port <= 65535:
-            raise ValueError(f"port {self.port} is out of range (1 to 65535)")
+        if self.path is None:
+            try:
+                ipaddress.ip_address(self.host)
+            except ValueError:
+                raise ValueError(
+                    f"connect to a numeric address, not {self.host!r}: resolve the name first"
+                ) from None
+            if not 0 < self.port <= 65535:
+                raise ValueError(f"port {self.port} is out of range (1 to 65535)")
+        context = None if self.tls is None else ClientContext(self.tls, self.tls_engine)
+        object.__setattr__(self, "tls_context", context)
 
     @property
     def address(self) -> tuple[str, int] | str:
@@ -67,11 +65,9 @@ class Remote:
 
     def new_engine(self) -> TLSEngine | None:
         """The client engine of a new connection, or None for plaintext."""
-        if self.tls is None:
+        if self.tls is None or self.tls_context is None:
             return None
-        name = self.server_name
+        name = self.tls.server_name
         if name is None and self.path is None:
             name = self.host
-        if self.engine is not None:
-            return self.engine(self.tls, name)
-        return OpenSSLEngine(self.tls, server_side=False, server_hostname=name)
+        return self.tls_context.new_engine(name)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import (
@@ -41,8 +40,9 @@ from .layer import ProtocolLayer
 from .remote import Remote
 from .stats import Stats
 from .timers import Callback, Timer, check_delay
-from .tls.engine import TLSEngine
-from .tls.openssl import OpenSSLEngine
+from .tls.config import ServerTLS
+from .tls.context import ServerContext
+from .tls.engine import EngineFactory, TLSEngine
 
 __all__ = ["Listener", "Server", "ServerAction", "Stats"]
 
@@ -64,9 +64,10 @@ _BRIEF_PAUSE = 0.01
 class Listener:
     """One listening address and what runs on it.
 
-    ``protocol`` makes the protocol layer of each new connection; ``tls`` makes it a TLS
-    listener (``spcore.tls.server_context`` builds a context with safe defaults);
-    ``engine`` replaces the OpenSSL engine with another ``TLSEngine`` built from ``tls``.
+    ``protocol`` makes the protocol layer of each new connection; ``tls`` (a neutral
+    ``spcore.tls.ServerTLS``) makes it a TLS listener served by ``tls_engine`` (a registered
+    engine's name, or a third party's ``EngineFactory``). The engine's state is built here,
+    once, as ``tls_context``, whose ``reload()`` swaps in a new one for new connections.
 
     Where it listens: ``host``/``port``; or the Unix domain socket ``path`` (its file made
     with permissions ``mode``, removed when it closes); or ``fd``, a socket already listening
@@ -78,13 +79,18 @@ class Listener:
     protocol: Callable[[], ProtocolLayer]
     host: str = "127.0.0.1"
     port: int = 0
-    tls: ssl.SSLContext | None = None
+    tls: ServerTLS | None = None
     proxy_protocol: bool = False
-    engine: Callable[[ssl.SSLContext], TLSEngine] | None = None
+    tls_engine: str | EngineFactory = "openssl"
     path: str | None = None
     mode: int = 0o666
     fd: int | None = None
     reuse_port: bool = False
+    tls_context: ServerContext | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        context = None if self.tls is None else ServerContext(self.tls, self.tls_engine)
+        object.__setattr__(self, "tls_context", context)
 
     @property
     def where(self) -> str:
@@ -96,11 +102,7 @@ class Listener:
         return describe_address((self.host, self.port))
 
     def new_engine(self) -> TLSEngine | None:
-        if self.tls is None:
-            return None
-        if self.engine is not None:
-            return self.engine(self.tls)
-        return OpenSSLEngine(self.tls, server_side=True)
+        return None if self.tls_context is None else self.tls_context.new_engine()
 
 
 class Server:

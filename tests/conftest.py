@@ -1,6 +1,7 @@
-"""Shared fixtures: a throwaway PKI built once per test session, TLS contexts from it, a
-private development-certificate cache for the servers the tests start, and the HTTP codec
-parameter."""
+"""Shared fixtures: the conformance suite's throwaway PKI, built once per test session, TLS
+configurations (neutral, for the server and the in-memory client) and stdlib contexts (for
+socket clients) made from it, a private development-certificate cache for the servers the
+tests start, and the HTTP codec parameter."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import datetime
 import os
 import pathlib
 import ssl
-from dataclasses import dataclass
 
 import pytest
 from servekit import SLOW_APP
 
-from spcore.certs import CertificateAuthority, CertPair, dev_certificate
+from spcore.certs import dev_certificate
+from spcore.conformance.clients import stdlib_client_context
+from spcore.conformance.harness import PKI, make_pki
 from spcore.http.codecs import CODECS, available_codecs
-from spcore.tls import client_context, server_context
+from spcore.tls import ClientTLS, ServerTLS
+
+__all__ = ["PKI"]
 
 
 @pytest.fixture(params=CODECS)
@@ -27,69 +31,27 @@ def http_codec(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class PKI:
-    """A CA and the certificates the TLS tests need, all issued at ``now``."""
-
-    now: datetime.datetime
-    ca: CertificateAuthority
-    ca_file: pathlib.Path
-    server: CertPair  # localhost, 127.0.0.1, ::1
-    other: CertPair  # other.test
-    wild: CertPair  # *.wild.test
-    client: CertPair  # clientAuth, issued by the CA
-    expired: CertPair  # localhost, expired a day ago
-    self_signed: CertPair  # the development certificate: localhost, issued by itself
-    rogue_ca_file: pathlib.Path  # a second, untrusted CA
-    rogue_client: CertPair  # clientAuth, issued by the rogue CA
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    # Tests may read the clock; only spcore/ may not.
-    now = datetime.datetime.now(datetime.timezone.utc)
-    day = datetime.timedelta(days=1)
-    directory = tmp_path_factory.mktemp("pki")
-    ca = CertificateAuthority.create(now)
-    rogue = CertificateAuthority.create(now, name="rogue CA")
-    rogue_dir = directory / "rogue"
-    rogue_dir.mkdir()
-    return PKI(
-        now=now,
-        ca=ca,
-        ca_file=ca.write_ca(directory),
-        server=ca.issue(directory, "server", ["localhost", "127.0.0.1", "::1"], now),
-        other=ca.issue(directory, "other", ["other.test"], now),
-        wild=ca.issue(directory, "wild", ["*.wild.test"], now),
-        client=ca.issue(directory, "client", ["client.test"], now, client=True),
-        expired=ca.issue(
-            directory,
-            "expired",
-            ["localhost", "127.0.0.1", "::1"],
-            now,
-            not_before=now - 30 * day,
-            not_after=now - day,
-        ),
-        self_signed=dev_certificate(now, directory / "dev"),
-        rogue_ca_file=rogue.write_ca(rogue_dir),
-        rogue_client=rogue.issue(
-            rogue_dir, "rogue-client", ["rogue-client.test"], now, client=True
-        ),
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-# Module-scoped, not session-scoped: a test module may change its contexts (ALPN, versions...)
-# without reaching into another module's.
 @pytest.fixture(scope="module")
-def server_tls(pki: PKI) -> ssl.SSLContext:
+def server_tls(pki: PKI) -> ServerTLS:
     """The server side for ``localhost``, ``127.0.0.1`` and ``::1``."""
-    return server_context(pki.server.certfile, pki.server.keyfile)
+    return pki.server_tls()
 
 
 @pytest.fixture(scope="module")
-def client_tls(pki: PKI) -> ssl.SSLContext:
-    """A client that trusts the test CA (and nothing else)."""
-    return client_context(cafile=pki.ca_file)
+def client_tls(pki: PKI) -> ClientTLS:
+    """An in-memory client (``MemLink``) that trusts the test CA (and nothing else)."""
+    return ClientTLS(trust=pki.ca_file)
+
+
+@pytest.fixture(scope="module")
+def stdlib_client(pki: PKI) -> ssl.SSLContext:
+    """A standard-library client context for socket tests, trusting the test CA."""
+    return stdlib_client_context(pki.ca_file)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 ``MemLink`` plays the driver's part exactly as the contract says (feed input while told to
 read, carry out every action of ``next_action()``, run jobs, fire the timer from a fake clock)
-and the client's part with an optional client ``OpenSSLEngine``. Bytes can be delivered in
+and the client's part with an optional client TLS engine. Bytes can be delivered in
 whole buffers or split into chunks of any size, down to one byte, and the client's socket
 can stop taking output (``window``, ``let_client_read``) to exercise back-pressure.
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 
 import h11
@@ -19,8 +18,15 @@ from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
-from spcore.tls.engine import ApplicationData, CloseNotify, HandshakeComplete, RaggedEOF, TLSInfo
-from spcore.tls.openssl import OpenSSLEngine
+from spcore.tls import ClientContext, ClientTLS, ServerTLS
+from spcore.tls.engine import (
+    ApplicationData,
+    CloseNotify,
+    HandshakeComplete,
+    RaggedEOF,
+    TLSEngine,
+    TLSInfo,
+)
 
 PEER = ("127.0.0.1", 50000)
 LOCAL = ("127.0.0.1", 8443)
@@ -90,7 +96,8 @@ class MemLink(Driven):
         server: Server,
         listener: Listener | None = None,
         *,
-        client_context: ssl.SSLContext | None = None,
+        client: ClientTLS | None = None,
+        client_engine: str = "openssl",
         server_hostname: str | None = "localhost",
         chunk: int | None = None,
         clock: Clock | None = None,
@@ -103,11 +110,9 @@ class MemLink(Driven):
         self.run_jobs = run_jobs
         self.listener = listener or server.listeners[0]
         self.conn = server.accept(self.listener, PEER, LOCAL, self.clock.now)
-        self.client: OpenSSLEngine | None = None
-        if self.listener.tls is not None and client_context is not None:
-            self.client = OpenSSLEngine(
-                client_context, server_side=False, server_hostname=server_hostname
-            )
+        self.client: TLSEngine | None = None
+        if self.listener.tls is not None and client is not None:
+            self.client = ClientContext(client, client_engine).new_engine(server_hostname)
         self.received = bytearray()  # what the client application read (plaintext)
         self.raw_received = bytearray()  # what reached the client's socket (ciphertext)
         self.client_info: TLSInfo | None = None
@@ -302,7 +307,8 @@ class MemLink(Driven):
 def http_server(
     app: Callable[..., object],
     *,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
+    tls_engine: str = "openssl",
     http: str = "auto",
     **limits: object,
 ) -> Server:
@@ -310,7 +316,11 @@ def http_server(
     from spcore.config import Limits
     from spcore.http.protocol import HTTPProtocol
 
-    listener = Listener(protocol=lambda: HTTPProtocol(app, http=http), tls=tls)  # type: ignore[arg-type]
+    listener = Listener(
+        protocol=lambda: HTTPProtocol(app, http=http),  # type: ignore[arg-type]
+        tls=tls,
+        tls_engine=tls_engine,
+    )
     server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(1000.0, 1_700_000_000.0)
     return server

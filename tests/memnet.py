@@ -12,7 +12,6 @@ or nothing (refused).
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +21,9 @@ from spcore.actions import Accepting, CloseListeners, Connect, Exit, SetTimer, S
 from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.server import Listener, Server
+from spcore.tls.config import ClientTLS, ServerTLS
+from spcore.tls.context import ClientContext, ServerContext
 from spcore.tls.engine import ApplicationData, CloseNotify, RaggedEOF, TLSEngine
-from spcore.tls.openssl import OpenSSLEngine
 
 Address = Any
 #: What one direction of a connection buffers (a socket's send and receive buffers).
@@ -254,12 +254,13 @@ class MemNet:
         self.pump()
         return server
 
-    def serve(self, address: Address, tls: ssl.SSLContext | None = None) -> list[Endpoint]:
+    def serve(self, address: Address, tls: ServerTLS | None = None) -> list[Endpoint]:
         """The test accepts on ``address``: the endpoints connected there, in order."""
         accepted: list[Endpoint] = []
+        context = None if tls is None else ServerContext(tls)
 
         def make() -> Endpoint:
-            engine = None if tls is None else OpenSSLEngine(tls, server_side=True)
+            engine = None if context is None else context.new_engine()
             endpoint = Endpoint(self, engine)
             accepted.append(endpoint)
             return endpoint
@@ -285,13 +286,13 @@ class MemNet:
     def dial(
         self,
         address: Address,
-        tls: ssl.SSLContext | None = None,
+        tls: ClientTLS | None = None,
         server_hostname: str = "localhost",
     ) -> Endpoint:
         """A client endpoint connected to the server listening on ``address``."""
         engine = None
         if tls is not None:
-            engine = OpenSSLEngine(tls, server_side=False, server_hostname=server_hostname)
+            engine = ClientContext(tls).new_engine(server_hostname)
         client = Endpoint(self, engine)
         self.nodes.append(client)
         server, listener = self._listeners[address]  # type: ignore[misc]

@@ -19,6 +19,25 @@ def run_python(code: str, cwd: pathlib.Path, timeout: float) -> subprocess.Compl
     )
 
 
+def run_suite(
+    runner: str,
+    names: list[str],
+    pytest_args: list[str],
+    cwd: pathlib.Path,
+    timeout: float = 240.0,
+    path: pathlib.Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``spcore.conformance.<runner>(names, pytest_args)`` in a fresh interpreter (with ``path``
+    on sys.path first, for a third party's module)."""
+    prelude = f"sys.path.insert(0, {str(path)!r}); " if path is not None else ""
+    args = ["-p", "no:cacheprovider", *pytest_args]
+    code = (
+        f"import sys; {prelude}import spcore.conformance as suite; "
+        f"sys.exit(suite.{runner}({names!r}, {args!r}))"
+    )
+    return run_python(code, cwd, timeout)
+
+
 def tail(result: subprocess.CompletedProcess[str], lines: int = 80) -> str:
     """The end of a run's output (stdout, then stderr): enough to see why it failed."""
     return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])

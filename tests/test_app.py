@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 from dataclasses import dataclass
 
 import h11
@@ -15,6 +14,7 @@ from spcore.config import Limits
 from spcore.http.messages import App, Request
 from spcore.listeners import stream_listener
 from spcore.server import Server
+from spcore.tls import ClientTLS, ServerTLS
 
 
 @dataclass
@@ -134,10 +134,10 @@ def test_index_rejects_an_unknown_format(client: Client) -> None:
 
 
 def test_index_reports_the_tls_session(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, http_codec: str
+    server_tls: ServerTLS, client_tls: ClientTLS, http_codec: str
 ) -> None:
     server = builtin_server(tls=server_tls, http=http_codec)
-    client = Client(server, client_context=client_tls)
+    client = Client(server, client=client_tls)
     info = json.loads(client.request("GET", "/?format=json").body)
     assert info["scheme"] == "https"
     assert info["tls"]["version"] == "TLSv1.3"

@@ -329,7 +329,7 @@ MORE_USER_ERRORS = [
     (
         "weak cert with a client CA",  # the error names the certificate, not the CA file
         ["serve", "--cert", "{weak_cert}", "--key", "{weak_key}", "--client-ca", "{ca}"],
-        "with {weak_cert}: ",
+        "certificate file {weak_cert} with its key: ",
     ),
     ("loop for selectors", ["serve", "--driver", "selectors", "--loop", "uvloop"], "--loop"),
     ("app not module:callable", ["serve", "--app", "nocolon"], "MODULE:CALLABLE"),

@@ -24,6 +24,7 @@ from spcore.conformance.peers import Handler, Peer, echo, peer, server_tls
 from spcore.drivers import DRIVERS
 from spcore.preamble import ProxyHeaderReader
 from spcore.tls.engine import ApplicationData, CloseNotify, RaggedEOF
+from spcore.tls.engines import ENGINES
 from spcore.tls.openssl import OpenSSLEngine
 
 pytestmark = needs_signals
@@ -124,9 +125,18 @@ def test_a_backend_whose_certificate_does_not_verify_is_refused(
             assert "CERTIFICATE_VERIFY_FAILED" in running.errors()
 
 
-def test_it_relays_tls_to_tls(env: dict[str, str], pki: PKI, cache_dir: pathlib.Path) -> None:
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_it_relays_tls_to_tls(
+    engine: str, env: dict[str, str], pki: PKI, cache_dir: pathlib.Path
+) -> None:
+    """Both sides through the engine ``--tls-engine`` names (the one state of each side built
+    at start), to stdlib TLS at either end."""
+    available, reason = ENGINES[engine].probe()
+    if not available:
+        pytest.skip(f"{engine}: {reason}")
     with peer(echo, server_tls(pki)) as backend:
         args = [*backend_args(backend), "--out", "tls", "--connect-ca", str(pki.ca_file)]
+        args += ["--tls-engine", engine]
         with tunnel(env, *args, "--connect-name", "localhost") as running:
             raw = socket.create_connection(running.address, TIMEOUT)
             with tls_client(cache_dir).wrap_socket(raw, server_hostname="127.0.0.1") as client:
@@ -362,6 +372,8 @@ def test_the_backend_gets_the_clients_address_in_a_proxy_header(
     [
         (["--in", "plain", "--cert", "c.pem", "--key", "k.pem"], "--cert/--key need --in tls"),
         (["--connect-name", "example.com"], "--connect-name needs --out tls"),
+        (["--in", "plain", "--ocsp-response", "o.der"], "--ocsp-response needs --in tls"),
+        (["--tls-engine", "nosuch"], "invalid choice: 'nosuch'"),
         (["--cert", "c.pem"], "give both --cert and --key"),
         (
             ["--out", "tls", "--connect-ca", "/no/such/ca.pem"],

@@ -17,20 +17,18 @@ import subprocess
 import sys
 
 import pytest
-from suiterun import run_python, table_row, tail
+from suiterun import run_suite, table_row, tail
 
+from spcore.conformance.plugin import REFERENCE_DRIVER, DriverChoice, EngineChoice, scenario_cases
 from spcore.drivers import DRIVERS
 from spcore.http.codecs import available_codecs
+from spcore.tls.engines import ENGINES
 
 
 def _run_suite(
     drivers: list[str], pytest_args: list[str], cwd: pathlib.Path, timeout: float = 240.0
 ) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import sys, spcore.conformance as suite; "
-        f"sys.exit(suite.run({drivers!r}, {['-p', 'no:cacheprovider', *pytest_args]!r}))"
-    )
-    return run_python(code, cwd, timeout)
+    return run_suite("run", drivers, pytest_args, cwd, timeout)
 
 
 @pytest.mark.parametrize("name", list(DRIVERS))
@@ -52,9 +50,68 @@ def test_a_driver_that_cannot_run_is_reported_skipped(tmp_path: pathlib.Path) ->
     name, reason = unavailable[0]
     result = _run_suite([name], ["-q", "-rs", "-k", "test_one_request"], tmp_path)
     assert result.returncode == 0, tail(result)
-    skipped = str(3 * len(available_codecs()))  # three transports, once per codec
-    assert table_row(result.stdout, name)[:3] == ["0", "0", skipped], tail(result)
-    assert f"SKIPPED [{skipped}] " in result.stdout and reason in result.stdout, tail(result)
+    # Plain with each codec; TLS 1.2 and 1.3 with the first engine and each codec, and with
+    # each other engine and the first codec (plugin.scenario_cases).
+    runs = len(available_codecs()) + 2 * (len(available_codecs()) + len(ENGINES) - 1)
+    assert table_row(result.stdout, name)[:3] == ["0", "0", str(runs)], tail(result)
+    assert f"SKIPPED [{runs}] " in result.stdout and reason in result.stdout, tail(result)
+
+
+# -- how the parameters combine ---------------------------------------------------------------
+
+ENGINE_A, ENGINE_B = (EngineChoice(name, None, "", name) for name in ("engine-a", "engine-b"))
+OTHER = DriverChoice("other", object(), "")
+REFERENCE = DriverChoice(REFERENCE_DRIVER, object(), "")
+
+
+def _ids(*drivers: DriverChoice, full: bool = False) -> set[str]:
+    engines, codecs = [ENGINE_A, ENGINE_B], ["codec-a", "codec-b"]
+    cases = scenario_cases(["plain", "tls1.3"], engines, list(drivers), codecs, full=full)
+    ids = [case.id for case in cases]
+    assert len(ids) == len(set(ids))
+    return set(ids)
+
+
+def test_a_second_engine_meets_a_second_codec_on_the_reference_driver_only() -> None:
+    ids = _ids(OTHER, REFERENCE)
+    for driver in ("other", REFERENCE_DRIVER):
+        for codec in ("codec-a", "codec-b"):
+            assert f"plain-{driver}-{codec}" in ids
+            assert f"tls1.3-engine-a-{driver}-{codec}" in ids
+        assert f"tls1.3-engine-b-{driver}-codec-a" in ids
+    assert {i for i in ids if i.startswith("tls1.3-engine-b") and i.endswith("codec-b")} == {
+        f"tls1.3-engine-b-{REFERENCE_DRIVER}-codec-b"
+    }
+    assert len(ids) == 2 * (2 + 3) + 1
+    assert len(_ids(OTHER)) == 2 + 3  # alone too (as each driver's run in this file is)
+
+
+def test_the_full_matrix_runs_every_combination() -> None:
+    every = 2 + 2 * 2  # plain with each codec, TLS with each engine and codec
+    assert len(_ids(OTHER, REFERENCE, full=True)) == 2 * every
+    assert len(_ids(OTHER, full=True)) == every
+    no_codec = scenario_cases(["plain", "tls1.2"], [ENGINE_A, ENGINE_B], [OTHER], [None])
+    assert [case.id for case in no_codec] == [
+        "plain-other",
+        "tls1.2-engine-a-other",
+        "tls1.2-engine-b-other",
+    ]
+
+
+def test_the_suite_collects_the_combinations_the_docs_describe(tmp_path: pathlib.Path) -> None:
+    """The scenarios' parametrization goes through ``scenario_cases``: collected for real,
+    one TLS scenario has the cases it computes for the registered parts, in its order."""
+    result = _run_suite([], ["--collect-only", "-q", "-k", "test_one_request"], tmp_path)
+    assert result.returncode == 0, tail(result)
+    collected = [
+        line.partition("[")[2].rstrip("]")
+        for line in result.stdout.splitlines()
+        if "test_http.py::test_one_request[" in line
+    ]
+    drivers = [DriverChoice(n, object() if s.probe()[0] else None, "") for n, s in DRIVERS.items()]
+    engines = [EngineChoice(name, None, "", name) for name in ENGINES]
+    cases = scenario_cases(["plain", "tls1.2", "tls1.3"], engines, drivers, available_codecs())
+    assert collected == [case.id for case in cases]
 
 
 def test_an_unknown_driver_is_a_usage_error(tmp_path: pathlib.Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from spcore.connection import Connection, Hub
 from spcore.layer import ProtocolLayer
 from spcore.lifecycle import TRANSITIONS, Event, LifecycleError, State, next_state
 from spcore.server import Listener, Server
-from spcore.tls import client_context
+from spcore.tls import Alert, ClientContext, ClientTLS, ServerTLS
 from spcore.tls.engine import (
     ApplicationData,
     CloseNotify,
@@ -26,8 +25,7 @@ from spcore.tls.engine import (
     TLSEvent,
     TLSInfo,
 )
-from spcore.tls.openssl import OpenSSLEngine
-from spcore.tls.records import AlertDescription, alert_record
+from spcore.tls.records import alert_record
 
 NOW = 1000.0
 CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
@@ -37,15 +35,35 @@ ALERT = 21
 def make_server(
     protocol: Callable[[], ProtocolLayer],
     *,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     proxy: bool = False,
-    engine: Callable[[ssl.SSLContext], Any] | None = None,
+    engine: Callable[[], Any] | None = None,
     **limits: float,
 ) -> Server:
-    listener = Listener(protocol, tls=tls, proxy_protocol=proxy, engine=engine)  # type: ignore[arg-type]
+    tls_engine = "openssl" if engine is None else MadeEngines(engine)
+    listener = Listener(protocol, tls=tls, proxy_protocol=proxy, tls_engine=tls_engine)  # type: ignore[arg-type]
     server = Server([listener], Limits(**limits))  # type: ignore[arg-type]
     server.start(NOW, 1_700_000_000.0)
     return server
+
+
+class MadeEngines:
+    """An engine factory whose per-listener state makes each engine with ``make()``."""
+
+    name = "made"
+    features: frozenset[Any] = frozenset()
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.new_engine = make
+
+    def library_version(self) -> str:
+        return "none"
+
+    def server(self, config: ServerTLS) -> MadeEngines:
+        return self
+
+    def client(self, config: ClientTLS) -> MadeEngines:
+        raise NotImplementedError
 
 
 def recording_server(**kwargs: object) -> tuple[Server, list[Recorder]]:
@@ -70,8 +88,8 @@ def drain(conn: Connection, now: float = NOW) -> bytes:
     return ByHand(conn, now).drain()
 
 
-def client_hello(client_tls: ssl.SSLContext) -> bytes:
-    client = OpenSSLEngine(client_tls, server_side=False, server_hostname="localhost")
+def client_hello(client_tls: ClientTLS) -> bytes:
+    client = ClientContext(client_tls).new_engine("localhost")
     client.start()
     return client.data_to_send()
 
@@ -107,7 +125,7 @@ class PrefacedLink(MemLink):
 
 @CHUNKS
 def test_plain_http_on_tls_port_is_answered_in_cleartext(
-    server_tls: ssl.SSLContext, chunk: int | None
+    server_tls: ServerTLS, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls)
     link = MemLink(server, chunk=chunk)
@@ -123,7 +141,7 @@ def test_plain_http_on_tls_port_is_answered_in_cleartext(
     assert server.stats.errors == 1 and server.stats.handshakes == 0
 
 
-def test_plain_http_is_detected_from_the_method_alone(server_tls: ssl.SSLContext) -> None:
+def test_plain_http_is_detected_from_the_method_alone(server_tls: ServerTLS) -> None:
     server, _ = recording_server(tls=server_tls)
     link = MemLink(server, chunk=1)
     link.send(b"POS")
@@ -135,10 +153,10 @@ def test_plain_http_is_detected_from_the_method_alone(server_tls: ssl.SSLContext
 
 @CHUNKS
 def test_client_hello_one_byte_at_a_time_still_handshakes(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls, echo=True)
-    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link = MemLink(server, client=client_tls, chunk=chunk)
     assert link.client_info is not None and link.conn.tls_info is not None
     link.send(b"ping")
     assert link.take() == b"ping"
@@ -153,7 +171,7 @@ def test_client_hello_one_byte_at_a_time_still_handshakes(
     ids=["text", "binary", "bad-version"],
 )
 def test_garbage_on_tls_port_gets_the_engine_answer_and_close(
-    server_tls: ssl.SSLContext, garbage: bytes, chunk: int | None
+    server_tls: ServerTLS, garbage: bytes, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls)
     link = MemLink(server, chunk=chunk)
@@ -165,13 +183,14 @@ def test_garbage_on_tls_port_gets_the_engine_answer_and_close(
     assert link.closed
 
 
-def test_engine_alert_is_flushed_before_closing(pki: PKI, server_tls: ssl.SSLContext) -> None:
+def test_engine_alert_is_flushed_before_closing(pki: PKI, server_tls: ServerTLS) -> None:
     # A TLS 1.2 client whose only cipher the server refuses: OpenSSL answers handshake_failure.
-    client = client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2)
-    client.set_ciphers("AES128-SHA")
+    client = ClientTLS(
+        trust=pki.ca_file, max_version="1.2", engine_options={"openssl": {"ciphers": "AES128-SHA"}}
+    )
     server, made = recording_server(tls=server_tls)
-    link = MemLink(server, client_context=client)
-    assert alert_records(bytes(link.raw_received)) == [(2, AlertDescription.HANDSHAKE_FAILURE)]
+    link = MemLink(server, client=client)
+    assert alert_records(bytes(link.raw_received)) == [(2, Alert.HANDSHAKE_FAILURE)]
     assert link.client_error is not None and made[0].conn is None
     assert server.stats.tls_errors == 1
     link.client_close(notify=False)
@@ -180,26 +199,24 @@ def test_engine_alert_is_flushed_before_closing(pki: PKI, server_tls: ssl.SSLCon
 
 @CHUNKS
 def test_oversized_record_header_gets_a_plaintext_alert(
-    server_tls: ssl.SSLContext, chunk: int | None
+    server_tls: ServerTLS, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls)
     link = MemLink(server, chunk=chunk)
     link.send(b"\x16\x03\x01\xff\xff" + b"\x01" * 64)
     raw = bytes(link.raw_received)
     assert raw[0] == ALERT
-    assert raw == alert_record(AlertDescription.RECORD_OVERFLOW)
+    assert raw == alert_record(Alert.RECORD_OVERFLOW)
     assert link.client_got_eof and made[0].conn is None
     assert server.stats.tls_errors == 1
     link.client_close()
     assert link.closed
 
 
-def test_client_hello_and_tls_info_expose_sni_and_alpn(
-    pki: PKI, server_tls: ssl.SSLContext
-) -> None:
-    client = client_context(cafile=pki.ca_file, alpn_protocols=("h2", "http/1.1"))
+def test_client_hello_and_tls_info_expose_sni_and_alpn(pki: PKI, server_tls: ServerTLS) -> None:
+    client = ClientTLS(trust=pki.ca_file, alpn=("h2", "http/1.1"))
     server, _ = recording_server(tls=server_tls)
-    link = MemLink(server, client_context=client)
+    link = MemLink(server, client=client)
     hello = link.conn.client_hello
     assert hello is not None
     assert hello.server_name == "localhost"
@@ -249,10 +266,10 @@ def test_proxy_header_then_request_in_one_buffer_on_a_plain_listener(
 @CHUNKS
 @PROXY_HEADERS
 def test_proxy_header_then_client_hello_on_a_tls_listener(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, header: bytes, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, header: bytes, chunk: int | None
 ) -> None:
     server, _ = recording_server(tls=server_tls, proxy=True, echo=True)
-    link = PrefacedLink(server, header, client_context=client_tls, chunk=chunk)
+    link = PrefacedLink(server, header, client=client_tls, chunk=chunk)
     assert link.client_info is not None
     assert link.conn.peer == SOURCE
     link.send(b"over TLS")
@@ -270,7 +287,7 @@ def test_proxy_local_command_keeps_the_socket_address() -> None:
 @CHUNKS
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_bad_proxy_header_closes_without_a_response(
-    server_tls: ssl.SSLContext, tls: bool, chunk: int | None
+    server_tls: ServerTLS, tls: bool, chunk: int | None
 ) -> None:
     server, made = recording_server(proxy=True, tls=server_tls if tls else None, echo=True)
     link = MemLink(server, chunk=chunk)
@@ -348,10 +365,10 @@ def test_a_send_the_kernel_took_nothing_of_comes_back_whole() -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_a_peer_that_stops_reading_stops_our_reading(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool
+    server_tls: ServerTLS, client_tls: ClientTLS, tls: bool
 ) -> None:
     server, made = recording_server(echo=True, tls=server_tls if tls else None, **FLOW)
-    link = MemLink(server, client_context=client_tls if tls else None, chunk=500)
+    link = MemLink(server, client=client_tls if tls else None, chunk=500)
     link.window = 0
     payload = bytes(range(256)) * 80  # 20 KiB, sent in small TLS records
     for start in range(0, len(payload), 256):
@@ -495,7 +512,7 @@ def test_calls_after_connection_lost_are_no_ops() -> None:
 
 
 def test_connection_lost_during_the_handshake_leaves_no_deadline(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, _ = recording_server(tls=server_tls)
     conn = accept(server)
@@ -507,7 +524,7 @@ def test_connection_lost_during_the_handshake_leaves_no_deadline(
 
 
 def test_handshake_timeout_aborts_an_unfinished_handshake(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, made = recording_server(tls=server_tls, handshake_timeout=10.0)
     link = MemLink(server)
@@ -521,10 +538,10 @@ def test_handshake_timeout_aborts_an_unfinished_handshake(
 
 
 def test_a_finished_handshake_is_not_cut_by_the_handshake_timeout(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, made = recording_server(tls=server_tls, handshake_timeout=10.0)
-    link = MemLink(server, client_context=client_tls)
+    link = MemLink(server, client=client_tls)
     assert link.conn.deadline is None
     link.advance(3600)
     assert not link.closed and made[0].timers == 0
@@ -558,7 +575,7 @@ def test_send_progress_pushes_the_send_timeout_back() -> None:
     assert link.take() == b"0123456789" and link.conn.deadline is None
 
 
-def test_send_timeout_covers_the_cleartext_rejection(server_tls: ssl.SSLContext) -> None:
+def test_send_timeout_covers_the_cleartext_rejection(server_tls: ServerTLS) -> None:
     server, _ = recording_server(tls=server_tls, send_timeout=30.0)
     link = MemLink(server)
     link.window = 0
@@ -700,11 +717,11 @@ def test_an_exception_in_connection_lost_is_logged_and_the_registry_still_cleane
 
 
 def test_an_exception_in_connection_made_on_tls_aborts(
-    caplog: pytest.LogCaptureFixture, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    caplog: pytest.LogCaptureFixture, server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server = make_server(lambda: Broken("connection_made"), tls=server_tls)
     with caplog.at_level(logging.ERROR, logger="spcore.connection"):
-        link = MemLink(server, client_context=client_tls)
+        link = MemLink(server, client=client_tls)
     assert link.closed and "internal error" in caplog.text
     assert link.received == b""  # the write before the failure is dropped
 
@@ -714,10 +731,10 @@ def test_an_exception_in_connection_made_on_tls_aborts(
 
 @CHUNKS
 def test_protocol_close_sends_close_notify(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, chunk: int | None
 ) -> None:
     server, _ = recording_server(tls=server_tls, echo=True, close_on=b"bye")
-    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link = MemLink(server, client=client_tls, chunk=chunk)
     link.send(b"bye")
     assert link.take() == b"bye"
     assert link.client_saw_close_notify and link.client_got_eof
@@ -729,10 +746,10 @@ def test_protocol_close_sends_close_notify(
 @CHUNKS
 @pytest.mark.parametrize("notify", [True, False], ids=["close_notify", "ragged"])
 def test_peer_eof_is_reported_clean_or_ragged(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, notify: bool, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, notify: bool, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls)
-    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link = MemLink(server, client=client_tls, chunk=chunk)
     link.send(b"data")
     link.client_close(notify=notify)
     assert made[0].data == b"data"
@@ -740,7 +757,7 @@ def test_peer_eof_is_reported_clean_or_ragged(
 
 
 def test_eof_after_the_client_hello_aborts_the_handshake(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, made = recording_server(tls=server_tls)
     link = MemLink(server)
@@ -750,9 +767,7 @@ def test_eof_after_the_client_hello_aborts_the_handshake(
 
 
 @pytest.mark.parametrize("sent", [b"", b"\x16\x03", b"\x16\x03\x01\x00\x40\x01"], ids=str)
-def test_eof_before_the_client_hello_is_complete_aborts(
-    server_tls: ssl.SSLContext, sent: bytes
-) -> None:
+def test_eof_before_the_client_hello_is_complete_aborts(server_tls: ServerTLS, sent: bytes) -> None:
     server, made = recording_server(tls=server_tls)
     link = MemLink(server)
     link.send_raw(sent)
@@ -761,10 +776,10 @@ def test_eof_before_the_client_hello_is_complete_aborts(
 
 
 def test_junk_after_close_notify_is_not_delivered(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, made = recording_server(tls=server_tls)
-    link = MemLink(server, client_context=client_tls)
+    link = MemLink(server, client=client_tls)
     assert link.client is not None
     link.client.send(b"before")
     link.client.close()
@@ -806,13 +821,13 @@ class ScriptedEngine:
 
 
 def test_application_data_after_close_notify_never_reaches_the_protocol(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     script: list[list[TLSEvent]] = [
         [ApplicationData(b"one"), CloseNotify(), ApplicationData(b"two")],
         [ApplicationData(b"three")],
     ]
-    server, made = recording_server(tls=server_tls, engine=lambda _ctx: ScriptedEngine(script))
+    server, made = recording_server(tls=server_tls, engine=lambda: ScriptedEngine(script))
     conn = accept(server)
     conn.receive_data(client_hello(client_tls), NOW)
     assert made[0].conn is conn
@@ -837,9 +852,9 @@ class Answering(ScriptedEngine):
 
 
 def test_output_the_engine_makes_by_itself_stops_reading_too(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
-    server, _ = recording_server(tls=server_tls, engine=lambda _ctx: Answering([]), **FLOW)
+    server, _ = recording_server(tls=server_tls, engine=lambda: Answering([]), **FLOW)
     conn = accept(server)
     conn.receive_data(client_hello(client_tls), NOW)
     for _ in range(100):  # a peer that floods KeyUpdate requests and reads nothing
@@ -853,7 +868,7 @@ def test_output_the_engine_makes_by_itself_stops_reading_too(
 
 @CHUNKS
 def test_the_protocol_starts_only_after_the_handshake(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, chunk: int | None
 ) -> None:
     server, made = recording_server(tls=server_tls)
     conn = accept(server)
@@ -863,7 +878,7 @@ def test_the_protocol_starts_only_after_the_handshake(
         conn.receive_data(hello[start : start + step], NOW)
         assert made[0].conn is None and conn.tls_info is None
         assert conn.state in (State.SNIFF, State.HELLO, State.HANDSHAKE)
-    link = MemLink(server, client_context=client_tls, chunk=chunk)
+    link = MemLink(server, client=client_tls, chunk=chunk)
     assert made[1].made_after_handshake is True and link.conn.state is State.OPEN
 
 
@@ -930,12 +945,15 @@ def test_connections_of_one_hub_wake_each_other() -> None:
 
 
 def test_a_failed_handshake_logs_what_the_client_offered(
-    pki: PKI, server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    pki: PKI, server_tls: ServerTLS, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = client_context(cafile=pki.ca_file, maximum_version=ssl.TLSVersion.TLSv1_2)
-    client.set_ciphers("AES128-SHA")  # a cipher the server refuses
-    client.set_alpn_protocols(["h2"])
+    client = ClientTLS(
+        trust=pki.ca_file,
+        max_version="1.2",
+        alpn=("h2",),
+        engine_options={"openssl": {"ciphers": "AES128-SHA"}},  # a cipher the server refuses
+    )
     server, _ = recording_server(tls=server_tls)
     with caplog.at_level(logging.INFO, logger="spcore.connection"):
-        MemLink(server, client_context=client)
+        MemLink(server, client=client)
     assert "the client offered up to TLS 1.2; SNI localhost; ALPN h2" in caplog.text

@@ -1,5 +1,6 @@
 """The examples in docs/ are real programs: run as scripts, they serve until Ctrl-C, and
-clients that reset or close at any moment never bring them down.
+clients that reset or close at any moment never bring them down; the TLS client of
+docs/tls-engine.md fetches a page with each engine.
 
 The blocking loop of docs/architecture.md is the code of docs/examples/blocking_loop.py.
 """
@@ -21,7 +22,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from engines import ENGINE_NAMES, skip_unavailable
 from netkit import rst_close
+
+from spcore.conformance.apps import suite_app
+from spcore.conformance.harness import PKI, Serve
+from spcore.drivers import DRIVERS
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 EXAMPLES = DOCS / "examples"
@@ -196,3 +202,22 @@ def test_the_tunnel_example_puts_https_in_front_of_a_plain_server(tmp_path: path
         ]
         rude_clients(port, tls_client)
         assert curl(url + "/after")[0] == "hello from a plain HTTP server, path /after"
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_the_tls_engine_example_fetches_a_page(
+    pki: PKI, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/examples/tls_client.py, shown in docs/tls-engine.md, against a running server."""
+    skip_unavailable(engine)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    tls_client_example = pytest.importorskip("tls_client")
+    source = inspect.getsource(tls_client_example.fetch)
+    assert source in (DOCS / "tls-engine.md").read_text()
+    serve = Serve(DRIVERS["selectors"].load(), pki)
+    try:
+        with serve(suite_app, transport="tls1.3") as served:
+            page = tls_client_example.fetch("127.0.0.1", served.port, str(pki.ca_file), engine)
+    finally:
+        sys.modules.pop("tls_client", None)
+    assert page.startswith(b"HTTP/1.1 200 ") and b"/" in page

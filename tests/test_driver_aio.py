@@ -31,6 +31,7 @@ from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
 from spcore.server import Listener, Server
 from spcore.stream import DeferredSession, Session, Sessions, StreamHandler, StreamProtocol
+from spcore.tls import ServerTLS
 
 TIMEOUT = 10.0  # the bound on every wait; tests normally take a fraction of it
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -58,7 +59,7 @@ def serving(
     loop: LoopName,
     *,
     limits: Limits | None = None,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     send_buffer: int | None = None,
 ) -> Iterator[Running]:
     """Run the driver on a thread; stop it and join the thread on the way out.
@@ -212,11 +213,11 @@ def test_plain_request_and_keep_alive(loop: LoopName) -> None:
 
 
 def test_tls_request_and_keep_alive(
-    loop: LoopName, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    loop: LoopName, server_tls: ServerTLS, stdlib_client: ssl.SSLContext
 ) -> None:
     with serving(http_app(hello), loop, tls=server_tls) as running:
         client = http.client.HTTPSConnection(
-            "localhost", running.port, timeout=TIMEOUT, context=client_tls
+            "localhost", running.port, timeout=TIMEOUT, context=stdlib_client
         )
         for path in ("/a", "/b"):
             client.request("GET", path)
@@ -237,11 +238,11 @@ def echo(request: Request) -> Response:
 
 @pytest.mark.parametrize("use_tls", [False, True], ids=["plain", "tls"])
 def test_ten_megabyte_echo_is_intact(
-    loop: LoopName, use_tls: bool, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    loop: LoopName, use_tls: bool, server_tls: ServerTLS, stdlib_client: ssl.SSLContext
 ) -> None:
     body = random.Random(7).randbytes(10 * 1024 * 1024)
     with serving(http_app(echo), loop, tls=server_tls if use_tls else None) as running:
-        sock = connect(running.port, client_tls if use_tls else None)
+        sock = connect(running.port, stdlib_client if use_tls else None)
         head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
         received = exchange(sock, head.encode() + body, response_complete)
         sock.close()
@@ -625,9 +626,11 @@ def test_a_client_arriving_as_the_stop_comes_is_refused_not_left_hanging(
 ) -> None:
     with serving(http_app(hello), loop) as running:
         wait_for(lambda: running.driver._loop is not None, "the loop", TIMEOUT)
-        running.driver._loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is busy...
+        busy = threading.Event()
+        running.driver._loop.call_soon_threadsafe(busy.wait, TIMEOUT)  # the loop is busy...
         client = connect(running.port)  # ...while a client arrives
         running.driver.stop()  # and the stop: both are seen in the same pass
+        busy.set()  # however long this thread took to get here
         client.settimeout(2.0)
         with contextlib.suppress(ConnectionResetError):  # refused from the backlog: a reset
             assert client.recv(1) == b""  # refused at once, not left until garbage collection

@@ -280,7 +280,7 @@ def test_stop_leaves_no_operation_and_closes_everything() -> None:
         link = next(iter(driver.links.values()))
     assert driver._ops == {}
     assert driver._ring is not None and driver._ring.closed
-    assert driver._eventfd == -1
+    assert driver._waker is not None and driver._waker.reader.fileno() == -1
     assert link.sock.fileno() == -1
     assert all(bound.sock.fileno() == -1 for bound in driver.bound)
     assert idle.recv(10) == b""  # the idle connection was closed by the shutdown

@@ -12,7 +12,6 @@ import email.utils
 import itertools
 import logging
 import re
-import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
+from spcore.tls import ClientTLS, ServerTLS
 
 # --- a parsing client ---------------------------------------------------------------------------
 
@@ -188,15 +188,11 @@ Connect = Callable[..., MemLink]
 
 
 @pytest.fixture(scope="module")
-def tls_contexts(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
-) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_contexts(server_tls: ServerTLS, client_tls: ClientTLS) -> tuple[ServerTLS, ClientTLS]:
     return server_tls, client_tls
 
 
-def _connector(
-    transport: Transport, contexts: tuple[ssl.SSLContext, ssl.SSLContext], codec: str
-) -> Connect:
+def _connector(transport: Transport, contexts: tuple[ServerTLS, ClientTLS], codec: str) -> Connect:
     def connect(
         app: Callable[[Request], Response | None],
         *,
@@ -208,7 +204,7 @@ def _connector(
         server = http_server(app, tls=tls, http=codec, **limits)
         return MemLink(
             server,
-            client_context=contexts[1] if transport.tls else None,
+            client=contexts[1] if transport.tls else None,
             chunk=transport.chunk if chunk == "transport" else chunk,  # type: ignore[arg-type]
             run_jobs=run_jobs,
         )
@@ -548,12 +544,12 @@ class TestResponseBodies:
 
 
 def test_a_handshake_larger_than_the_high_water_mark_completes(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, http_codec: str
+    server_tls: ServerTLS, client_tls: ClientTLS, http_codec: str
 ) -> None:
     server = http_server(
         hello, tls=server_tls, http=http_codec, write_high_water=100, write_low_water=0
     )
-    link = MemLink(server, client_context=client_tls)  # the certificate alone is over 100 bytes
+    link = MemLink(server, client=client_tls)  # the certificate alone is over 100 bytes
     link.send(request())
     assert parse_one(link.take()).body == b"GET /"
     assert not link.closed

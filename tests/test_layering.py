@@ -17,6 +17,8 @@ EXAMPLES = ROOT / "docs" / "examples"
 #: The core's edges, where the sans-IO rule stops, and why.
 EDGES = {
     "cli.py": "the program: signals, the clock that dates the development certificate",
+    "cli_tls.py": "the program's TLS options: writes ticket key files, and runs the thread "
+    "that watches the TLS files which rotate while serving",
     "certs.py": "writes and locks certificate files (the time is an argument)",
     "__main__.py": "python -m spcore",
     "supervisor.py": "the program's worker processes: starts, signals and restarts them",
@@ -41,7 +43,17 @@ IO_MODULES = frozenset(
     }
 )
 #: Where the core may still import one of them, and what for.
-IO_EXCEPTIONS = {("tls/context.py", "os"): "os.fspath of certificate paths"}
+IO_EXCEPTIONS = {
+    ("tls/context.py", "os"): "os.fspath of certificate paths",
+    ("tls/config.py", "os"): "os.fspath of the configuration's file names (their files are "
+    "read when a listener's state is built, never per connection)",
+    ("tls/openssl_context.py", "os"): "PEM given in memory reaches ssl's load_cert_chain, which "
+    "only reads files, through an anonymous memory file (when a state is built)",
+    ("tls/gnutls/_lib.py", "threading"): "a lock, so that libgnutls is loaded once whichever "
+    "thread builds the first state (a reload runs on the file watcher's); it starts no thread",
+    ("tls/gnutls/session.py", "threading"): "a record-sized read buffer per thread (each "
+    "driver's loop thread runs its engines); it starts no thread",
+}
 #: Calls that read a clock.
 CLOCK_CALLS = frozenset({"now", "utcnow", "today", "monotonic", "perf_counter", "time"})
 
@@ -177,6 +189,10 @@ def test_the_exceptions_are_still_needed() -> None:
     assert (DRIVERS / "proactor.py").read_text().count("time.monotonic() + DRAIN_TIMEOUT") == 1
     assert "time.monotonic() + timeout" in (DRIVERS / "uring" / "ring.py").read_text()
     assert "os.fspath" in (CORE / "tls" / "context.py").read_text()
+    assert "os.fspath" in (CORE / "tls" / "config.py").read_text()
+    assert "os.memfd_create" in (CORE / "tls" / "openssl_context.py").read_text()
+    assert "threading.Lock()" in (CORE / "tls" / "gnutls" / "_lib.py").read_text()
+    assert "threading.local()" in (CORE / "tls" / "gnutls" / "session.py").read_text()
 
 
 # -- no import circle ----------------------------------------------------------------------------

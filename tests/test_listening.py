@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import PKI
 from netkit import Echo
 
 from spcore import Listener, Server
@@ -28,6 +29,7 @@ from spcore.drivers.listening import (
     reuse_port_option,
 )
 from spcore.stream import StreamProtocol
+from spcore.tls import Certificate, ServerTLS
 
 needs_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX here")
 needs_reuse_port = pytest.mark.skipif(
@@ -105,6 +107,26 @@ def test_a_group_shares_one_port_and_the_kernel_spreads_connections() -> None:
         finally:
             for client in clients:
                 client.close()
+    finally:
+        for sock in group:
+            sock.close()
+
+
+@needs_reuse_port
+def test_a_group_is_bound_without_building_its_listeners_tls_again(
+    pki: PKI, tmp_path: pathlib.Path
+) -> None:
+    """The listener's TLS state is built once, when it is made: binding reads no TLS file
+    (here they are gone by then, so building the state again would fail)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(pki.server.certfile.read_bytes())
+    key.write_bytes(pki.server.keyfile.read_bytes())
+    tls = listener(host="127.0.0.1", port=0, tls=ServerTLS(Certificate(cert, key)))
+    cert.unlink()
+    key.unlink()
+    group = bind_group(tls, 2, 8)
+    try:
+        assert len({sock.getsockname()[1] for sock in group}) == 1
     finally:
         for sock in group:
             sock.close()

@@ -5,7 +5,6 @@ SNI and verification), through the lifecycle's client path."""
 from __future__ import annotations
 
 import logging
-import ssl
 
 import pytest
 from conftest import PKI
@@ -21,8 +20,8 @@ from spcore.listeners import stream_listener
 from spcore.remote import Remote
 from spcore.server import Listener, Server
 from spcore.stream import StreamHandler
-from spcore.tls import client_context
-from spcore.tls.engine import TLSError
+from spcore.tls.config import ClientTLS, ServerTLS
+from spcore.tls.engine import ClientState, Feature, ServerState, TLSEngine, TLSError
 
 BACKEND = ("127.0.0.1", 7000)
 HOLE = ("127.0.0.1", 7001)
@@ -126,12 +125,28 @@ def test_a_connection_closed_before_the_driver_connected_it_costs_no_socket() ->
 def test_an_outbound_connection_whose_stack_cannot_be_built_ends_without_a_connect(
     pki: PKI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(context: ssl.SSLContext, name: str | None) -> object:
-        raise RuntimeError("no engine today")
+    class Broken:
+        """A client state whose engines cannot be made."""
+
+        def new_engine(self, server_name: str | None = None, resume: object = None) -> TLSEngine:
+            raise RuntimeError("no engine today")
+
+    class Factory:
+        name = "broken"
+        features: frozenset[Feature] = frozenset()
+
+        def library_version(self) -> str:
+            return "none"
+
+        def server(self, config: ServerTLS) -> ServerState:
+            raise NotImplementedError
+
+        def client(self, config: ClientTLS) -> ClientState:
+            return Broken()
 
     net = MemNet()
     server = net.add(client_server())
-    remote = Remote(*BACKEND, tls=client_context(cafile=pki.ca_file), engine=broken)  # type: ignore[arg-type]
+    remote = Remote(*BACKEND, tls=ClientTLS(trust=pki.ca_file), tls_engine=Factory())
     probe = Recorder()
     with caplog.at_level(logging.ERROR):
         server.open_connection(remote, probe)
@@ -173,7 +188,7 @@ def test_only_its_timer_is_told_while_connecting() -> None:
 
 
 def test_the_lifecycle_of_a_connect_is_connecting_then_handshake_then_open(
-    pki: PKI, server_tls: ssl.SSLContext
+    pki: PKI, server_tls: ServerTLS
 ) -> None:
     net = MemNet()
     backend = Server([stream_listener(Echo, tls=server_tls)])
@@ -187,7 +202,7 @@ def test_the_lifecycle_of_a_connect_is_connecting_then_handshake_then_open(
             super().connection_made(conn, now)
 
     probe = Watch()
-    remote = Remote(*BACKEND, tls=client_context(cafile=pki.ca_file), server_name="localhost")
+    remote = Remote(*BACKEND, tls=ClientTLS(trust=pki.ca_file, server_name="localhost"))
     conn = server.open_connection(remote, probe)
     states.append(conn.state)
     net.pump()
@@ -205,7 +220,7 @@ def test_send_first_goes_out_before_the_client_hello(pki: PKI) -> None:
     net = MemNet()
     backends = net.serve(BACKEND)
     server = net.add(client_server())
-    remote = Remote(*BACKEND, tls=client_context(cafile=pki.ca_file), server_name="localhost")
+    remote = Remote(*BACKEND, tls=ClientTLS(trust=pki.ca_file, server_name="localhost"))
     server.open_connection(remote, Recorder(), send_first=b"PROXY UNKNOWN\r\n")
     net.pump()
     (backend,) = backends
@@ -218,15 +233,14 @@ def test_send_first_goes_out_before_the_client_hello(pki: PKI) -> None:
     [("wrong.test", "Hostname mismatch"), ("localhost", "unable to get local issuer")],
 )
 def test_a_server_certificate_that_does_not_verify_fails_the_connection(
-    pki: PKI, server_tls: ssl.SSLContext, name: str, reason: str
+    pki: PKI, server_tls: ServerTLS, name: str, reason: str
 ) -> None:
     net = MemNet()
     net.add(Server([stream_listener(Echo, tls=server_tls)]), BACKEND)
     server = net.add(client_server())
     ca_file = pki.ca_file if name == "wrong.test" else pki.rogue_ca_file
-    trust = client_context(cafile=ca_file)
     probe = Recorder()
-    server.open_connection(Remote(*BACKEND, tls=trust, server_name=name), probe)
+    server.open_connection(Remote(*BACKEND, tls=ClientTLS(trust=ca_file, server_name=name)), probe)
     net.pump()
     (error,) = probe.lost
     assert probe.conn is None and isinstance(error, TLSError)
@@ -257,13 +271,13 @@ def test_a_half_close_ends_our_side_after_what_was_written_and_input_goes_on() -
 
 
 def test_a_half_close_over_tls_sends_close_notify_and_reads_on(
-    pki: PKI, server_tls: ssl.SSLContext
+    pki: PKI, server_tls: ServerTLS
 ) -> None:
     net = MemNet()
     backends = net.serve(BACKEND, tls=server_tls)
     server = net.add(client_server())
     probe = Recorder()
-    remote = Remote(*BACKEND, tls=client_context(cafile=pki.ca_file), server_name="localhost")
+    remote = Remote(*BACKEND, tls=ClientTLS(trust=pki.ca_file, server_name="localhost"))
     conn = server.open_connection(remote, probe)
     net.pump()
     (backend,) = backends
@@ -279,15 +293,15 @@ def test_a_half_close_over_tls_sends_close_notify_and_reads_on(
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_a_half_close_asked_for_while_connecting_happens_once_open(
-    pki: PKI, server_tls: ssl.SSLContext, tls: bool
+    pki: PKI, server_tls: ServerTLS, tls: bool
 ) -> None:
     """A tunnel's client may send its last bytes and its FIN before the backend connected."""
     net = MemNet()
     backends = net.serve(BACKEND, tls=server_tls if tls else None)
     net.black_hole(BACKEND)
     server = net.add(client_server())
-    trust = client_context(cafile=pki.ca_file) if tls else None
-    conn = server.open_connection(Remote(*BACKEND, tls=trust, server_name="localhost"), Recorder())
+    trust = ClientTLS(trust=pki.ca_file, server_name="localhost") if tls else None
+    conn = server.open_connection(Remote(*BACKEND, tls=trust), Recorder())
     conn.write(b"all of it")
     conn.write_eof()
     net.pump()

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spcore.errors import RemoteProtocolError
+from spcore.tls.alerts import Alert
 from spcore.tls.records import (
     MAX_CLIENT_HELLO,
     MAX_RECORD_PAYLOAD,
-    AlertDescription,
     ClientHello,
     ClientHelloReader,
     RecordError,
@@ -94,7 +94,7 @@ def _parse(data: bytes) -> ClientHello | None:
     return ClientHelloReader().feed(data)
 
 
-def _alert_of(data: bytes) -> AlertDescription:
+def _alert_of(data: bytes) -> Alert:
     with pytest.raises(RecordError) as info:
         _parse(data)
     return info.value.alert
@@ -276,12 +276,12 @@ def test_alpn_names_are_decoded_as_latin1() -> None:
     ids=["application-data", "alert", "ccs", "plain-http"],
 )
 def test_non_handshake_first_record_is_unexpected(wire: bytes) -> None:
-    assert _alert_of(wire) == AlertDescription.UNEXPECTED_MESSAGE
+    assert _alert_of(wire) == Alert.UNEXPECTED_MESSAGE
 
 
 def test_oversized_record_is_refused_from_its_header_alone() -> None:
     header = struct.pack("!BHH", 22, 0x0301, MAX_RECORD_PAYLOAD + 1)
-    assert _alert_of(header) == AlertDescription.RECORD_OVERFLOW
+    assert _alert_of(header) == Alert.RECORD_OVERFLOW
 
 
 def test_record_of_the_maximum_size_is_waited_for() -> None:
@@ -290,18 +290,21 @@ def test_record_of_the_maximum_size_is_waited_for() -> None:
 
 
 def test_zero_length_handshake_record_is_unexpected() -> None:
-    assert _alert_of(_record(b"") + TLS13) == AlertDescription.UNEXPECTED_MESSAGE
+    assert _alert_of(_record(b"") + TLS13) == Alert.UNEXPECTED_MESSAGE
 
 
 @pytest.mark.parametrize("msg_type", [0, 2, 11, 20])
 def test_other_handshake_messages_are_unexpected(msg_type: int) -> None:
     message = _hello_message(msg_type=msg_type)
-    assert _alert_of(_record(message[:4])) == AlertDescription.UNEXPECTED_MESSAGE
+    assert _alert_of(_record(message[:4])) == Alert.UNEXPECTED_MESSAGE
 
 
-def test_oversized_client_hello_is_refused_from_its_header_alone() -> None:
-    header = b"\x01" + (MAX_CLIENT_HELLO + 1).to_bytes(3, "big")
-    assert _alert_of(_record(header)) == AlertDescription.ILLEGAL_PARAMETER
+def test_an_oversized_client_hello_is_left_to_the_engine_from_its_header_alone() -> None:
+    """The engine's own limit and alert apply (OpenSSL and GnuTLS take up to 128 KiB)."""
+    header = b"\x01" + (MAX_CLIENT_HELLO + 1).to_bytes(3, "big") + b"\x03\x03"
+    hello = _parse(_record(header))
+    assert hello is not None and not hello.read
+    assert hello.legacy_version == 0x0303 and hello.server_name is None
 
 
 def test_client_hello_of_the_maximum_size_is_waited_for() -> None:
@@ -311,35 +314,38 @@ def test_client_hello_of_the_maximum_size_is_waited_for() -> None:
 
 @pytest.mark.parametrize("version", [0x0201, 0x0002, 0x0403, 0xFEFD])
 def test_record_version_without_major_3_is_refused(version: int) -> None:
-    assert _alert_of(_fragment(_message(TLS13), 600, version)) == AlertDescription.PROTOCOL_VERSION
+    assert _alert_of(_fragment(_message(TLS13), 600, version)) == Alert.PROTOCOL_VERSION
 
 
 def test_record_version_checked_on_every_fragment() -> None:
     message = _message(TLS13)
     wire = _record(message[:100]) + _record(message[100:], version=0x0101)
-    assert _alert_of(wire) == AlertDescription.PROTOCOL_VERSION
+    assert _alert_of(wire) == Alert.PROTOCOL_VERSION
 
 
-def test_hello_legacy_version_without_major_3_is_refused() -> None:
-    wire = _record(_hello_message(legacy_version=0x0200))
-    assert _alert_of(wire) == AlertDescription.PROTOCOL_VERSION
+@pytest.mark.parametrize("legacy_version", [0x0200, 0x0400, 0xFFFF])
+def test_any_legacy_version_is_read_for_the_engine_to_negotiate(legacy_version: int) -> None:
+    """RFC 8446 4.1.2 / RFC 5246 Appendix E: version tolerance is the engine's business."""
+    hello = _parse(_record(_hello_message(_sni((0, b"a.test")), legacy_version=legacy_version)))
+    assert hello is not None and hello.read
+    assert hello.legacy_version == legacy_version and hello.server_name == "a.test"
 
 
 def test_sslv2_style_hello_is_refused() -> None:
     # 2-byte SSLv2 header (top bit set), MSG_CLIENT-HELLO, version 3.1, then lengths and data.
     body = b"\x01\x03\x01\x00\x03\x00\x00\x00\x10" + b"\x00\x00\x2f" + bytes(16)
     wire = struct.pack("!H", 0x8000 | len(body)) + body
-    assert _alert_of(wire[:5]) == AlertDescription.PROTOCOL_VERSION
+    assert _alert_of(wire[:5]) == Alert.PROTOCOL_VERSION
 
 
 def test_non_handshake_record_inside_a_fragmented_hello_is_unexpected() -> None:
     message = _message(TLS13)
     wire = _record(message[:50]) + _record(b"\x01", content_type=20) + _record(message[50:])
-    assert _alert_of(wire) == AlertDescription.UNEXPECTED_MESSAGE
+    assert _alert_of(wire) == Alert.UNEXPECTED_MESSAGE
 
 
 def test_data_after_the_hello_in_its_record_is_unexpected() -> None:
-    assert _alert_of(_record(_message(TLS13) + b"\x00")) == AlertDescription.UNEXPECTED_MESSAGE
+    assert _alert_of(_record(_message(TLS13) + b"\x00")) == Alert.UNEXPECTED_MESSAGE
 
 
 @pytest.mark.parametrize(
@@ -380,14 +386,14 @@ def test_data_after_the_hello_in_its_record_is_unexpected() -> None:
     ],
 )
 def test_malformed_hello_is_a_decode_error(message: bytes) -> None:
-    assert _alert_of(_record(message)) == AlertDescription.DECODE_ERROR
+    assert _alert_of(_record(message)) == Alert.DECODE_ERROR
 
 
 def test_hello_whose_length_exceeds_its_fields_is_a_decode_error() -> None:
     message = _hello_message(_alpn(b"h2"))
     body = message[4:] + b"\x00"
     wire = _record(b"\x01" + len(body).to_bytes(3, "big") + body)
-    assert _alert_of(wire) == AlertDescription.DECODE_ERROR
+    assert _alert_of(wire) == Alert.DECODE_ERROR
 
 
 @pytest.mark.parametrize(
@@ -403,7 +409,7 @@ def test_hello_whose_length_exceeds_its_fields_is_a_decode_error() -> None:
     ids=["dup-alpn", "dup-unknown", "two-host-names", "non-ascii", "crlf", "nul"],
 )
 def test_illegal_parameters(extensions: bytes) -> None:
-    assert _alert_of(_record(_hello_message(extensions))) == AlertDescription.ILLEGAL_PARAMETER
+    assert _alert_of(_record(_hello_message(extensions))) == Alert.ILLEGAL_PARAMETER
 
 
 def test_record_error_is_a_remote_protocol_error() -> None:
@@ -416,13 +422,13 @@ def test_record_error_is_a_remote_protocol_error() -> None:
 
 
 def test_alert_record_layout() -> None:
-    assert alert_record(AlertDescription.HANDSHAKE_FAILURE) == b"\x15\x03\x03\x00\x02\x02\x28"
-    assert alert_record(AlertDescription.DECODE_ERROR, version=0x0301)[1:3] == b"\x03\x01"
+    assert alert_record(Alert.HANDSHAKE_FAILURE) == b"\x15\x03\x03\x00\x02\x02\x28"
+    assert alert_record(Alert.DECODE_ERROR, version=0x0301)[1:3] == b"\x03\x01"
 
 
 def test_openssl_client_understands_our_alert() -> None:
     client, incoming, _ = tls_client()
-    incoming.write(alert_record(AlertDescription.UNRECOGNIZED_NAME))
+    incoming.write(alert_record(Alert.UNRECOGNIZED_NAME))
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         client.do_handshake()
 
@@ -433,7 +439,7 @@ _MUTATIONS = mutation_lists(2**17, blob_size=4, count=4)
 _FUZZ_BASES = [*REAL_HELLOS, *(_fragment(_message(TLS13), size) for size in (1, 9, 200))]
 
 
-def _outcome(chunks: list[bytes]) -> ClientHello | AlertDescription | None:
+def _outcome(chunks: list[bytes]) -> ClientHello | Alert | None:
     """Feed the chunks (stopping at the first answer); any exception but RecordError fails."""
     reader = ClientHelloReader()
     try:
@@ -442,7 +448,7 @@ def _outcome(chunks: list[bytes]) -> ClientHello | AlertDescription | None:
             if hello is not None:
                 return hello
     except RecordError as exc:
-        assert isinstance(exc.alert, AlertDescription)
+        assert isinstance(exc.alert, Alert)
         return exc.alert
     return None
 

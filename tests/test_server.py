@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import ssl
+from typing import Any
 
 import pytest
+from engines import ENGINE_NAMES, skip_unavailable
 from memlink import LOCAL, PEER, ByHand, MemLink
 
 from spcore.actions import (
@@ -24,7 +25,9 @@ from spcore.http.dates import DateCache
 from spcore.listeners import stream_listener
 from spcore.server import Listener, Server, ServerAction
 from spcore.stream import Session, StreamHandler, StreamProtocol
+from spcore.tls import ClientTLS, ServerTLS
 from spcore.tls.openssl import OpenSSLEngine
+from spcore.tls.openssl_context import OPENSSL
 
 NOW = 1000.0
 WALL = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
@@ -43,7 +46,7 @@ class Echo(StreamHandler):
 
 
 def echo_server(
-    *, tls: ssl.SSLContext | None = None, blocking: bool = False, **limits: float
+    *, tls: ServerTLS | None = None, blocking: bool = False, **limits: float
 ) -> tuple[Server, list[int]]:
     closed: list[int] = []
     listener = Listener(lambda: StreamProtocol(Echo(closed, blocking=blocking)), tls=tls)
@@ -71,16 +74,37 @@ def test_a_server_needs_a_listener() -> None:
         Server([])
 
 
-def test_listener_builds_the_engine_it_is_given(server_tls: ssl.SSLContext) -> None:
+@pytest.mark.parametrize("name", ENGINE_NAMES)
+def test_listener_builds_its_engine_state_once(server_tls: ServerTLS, name: str) -> None:
     assert Listener(StreamProtocol).new_engine() is None  # type: ignore[arg-type]
-    assert isinstance(Listener(StreamProtocol, tls=server_tls).new_engine(), OpenSSLEngine)  # type: ignore[arg-type]
-    seen: list[ssl.SSLContext] = []
+    listener = Listener(StreamProtocol, tls=server_tls, tls_engine=skip_unavailable(name))  # type: ignore[arg-type]
+    assert listener.tls_context is not None and listener.tls_context.factory.name == name
+    state = listener.tls_context.state
+    first, second = listener.new_engine(), listener.new_engine()
+    assert first is not None and second is not None and first is not second
+    assert listener.tls_context.state is state  # one state for every connection
 
-    def engine(ctx: ssl.SSLContext) -> OpenSSLEngine:
-        seen.append(ctx)
-        return OpenSSLEngine(ctx, server_side=True)
 
-    Listener(StreamProtocol, tls=server_tls, engine=engine).new_engine()  # type: ignore[arg-type]
+def test_listener_takes_a_third_party_engine_factory(server_tls: ServerTLS) -> None:
+    seen: list[ServerTLS] = []
+
+    class Factory:
+        name = "theirs"
+        features: frozenset[Any] = frozenset()
+
+        def library_version(self) -> str:
+            return "theirs 1.0"
+
+        def server(self, config: ServerTLS) -> Any:
+            seen.append(config)
+            return OPENSSL.server(config)
+
+        def client(self, config: Any) -> Any:
+            raise NotImplementedError
+
+    listener = Listener(StreamProtocol, tls=server_tls, tls_engine=Factory())  # type: ignore[arg-type]
+    assert isinstance(listener.new_engine(), OpenSSLEngine)
+    assert isinstance(listener.new_engine(), OpenSSLEngine)
     assert seen == [server_tls]
 
 
@@ -157,7 +181,7 @@ def test_shutdown_closes_idle_sessions_gracefully() -> None:
 
 
 def test_shutdown_cuts_unfinished_handshakes_at_once(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     server, _ = echo_server(tls=server_tls)
     link = MemLink(server)
@@ -327,7 +351,7 @@ def test_a_call_that_raises_is_logged_and_goes_no_further(
 
 
 def test_stats_count_connections_handshakes_errors_and_bytes(
-    monkeypatch: pytest.MonkeyPatch, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+    monkeypatch: pytest.MonkeyPatch, server_tls: ServerTLS, client_tls: ClientTLS
 ) -> None:
     fed = 0
     receive = Connection.receive_data
@@ -340,7 +364,7 @@ def test_stats_count_connections_handshakes_errors_and_bytes(
     monkeypatch.setattr(Connection, "receive_data", counting)
     server, _ = echo_server(tls=server_tls, handshake_timeout=10.0)
     stats = server.stats
-    good = [MemLink(server, client_context=client_tls) for _ in range(2)]
+    good = [MemLink(server, client=client_tls) for _ in range(2)]
     assert (stats.connections_total, stats.connections_open, stats.handshakes) == (2, 2, 2)
     good[0].send(b"hello\n")
     assert good[0].take() == b"hello\r\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable
 
 import pytest
@@ -25,6 +24,7 @@ from spcore.framing import (
 from spcore.listeners import stream_listener
 from spcore.server import Listener, Server
 from spcore.stream import DeferredSession, Session, Sessions, StreamHandler, StreamProtocol
+from spcore.tls import ClientTLS, ServerTLS
 
 NOW = 1000.0
 CHUNKS = pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytewise"])
@@ -91,7 +91,7 @@ class Journal(StreamHandler):
 def serve(
     events: list[Event],
     *,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTLS | None = None,
     framing: Callable[[], Framing] = LineFraming,
     blocking: bool = False,
     idle_timeout: float | None = None,
@@ -168,11 +168,11 @@ def test_echo_with_raw_framing_keeps_the_bytes(chunk: int | None) -> None:
 @CHUNKS
 @TLS
 def test_line_echo_like_spserver(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, tls: bool, chunk: int | None
 ) -> None:
     events: list[Event] = []
     server = serve(events, tls=server_tls if tls else None)
-    link = MemLink(server, client_context=client_tls if tls else None, chunk=chunk)
+    link = MemLink(server, client=client_tls if tls else None, chunk=chunk)
     assert of(events, "start") == [link.conn.id]
     link.send(b"first\r\nsecond\n")
     assert link.take() == b"first\r\nsecond\r\n"
@@ -185,11 +185,11 @@ def test_line_echo_like_spserver(
 @CHUNKS
 @TLS
 def test_close_after_reply_flushes_then_ends(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, tls: bool, chunk: int | None
 ) -> None:
     events: list[Event] = []
     server = serve(events, tls=server_tls if tls else None)
-    link = MemLink(server, client_context=client_tls if tls else None, chunk=chunk)
+    link = MemLink(server, client=client_tls if tls else None, chunk=chunk)
     link.send(b"QUIT\nignored after quit\n")
     assert link.take() == b"BYE\r\n"
     assert link.client_got_eof and not link.closed
@@ -206,11 +206,11 @@ def test_close_after_reply_flushes_then_ends(
 @TLS
 @pytest.mark.parametrize("include_self", [False, True], ids=["others", "everyone"])
 def test_broadcast_reaches_the_other_sessions(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool, include_self: bool
+    server_tls: ServerTLS, client_tls: ClientTLS, tls: bool, include_self: bool
 ) -> None:
     events: list[Event] = []
     server = serve(events, tls=server_tls if tls else None)
-    a, b, c = (MemLink(server, client_context=client_tls if tls else None) for _ in range(3))
+    a, b, c = (MemLink(server, client=client_tls if tls else None) for _ in range(3))
     a.send(b"EVERYONE hi\n" if include_self else b"ALL hi\n")
     assert b.take() == b"hi\r\n" and c.take() == b"hi\r\n"
     if include_self:
@@ -308,11 +308,11 @@ def test_a_timeout_handler_may_keep_the_connection() -> None:
 @CHUNKS
 @TLS
 def test_a_line_too_long_is_an_error_then_a_close(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, tls: bool, chunk: int | None
+    server_tls: ServerTLS, client_tls: ClientTLS, tls: bool, chunk: int | None
 ) -> None:
     events: list[Event] = []
     server = serve(events, tls=server_tls if tls else None, framing=lambda: LineFraming(16))
-    link = MemLink(server, client_context=client_tls if tls else None, chunk=chunk)
+    link = MemLink(server, client=client_tls if tls else None, chunk=chunk)
     link.send(b"short\n")
     link.send(b"x" * 40 + b"\n")
     assert of(events, "message") == [b"short"]
@@ -352,10 +352,10 @@ def test_clean_eof_between_messages_is_no_error() -> None:
 
 @pytest.mark.parametrize("notify", [True, False], ids=["close_notify", "ragged"])
 def test_ragged_tls_eof_is_reported(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, notify: bool
+    server_tls: ServerTLS, client_tls: ClientTLS, notify: bool
 ) -> None:
     events: list[Event] = []
-    link = MemLink(serve(events, tls=server_tls), client_context=client_tls)
+    link = MemLink(serve(events, tls=server_tls), client=client_tls)
     link.send(b"complete\n")
     link.client_close(notify=notify)
     errors = of(events, "error")
@@ -565,7 +565,7 @@ class Echo(StreamHandler):
         session.send(message)
 
 
-def bounded_server(framings: list[LineFraming], tls: ssl.SSLContext | None) -> Server:
+def bounded_server(framings: list[LineFraming], tls: ServerTLS | None) -> Server:
     listener = stream_listener(lambda: Echo(framings), tls=tls)
     return Server([listener], Limits(**LIMITS))  # type: ignore[arg-type]
 
@@ -581,7 +581,7 @@ def check_bounded(framings: list[LineFraming], server: Server) -> None:
 @settings(max_examples=60, deadline=None)
 @given(steps=steps)
 def test_arbitrary_bytes_never_escape_and_memory_stays_bounded(
-    server_tls: ssl.SSLContext, tls: bool, steps: list[tuple[bytes, bool]]
+    server_tls: ServerTLS, tls: bool, steps: list[tuple[bytes, bool]]
 ) -> None:
     framings: list[LineFraming] = []
     server = bounded_server(framings, server_tls if tls else None)
@@ -605,12 +605,12 @@ def test_arbitrary_bytes_never_escape_and_memory_stays_bounded(
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=400), chunk=st.integers(1, 64), cut=st.integers(1, 200))
 def test_tls_line_echo_survives_any_plaintext_and_chunking(
-    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext, data: bytes, chunk: int, cut: int
+    server_tls: ServerTLS, client_tls: ClientTLS, data: bytes, chunk: int, cut: int
 ) -> None:
     framings: list[LineFraming] = []
     server = bounded_server(framings, server_tls)
     with no_error_logs():
-        link = MemLink(server, client_context=client_tls, chunk=chunk)
+        link = MemLink(server, client=client_tls, chunk=chunk)
         for start in range(0, len(data), cut):
             link.send(data[start : start + cut])
             check_bounded(framings, server)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import ssl
 
 import pytest
 from conftest import PKI
@@ -16,7 +15,7 @@ from spcore.config import Limits
 from spcore.preamble import ProxyHeaderReader
 from spcore.remote import Remote
 from spcore.server import Server
-from spcore.tls import client_context
+from spcore.tls.config import ClientTLS, ServerTLS
 from spcore.tunnel import Tunnel
 
 FRONT = ("127.0.0.1", 8443)
@@ -25,7 +24,7 @@ HIGH_WATER = 64 * 1024
 
 
 def tunnel_net(
-    tunnel: Tunnel, *, tls_in: ssl.SSLContext | None = None, **limits: float
+    tunnel: Tunnel, *, tls_in: ServerTLS | None = None, **limits: float
 ) -> tuple[MemNet, Server]:
     net = MemNet()
     server = Server([tunnel.listener(tls=tls_in)], Limits(**limits))  # type: ignore[arg-type]
@@ -33,14 +32,14 @@ def tunnel_net(
     return net, server
 
 
-def relay(tls_in: ssl.SSLContext | None) -> tuple[MemNet, Server, list[Endpoint]]:
+def relay(tls_in: ServerTLS | None) -> tuple[MemNet, Server, list[Endpoint]]:
     """A plain tunnel, TLS in if given, to a backend the test plays."""
     net, server = tunnel_net(Tunnel(Remote(*BACKEND)), tls_in=tls_in)
     return net, server, net.serve(BACKEND)
 
 
 def dial(net: MemNet, pki: PKI, tls: bool) -> Endpoint:
-    return net.dial(FRONT, tls=client_context(cafile=pki.ca_file) if tls else None)
+    return net.dial(FRONT, tls=ClientTLS(trust=pki.ca_file) if tls else None)
 
 
 @pytest.mark.parametrize(
@@ -48,11 +47,9 @@ def dial(net: MemNet, pki: PKI, tls: bool) -> Endpoint:
     [(True, False), (False, True), (True, True), (False, False)],
     ids=["terminate", "originate", "tls-to-tls", "plain"],
 )
-def test_bytes_go_both_ways(
-    pki: PKI, server_tls: ssl.SSLContext, tls_in: bool, tls_out: bool
-) -> None:
-    trust = client_context(cafile=pki.ca_file) if tls_out else None
-    backend = Remote(*BACKEND, tls=trust, server_name="localhost")
+def test_bytes_go_both_ways(pki: PKI, server_tls: ServerTLS, tls_in: bool, tls_out: bool) -> None:
+    trust = ClientTLS(trust=pki.ca_file, server_name="localhost") if tls_out else None
+    backend = Remote(*BACKEND, tls=trust)
     net, server = tunnel_net(Tunnel(backend), tls_in=server_tls if tls_in else None)
     backends = net.serve(BACKEND, tls=server_tls if tls_out else None)
     client = dial(net, pki, tls_in)
@@ -71,10 +68,9 @@ def test_bytes_go_both_ways(
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_the_backend_learns_the_client_from_a_proxy_header(
-    pki: PKI, server_tls: ssl.SSLContext, version: str
+    pki: PKI, server_tls: ServerTLS, version: str
 ) -> None:
-    trust = client_context(cafile=pki.ca_file)
-    backend = Remote(*BACKEND, tls=trust, server_name="localhost")
+    backend = Remote(*BACKEND, tls=ClientTLS(trust=pki.ca_file, server_name="localhost"))
     net, _ = tunnel_net(Tunnel(backend, proxy_header=version))  # type: ignore[arg-type]
     backends = net.serve(BACKEND)  # raw: to see the header before the TLS ClientHello
     dial(net, pki, False)
@@ -92,7 +88,7 @@ def _pattern(size: int) -> bytes:
 
 @pytest.mark.parametrize("slow", ["backend", "client"])
 def test_a_slow_side_slows_the_other_and_the_tunnel_holds_little(
-    pki: PKI, server_tls: ssl.SSLContext, slow: str
+    pki: PKI, server_tls: ServerTLS, slow: str
 ) -> None:
     net, server = tunnel_net(
         Tunnel(Remote(*BACKEND)),
@@ -123,7 +119,7 @@ def test_a_slow_side_slows_the_other_and_the_tunnel_holds_little(
 
 @pytest.mark.parametrize("tls_in", [False, True], ids=["plain", "tls"])
 def test_a_half_close_is_carried_across_both_ways(
-    pki: PKI, server_tls: ssl.SSLContext, tls_in: bool
+    pki: PKI, server_tls: ServerTLS, tls_in: bool
 ) -> None:
     net, server, backends = relay(server_tls if tls_in else None)
     client = dial(net, pki, tls_in)
@@ -139,7 +135,7 @@ def test_a_half_close_is_carried_across_both_ways(
 
 
 def test_a_backend_that_is_down_closes_the_client_with_a_warning(
-    pki: PKI, server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    pki: PKI, server_tls: ServerTLS, caplog: pytest.LogCaptureFixture
 ) -> None:
     net, server = tunnel_net(Tunnel(Remote(*BACKEND)), tls_in=server_tls)
     with caplog.at_level(logging.WARNING, logger="spcore.tunnel"):
@@ -170,7 +166,7 @@ def test_a_backend_that_never_answers_times_out(pki: PKI, caplog: pytest.LogCapt
 
 @pytest.mark.parametrize("tls_in", [False, True], ids=["plain", "tls"])
 def test_a_backend_gone_mid_stream_aborts_the_client_and_the_tunnel_goes_on(
-    pki: PKI, server_tls: ssl.SSLContext, tls_in: bool
+    pki: PKI, server_tls: ServerTLS, tls_in: bool
 ) -> None:
     net, server, backends = relay(server_tls if tls_in else None)
     other = dial(net, pki, tls_in)
@@ -220,10 +216,10 @@ def test_max_connections_counts_clients_not_their_backends(pki: PKI) -> None:
 
 
 def test_a_backend_certificate_that_does_not_verify_closes_the_client(
-    pki: PKI, server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+    pki: PKI, server_tls: ServerTLS, caplog: pytest.LogCaptureFixture
 ) -> None:
-    trust = client_context(cafile=pki.ca_file)
-    net, _ = tunnel_net(Tunnel(Remote(*BACKEND, tls=trust, server_name="wrong.test")))
+    trust = ClientTLS(trust=pki.ca_file, server_name="wrong.test")
+    net, _ = tunnel_net(Tunnel(Remote(*BACKEND, tls=trust)))
     net.serve(BACKEND, tls=server_tls)
     with caplog.at_level(logging.INFO):
         client = dial(net, pki, False)

@@ -21,7 +21,7 @@ import time
 import spcore
 from spcore.actions import Close, Read, RunJobs, Send, SetTimer, ShutWrite
 from spcore.certs import dev_certificate
-from spcore.tls import server_context
+from spcore.tls import Certificate, ServerTLS
 
 
 def serve_one(listening: socket.socket, server: spcore.Server) -> None:
@@ -63,7 +63,7 @@ def hello(request: spcore.Request) -> spcore.Response:
 def main(argv: list[str]) -> None:
     port = int(argv[0]) if argv else 8443
     pair = dev_certificate(datetime.datetime.now(datetime.timezone.utc))
-    tls = server_context(pair.certfile, pair.keyfile)
+    tls = ServerTLS(Certificate(pair.certfile, pair.keyfile))
     server = spcore.Server([spcore.http_listener(hello, tls=tls)])
     server.start(time.monotonic(), time.time())
     with socket.create_server(("127.0.0.1", port)) as listening:

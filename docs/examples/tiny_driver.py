@@ -14,7 +14,6 @@ and serves the built-in app over plain HTTP until Ctrl-C when run as a script:
 
 from __future__ import annotations
 
-import contextlib
 import selectors
 import signal
 import socket
@@ -24,7 +23,7 @@ import time
 from spcore import Connection, Listener, Server
 from spcore.actions import Send
 from spcore.app import builtin_app
-from spcore.drivers.base import Bound, Driver, prepare_accepted
+from spcore.drivers.base import Bound, Driver, WakeSocket, prepare_accepted, signals_wake
 from spcore.http.protocol import HTTPProtocol
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -51,17 +50,14 @@ class TinyDriver(Driver[Link]):
         return True, "a selectors loop, one send per buffer"
 
     def __init__(self, server: Server) -> None:
-        self.wake_r, self.wake_w = socket.socketpair()  # the self-pipe that wakes select()
-        self.wake_r.setblocking(False)
-        self.wake_w.setblocking(False)
+        self.waker = WakeSocket()  # the socket pair that wakes select()
         super().__init__(server)
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self.wake_r, READ, None)
+        self.selector.register(self.waker.reader, READ, None)
         self.listening = False
 
     def wake(self) -> None:  # any thread: interrupt select()
-        with contextlib.suppress(OSError):  # a wake-up already pending, or closed
-            self.wake_w.send(b"!")
+        self.waker.wake()
 
     def run(self) -> None:
         self.server.info["driver"] = self.name
@@ -69,24 +65,27 @@ class TinyDriver(Driver[Link]):
             self.bind()
         self.server.start(time.monotonic(), time.time())
         try:
-            while self.follow(time.monotonic()):  # the calls handed over, the server's actions
-                for key, events in self.selector.select(self.wait_timeout()):
-                    now = time.monotonic()
-                    if key.data is None:
-                        self.wake_r.recv(4096)  # a wake-up: its work is done in follow()
-                    elif isinstance(key.data, Bound):
-                        self.accept(key.data, now)
-                    else:
-                        self.ready(key.data, events, now)
-                now = time.monotonic()
-                self.finish_jobs(now)
-                self.expire(now)
+            with signals_wake(self.waker.signal_fd):  # a signal on the main thread wakes it too
+                self.loop()
         finally:
             self.end(time.monotonic())
             self.close_listeners()
             self.selector.close()
-            self.wake_r.close()
-            self.wake_w.close()
+            self.waker.close()
+
+    def loop(self) -> None:
+        while self.follow(time.monotonic()):  # the calls handed over, the server's actions
+            for key, events in self.selector.select(self.wait_timeout()):
+                now = time.monotonic()
+                if key.data is None:
+                    self.waker.drain()  # a wake-up: its work is done in follow()
+                elif isinstance(key.data, Bound):
+                    self.accept(key.data, now)
+                else:
+                    self.ready(key.data, events, now)
+            now = time.monotonic()
+            self.finish_jobs(now)
+            self.expire(now)
 
     def accepting(self, on: bool) -> None:
         """Poll the listening sockets only while the server accepts."""

@@ -21,7 +21,7 @@ import threading
 import spcore
 import spcore.drivers
 from spcore.certs import dev_certificate
-from spcore.tls import server_context
+from spcore.tls import Certificate, ServerTLS
 from spcore.tunnel import Tunnel
 
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
     backend = Backend(("127.0.0.1", 0), Hello)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     pair = dev_certificate(datetime.datetime.now(datetime.timezone.utc))
-    tls = server_context(pair.certfile, pair.keyfile, alpn_protocols=("http/1.1",))
+    tls = ServerTLS(Certificate(pair.certfile, pair.keyfile))  # ALPN: http/1.1
     tunnel = Tunnel(spcore.Remote("127.0.0.1", backend.server_address[1]))
     port = int(argv[0]) if argv else 8443
     server = spcore.Server([tunnel.listener(port=port, tls=tls)])

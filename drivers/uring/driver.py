@@ -11,8 +11,9 @@ next timer; then all available CQEs are reaped and dispatched at once.
   (an iovec per buffer, the core's buffers used in place).
 * Connect: IORING_OP_CONNECT with the sockaddr kept by the operation until its completion;
   the kernel waits for the handshake and completes with 0 or -errno (-ECONNREFUSED...).
-* Wake-ups (a job finished, ``stop()``): an eventfd with a READ pending in the ring; ``wake()``
-  writes to it from any thread, and the READ is re-posted after each completion.
+* Wake-ups (a job finished, ``stop()``, a signal): a socket pair with a RECV pending in the
+  ring; ``wake()`` writes to it from any thread, a signal through ``signal.set_wakeup_fd``,
+  and the RECV is re-posted after each completion.
 * Sockets stay in blocking mode: io_uring then waits (poll) for readiness itself, whereas some
   kernels complete an operation on an O_NONBLOCK file with -EAGAIN instead.
 
@@ -28,12 +29,12 @@ import ctypes
 import itertools
 import os
 import socket
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from spcore.server import Server
 
+from ..base import WakeSocket
 from ..pinned import pin
 from ..proactor import Acceptor, Buffer, Completion, Link, Operation, ProactorBase
 from . import ring as uring
@@ -45,6 +46,8 @@ _IOV_MAX = 1024
 #: An SQE's length is 32-bit: one SEND carries at most this much, the rest follows as after
 #: a partial send.
 _MAX_SEND = 1 << 30
+#: Bytes of wake-ups taken per RECV (any number ends the wait; more are read by the next).
+_WAKE_READ = 64
 #: user_data of cancel requests: their own completions carry nothing to dispatch.
 _CANCEL_KEY = 0
 
@@ -65,43 +68,42 @@ class UringDriver(ProactorBase):
         super().__init__(server)
         self._ring: uring.Ring | None = None
         self._multishot = uring.supports_multishot_accept()
-        self._eventfd = -1
-        # wake() must never write to a closed (and maybe reused) fd. Re-entrant: a signal
-        # handler calling stop() may interrupt the loop thread while it holds the lock.
-        self._eventfd_lock = threading.RLock()
-        self._wake_buffer = ctypes.c_uint64()
+        self._waker: WakeSocket | None = None
+        self._wake_buffer = ctypes.create_string_buffer(_WAKE_READ)
 
     # -- resources ------------------------------------------------------------------------------
 
     def _open(self) -> None:
         self._ring = uring.Ring(self.ring_entries)
-        with self._eventfd_lock:
-            self._eventfd = os.eventfd(0, os.EFD_CLOEXEC)  # blocking: see the module docstring
+        self._waker = WakeSocket(blocking_reader=True)  # blocking: see the module docstring
         for bound in self.bound:
             bound.sock.setblocking(True)
         self._post_wake()
         self.server.info["uring"] = {"multishot_accept": self._multishot}
 
     def _close_resources(self) -> None:
-        with self._eventfd_lock:
-            fd, self._eventfd = self._eventfd, -1
-            if fd >= 0:
-                os.close(fd)
+        if self._waker is not None:
+            self._waker.close()
         if self._ring is not None:
             self._ring.close()
 
     def wake(self) -> None:
-        with self._eventfd_lock:
-            if self._eventfd >= 0:
-                os.eventfd_write(self._eventfd, 1)
+        if self._waker is not None:
+            self._waker.wake()
 
     def _post_wake(self) -> None:
         ring = self._ring
         assert ring is not None
         op = Operation("wake", None, self._woke, next(self._keys))
-        ring.read(self._eventfd, ctypes.addressof(self._wake_buffer), 8, op.key)
+        assert self._waker is not None
+        ring.recv(
+            self._waker.reader.fileno(), ctypes.addressof(self._wake_buffer), _WAKE_READ, op.key
+        )
         op.keep = self._wake_buffer
         self._register(op)
+
+    def _signal_fd(self) -> int | None:
+        return None if self._waker is None else self._waker.signal_fd
 
     def _woke(self, op: Operation[None], result: int, now: float) -> None:
         if not self._closing:  # the loop looks at jobs and stop requests after every wait

@@ -10,25 +10,83 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 import selectors
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
+
+import pytest
+
+from spcore.tls.alerts import Alert
+from spcore.tls.openssl import alert_received_in
 
 __all__ = [
     "Client",
     "HTTPResponse",
     "LoadResult",
+    "StdlibContext",
     "TLSVersion",
     "http_request",
     "load",
     "pattern",
+    "program",
+    "received_alert",
+    "run_program",
+    "stdlib_client_context",
 ]
 
 TLSVersion = Literal["1.2", "1.3"]
+#: The clients' TLS contexts are the standard library's.
+StdlibContext = ssl.SSLContext
+
+
+def stdlib_client_context(
+    ca_file: str | os.PathLike[str],
+    version: TLSVersion | None = None,
+    *,
+    cert: Any = None,
+    alpn: Sequence[str] = ("http/1.1",),
+) -> ssl.SSLContext:
+    """A client context trusting ``ca_file``, pinned to ``version`` when given; ``cert`` is a
+    pair with ``certfile`` and ``keyfile`` to present."""
+    ctx = ssl.create_default_context(cafile=os.fspath(ca_file))
+    if version is not None:
+        pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ctx.maximum_version = pinned
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+#: How long a command-line client may take.
+PROGRAM_TIMEOUT = 20.0
+
+
+def program(name: str) -> str:
+    """The path of a command-line client; the scenario is skipped, naming it, if missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def run_program(command: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run a client to its end with ``stdin``; its output captured."""
+    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=PROGRAM_TIMEOUT)
+
+
+def received_alert(error: BaseException) -> Alert | None:
+    """The alert a stdlib TLS client received, by its RFC name (None: no alert came)."""
+    return alert_received_in(getattr(error, "reason", None) or "")
+
 
 _PERIOD = 251
 _BLOCK = bytes(range(_PERIOD)) * (65536 // _PERIOD + 2)

@@ -1,5 +1,9 @@
 """Running a driver under test: a throwaway PKI, and ``serve()`` with its checks.
 
+The server side speaks only the neutral TLS configuration (``spcore.tls.ServerTLS``) and runs
+the TLS engine chosen for the scenario; the clients are the standard library's
+(``spcore.conformance.clients``).
+
 ``serve()`` builds a ``Server``, lets the driver bind on loopback port 0, runs ``driver.run()``
 on a background thread and, on exit, stops it gracefully. A driver that does not stop, a
 ``run()`` that raises and an error logged by spcore while serving all fail the scenario: a
@@ -14,21 +18,23 @@ import datetime
 import logging
 import pathlib
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 
-from spcore.certs import CertificateAuthority, CertPair
+import pytest
+
+from spcore.certs import CertificateAuthority, CertPair, dev_certificate
 from spcore.config import Limits
 from spcore.http.messages import App
 from spcore.listeners import http_listener, stream_listener
 from spcore.server import Listener, Server
 from spcore.stream import Sessions, StreamHandler
-from spcore.tls.context import server_context
+from spcore.tls.config import Certificate, ServerTLS
+from spcore.tls.engine import EngineFactory
 
-from .clients import Client, TLSVersion
+from .clients import Client, StdlibContext, TLSVersion, stdlib_client_context
 
 __all__ = [
     "PKI",
@@ -41,6 +47,7 @@ __all__ = [
     "make_pki",
     "suite_limits",
     "tls_version",
+    "transports",
     "wait_until",
 ]
 
@@ -75,6 +82,12 @@ class DriverLike(Protocol):
 DriverFactory = Callable[[Server], DriverLike]
 
 
+def transports(*names: Transport) -> pytest.MarkDecorator:
+    """Run a scenario over these transports: ``plain`` once, each TLS one once per chosen TLS
+    engine (the scenario takes ``transport``; ``serve`` uses the engine)."""
+    return pytest.mark.transports(*names)
+
+
 def tls_version(transport: Transport) -> TLSVersion:
     """The TLS version a TLS transport pins ("1.2" or "1.3")."""
     if transport == "plain":
@@ -96,17 +109,30 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 @dataclasses.dataclass(frozen=True)
 class PKI:
-    """A CA and the certificates the scenarios need."""
+    """A CA and the certificates the scenarios and the engine kit need, issued at ``now``."""
 
+    now: datetime.datetime
+    ca: CertificateAuthority
     ca_file: pathlib.Path
     server: CertPair  # localhost, 127.0.0.1, ::1
     other: CertPair  # other.test
+    wild: CertPair  # *.wild.test
     client: CertPair  # clientAuth, issued by the CA
-    rogue_client: CertPair  # clientAuth, issued by a CA the server does not trust
+    expired: CertPair  # localhost, expired a day ago
+    self_signed: CertPair  # the development certificate: localhost, issued by itself
+    rogue_ca_file: pathlib.Path  # a second CA, trusted by nobody
+    rogue_client: CertPair  # clientAuth, issued by the rogue CA
 
-    def server_context(self, **options: Any) -> ssl.SSLContext:
-        """``spcore.tls.server_context`` for the server certificate, plus ``options``."""
-        return server_context(self.server.certfile, self.server.keyfile, **options)
+    @staticmethod
+    def certificate(
+        pair: CertPair, ocsp_response: bytes | pathlib.Path | None = None
+    ) -> Certificate:
+        """The neutral ``Certificate`` of a pair."""
+        return Certificate(pair.certfile, pair.keyfile, ocsp_response=ocsp_response)
+
+    def server_tls(self, **options: Any) -> ServerTLS:
+        """A ``ServerTLS`` for the server certificate, plus ``options``."""
+        return ServerTLS(self.certificate(self.server), **options)
 
     def client_context(
         self,
@@ -114,31 +140,33 @@ class PKI:
         *,
         cert: CertPair | None = None,
         alpn: Sequence[str] = ("http/1.1",),
-    ) -> ssl.SSLContext:
+    ) -> StdlibContext:
         """A stdlib client context trusting the CA, pinned to ``version`` when given."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        if version is not None:
-            pinned = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
-            ctx.minimum_version = ctx.maximum_version = pinned
-        if cert is not None:
-            ctx.load_cert_chain(str(cert.certfile), str(cert.keyfile))
-        if alpn:
-            ctx.set_alpn_protocols(list(alpn))
-        return ctx
+        return stdlib_client_context(self.ca_file, version, cert=cert, alpn=alpn)
 
 
 def make_pki(directory: pathlib.Path) -> PKI:
     """Issue the suite's certificates into ``directory``."""
     now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
     ca = CertificateAuthority.create(now, name="spcore conformance CA")
     rogue = CertificateAuthority.create(now, name="untrusted CA")
     rogue_dir = directory / "rogue"
     rogue_dir.mkdir(parents=True, exist_ok=True)
+    localhost = ["localhost", "127.0.0.1", "::1"]
     return PKI(
+        now=now,
+        ca=ca,
         ca_file=ca.write_ca(directory),
-        server=ca.issue(directory, "server", ["localhost", "127.0.0.1", "::1"], now),
+        server=ca.issue(directory, "server", localhost, now),
         other=ca.issue(directory, "other", ["other.test"], now),
+        wild=ca.issue(directory, "wild", ["*.wild.test"], now),
         client=ca.issue(directory, "client", ["client.test"], now, client=True),
+        expired=ca.issue(
+            directory, "expired", localhost, now, not_before=now - 30 * day, not_after=now - day
+        ),
+        self_signed=dev_certificate(now, directory / "dev"),
+        rogue_ca_file=rogue.write_ca(rogue_dir),
         rogue_client=rogue.issue(rogue_dir, "rogue", ["rogue.test"], now, client=True),
     )
 
@@ -198,7 +226,7 @@ class Served:
         transport: Transport | None = None,
         *,
         index: int = 0,
-        context: ssl.SSLContext | None = None,
+        context: StdlibContext | None = None,
         server_hostname: str = "localhost",
         timeout: float = 10.0,
     ) -> Client:
@@ -284,13 +312,21 @@ class Served:
 class Serve:
     """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``.
 
-    ``http`` is the HTTP codec of the listeners it builds for an ``app``.
+    ``http`` is the HTTP codec of the listeners it builds for an ``app``; the TLS listeners
+    it builds run on ``engine`` (the scenario's TLS engine).
     """
 
-    def __init__(self, factory: DriverFactory, pki: PKI, http: str = "auto") -> None:
+    def __init__(
+        self,
+        factory: DriverFactory,
+        pki: PKI,
+        http: str = "auto",
+        engine: str | EngineFactory = "openssl",
+    ) -> None:
         self.factory = factory
         self.pki = pki
         self.http = http
+        self.engine = engine
 
     @contextlib.contextmanager
     def __call__(
@@ -299,7 +335,7 @@ class Serve:
         *,
         handler: Callable[[], StreamHandler] | None = None,
         transport: Transport = "plain",
-        tls: ssl.SSLContext | None = None,
+        tls: ServerTLS | None = None,
         limits: Limits | None = None,
         listeners: Sequence[Listener] | None = None,
         hosts: Sequence[str] = ("127.0.0.1",),
@@ -316,19 +352,23 @@ class Serve:
         pki = self.pki
         sessions = Sessions()
         if listeners is None:
-            context = None
+            config = None
             if transport != "plain":
-                context = tls or pki.server_context()
+                config = tls or pki.server_tls()
             if (app is None) == (handler is None):
                 raise ValueError("serve() needs exactly one of app= and handler=")
+            engine = self.engine
             if app is not None:
                 listeners = [
-                    http_listener(app, host=host, tls=context, http=self.http) for host in hosts
+                    http_listener(app, host=host, tls=config, tls_engine=engine, http=self.http)
+                    for host in hosts
                 ]
             else:
                 assert handler is not None
                 listeners = [
-                    stream_listener(handler, host=host, tls=context, sessions=sessions)
+                    stream_listener(
+                        handler, host=host, tls=config, tls_engine=engine, sessions=sessions
+                    )
                     for host in hosts
                 ]
         server = Server(listeners, limits or SUITE_LIMITS)

@@ -1,23 +1,28 @@
 """A read-only view of the first TLS records: the ClientHello, before the TLS engine sees it.
 
-The server peeks at the offered SNI, ALPN protocols and versions to choose a certificate or a
-protocol stack, and bounds what it buffers before any crypto runs. The bytes themselves still
-go to the engine unchanged; this module only reads them. Whatever the peer sends, the only
-exception that escapes is ``RecordError``, which names the alert to answer with.
+The server peeks at the offered SNI, ALPN protocols and versions to choose a certificate or
+a protocol stack, and bounds what it buffers before any crypto runs. The bytes themselves
+still go to the engine unchanged; this module only reads them. Whatever the peer sends, the
+only exception that escapes is ``RecordError``, which names the alert to answer with.
+
+It refuses only what no TLS engine would take (foreign record types, oversized records, a
+record that is not a handshake) and leaves every choice a TLS library makes to the engine:
+an unknown ``legacy_version`` is the engine's to negotiate (RFC 8446 4.1.2, RFC 5246
+Appendix E), and a ClientHello larger than this reader reads is handed over unread, for the
+engine to accept or refuse under its own limit and with its own alert.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 from dataclasses import dataclass
 
 from ..errors import RemoteProtocolError
+from .alerts import Alert
 
 __all__ = [
     "MAX_CLIENT_HELLO",
     "MAX_RECORD_PAYLOAD",
-    "AlertDescription",
     "ClientHello",
     "ClientHelloReader",
     "RecordError",
@@ -28,7 +33,9 @@ MAX_RECORD_PAYLOAD = 2**14 + 2048
 """The TLSCiphertext bound of RFC 5246 6.2.3; it also covers TLS 1.3's 2**14 + 256."""
 
 MAX_CLIENT_HELLO = 64 * 1024
-"""The largest ClientHello body we buffer: real ones stay under a few KiB, even with PQ keys."""
+"""The largest ClientHello body this reader reads: real ones stay under a few KiB, even with
+post-quantum key shares. A larger one is handed to the engine unread (``ClientHello.read``
+is False), and the engine's own limit applies (OpenSSL's 128 KiB, GnuTLS's 128 KiB)."""
 
 _HEADER = struct.Struct("!BHH")  # content type, record version, length
 _HEADER_SIZE = _HEADER.size
@@ -41,24 +48,10 @@ _EXT_SUPPORTED_VERSIONS = 43
 _HOST_NAME = 0
 
 
-class AlertDescription(enum.IntEnum):
-    """TLS alert codes (RFC 8446 6) that a server may send before any key exists."""
-
-    UNEXPECTED_MESSAGE = 10
-    RECORD_OVERFLOW = 22
-    HANDSHAKE_FAILURE = 40
-    ILLEGAL_PARAMETER = 47
-    DECODE_ERROR = 50
-    PROTOCOL_VERSION = 70
-    INTERNAL_ERROR = 80
-    UNRECOGNIZED_NAME = 112
-    NO_APPLICATION_PROTOCOL = 120
-
-
 class RecordError(RemoteProtocolError):
     """The peer's first records break TLS; ``alert`` is the fatal alert to answer with."""
 
-    def __init__(self, msg: str, alert: AlertDescription) -> None:
+    def __init__(self, msg: str, alert: Alert) -> None:
         super().__init__(msg)
         self.alert = alert
 
@@ -79,6 +72,9 @@ class ClientHello:
     alpn_protocols: tuple[str, ...]
     supported_versions: tuple[int, ...]
     extensions: tuple[int, ...]
+    #: False when the hello was too large to read: only the versions are known then, and
+    #: the engine decides.
+    read: bool = True
 
     @property
     def max_version(self) -> int:
@@ -87,13 +83,13 @@ class ClientHello:
         return max(real) if real else self.legacy_version
 
 
-def alert_record(description: AlertDescription, *, version: int = 0x0303) -> bytes:
+def alert_record(description: Alert, *, version: int = 0x0303) -> bytes:
     """A plaintext fatal alert record: what a server sends before any handshake key exists."""
     return _HEADER.pack(_ALERT, version, 2) + bytes((2, description))
 
 
 def _decode_error(msg: str) -> RecordError:
-    return RecordError(msg, AlertDescription.DECODE_ERROR)
+    return RecordError(msg, Alert.DECODE_ERROR)
 
 
 class _Cursor:
@@ -152,11 +148,11 @@ def _parse_server_name(data: _Cursor) -> str | None:
         if name_type != _HOST_NAME:
             continue
         if host is not None:
-            raise RecordError("two host names in SNI", AlertDescription.ILLEGAL_PARAMETER)
+            raise RecordError("two host names in SNI", Alert.ILLEGAL_PARAMETER)
         raw = name.take(name.remaining())
         # RFC 6066: ASCII, A-labels for IDNs. Refusing spaces and controls keeps logs honest.
         if any(byte < 0x21 or byte > 0x7E for byte in raw):
-            raise RecordError("SNI host name is not ASCII", AlertDescription.ILLEGAL_PARAMETER)
+            raise RecordError("SNI host name is not ASCII", Alert.ILLEGAL_PARAMETER)
         host = raw.decode("ascii")
     return host
 
@@ -180,11 +176,7 @@ def _parse_supported_versions(data: _Cursor) -> tuple[int, ...]:
 def _parse_client_hello(body: bytes, record_version: int) -> ClientHello:
     """Parse a ClientHello body (RFC 8446 4.1.2; extensions optional as in RFC 5246)."""
     cur = _Cursor(body)
-    legacy_version = cur.uint(2)
-    if legacy_version >> 8 != 3:
-        raise RecordError(
-            f"ClientHello version {legacy_version:#06x}", AlertDescription.PROTOCOL_VERSION
-        )
+    legacy_version = cur.uint(2)  # any value: the engine negotiates (RFC 5246 Appendix E)
     cur.take(32)  # random
     cur.vector(1, maximum=32)  # legacy_session_id
     cipher_suites = cur.vector(2, minimum=2).uint16_list()
@@ -201,9 +193,7 @@ def _parse_client_hello(body: bytes, record_version: int) -> ClientHello:
             ext_type = extensions.uint(2)
             data = extensions.vector(2)
             if ext_type in seen:
-                raise RecordError(
-                    f"extension {ext_type} sent twice", AlertDescription.ILLEGAL_PARAMETER
-                )
+                raise RecordError(f"extension {ext_type} sent twice", Alert.ILLEGAL_PARAMETER)
             seen.add(ext_type)
             order.append(ext_type)
             if ext_type == _EXT_SERVER_NAME:
@@ -228,19 +218,19 @@ def _check_record_header(header: bytes) -> tuple[int, int]:
     content_type, version, length = _HEADER.unpack(header)
     if content_type & 0x80 and header[2] == _CLIENT_HELLO:
         # SSLv2 framing: a 15-bit length with the top bit set, then msg type 1 (client hello).
-        raise RecordError("SSLv2-style ClientHello", AlertDescription.PROTOCOL_VERSION)
+        raise RecordError("SSLv2-style ClientHello", Alert.PROTOCOL_VERSION)
     if content_type != _HANDSHAKE:
         raise RecordError(
             f"record type {content_type} before the handshake",
-            AlertDescription.UNEXPECTED_MESSAGE,
+            Alert.UNEXPECTED_MESSAGE,
         )
     if version >> 8 != 3:
-        raise RecordError(f"record version {version:#06x}", AlertDescription.PROTOCOL_VERSION)
+        raise RecordError(f"record version {version:#06x}", Alert.PROTOCOL_VERSION)
     if length > MAX_RECORD_PAYLOAD:
-        raise RecordError(f"record of {length} bytes", AlertDescription.RECORD_OVERFLOW)
+        raise RecordError(f"record of {length} bytes", Alert.RECORD_OVERFLOW)
     if length == 0:
         # RFC 8446 5.1: zero-length handshake fragments are forbidden.
-        raise RecordError("empty handshake record", AlertDescription.UNEXPECTED_MESSAGE)
+        raise RecordError("empty handshake record", Alert.UNEXPECTED_MESSAGE)
     return version, length
 
 
@@ -307,16 +297,30 @@ class ClientHelloReader:
         if hs[0] != _CLIENT_HELLO:
             raise RecordError(
                 f"handshake message {hs[0]} instead of ClientHello",
-                AlertDescription.UNEXPECTED_MESSAGE,
+                Alert.UNEXPECTED_MESSAGE,
             )
         length = int.from_bytes(hs[1:4], "big")
         if length > MAX_CLIENT_HELLO:
-            raise RecordError(f"ClientHello of {length} bytes", AlertDescription.ILLEGAL_PARAMETER)
+            return self._unread(record_version)
         if len(hs) < 4 + length:
             return None
         if len(hs) > 4 + length:
             # RFC 8446 5.1: the ClientHello must end on a record boundary.
-            raise RecordError(
-                "data after the ClientHello in its record", AlertDescription.UNEXPECTED_MESSAGE
-            )
+            raise RecordError("data after the ClientHello in its record", Alert.UNEXPECTED_MESSAGE)
         return _parse_client_hello(bytes(hs[4:]), record_version)
+
+    def _unread(self, record_version: int) -> ClientHello:
+        """Too large to read: the engine gets it as it is (and its own limit applies)."""
+        hs = self._handshake
+        legacy_version = int.from_bytes(hs[4:6], "big") if len(hs) >= 6 else record_version
+        self._handshake = bytearray()
+        return ClientHello(
+            legacy_version=legacy_version,
+            record_version=record_version,
+            cipher_suites=(),
+            server_name=None,
+            alpn_protocols=(),
+            supported_versions=(),
+            extensions=(),
+            read=False,
+        )

@@ -1,14 +1,20 @@
-"""Fixtures of the scenarios: ``driver`` (one per chosen driver), ``http_codec`` (one per
-chosen HTTP codec, for every scenario but the stream ones), ``serve`` and ``pki``.
+"""Fixtures of the scenarios: ``driver`` (one per chosen driver), ``tls_engine``,
+``http_codec`` (one per chosen HTTP codec, for every scenario but the stream ones), ``serve``
+and ``pki``.
 
-They live here rather than in the auto-loaded plugin so that fixture names as common as
-``driver`` never leak into other projects' test runs.
+A scenario marked ``transports(...)`` runs once per transport, each TLS transport once per
+chosen TLS engine, and every scenario once per driver and (when it serves HTTP) codec: the
+engines and codecs are parameters of the same scenarios, never a copy. A second engine meets
+a second codec on one driver only (``plugin.scenario_cases``). The fixtures live here rather
+than in the auto-loaded plugin so that fixture names as common as ``driver`` never leak into
+other projects' test runs.
 """
 
 from __future__ import annotations
 
 import pathlib
 from collections.abc import Generator
+from itertools import compress
 
 import pytest
 
@@ -17,9 +23,13 @@ from spcore.conformance.harness import PKI, Serve
 from spcore.conformance.plugin import (
     STREAM_MARK,
     DriverChoice,
+    EngineChoice,
     chosen_codecs,
     chosen_drivers,
+    chosen_engines,
+    full_matrix,
     raise_fd_limit,
+    scenario_cases,
 )
 
 
@@ -28,13 +38,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "driver" not in metafunc.fixturenames:
+    """Parametrize each scenario by its transports (``transports`` marker), TLS engines,
+    drivers and HTTP codecs, combined as ``plugin.scenario_cases`` says."""
+    config = metafunc.config
+    marker = metafunc.definition.get_closest_marker("transports")
+    takes_driver = "driver" in metafunc.fixturenames
+    if marker is None and not takes_driver:
         return
-    choices = chosen_drivers(metafunc.config)
-    metafunc.parametrize("driver", choices, ids=[c.name for c in choices], indirect=True)
-    if "serve" in metafunc.fixturenames and not metafunc.definition.get_closest_marker(STREAM_MARK):
-        codecs = chosen_codecs(metafunc.config)
-        metafunc.parametrize("http_codec", codecs, ids=codecs, indirect=True)
+    stream = metafunc.definition.get_closest_marker(STREAM_MARK) is not None
+    takes_codec = takes_driver and "serve" in metafunc.fixturenames and not stream
+    cases = scenario_cases(
+        marker.args if marker is not None else None,
+        chosen_engines(config),
+        chosen_drivers(config) if takes_driver else [None],
+        chosen_codecs(config) if takes_codec else [None],
+        full=full_matrix(config),
+    )
+    taken = (marker is not None, marker is not None, takes_driver, takes_codec)
+    names = list(compress(("transport", "tls_engine", "driver", "http_codec"), taken))
+    values = [tuple(compress((c.transport, c.engine, c.driver, c.codec), taken)) for c in cases]
+    indirect = [name for name in names if name != "transport"]
+    metafunc.parametrize(names, values, ids=[c.id for c in cases], indirect=indirect)
 
 
 @pytest.fixture
@@ -69,16 +93,30 @@ def pytest_runtest_makereport(
     return report
 
 
+@pytest.fixture
+def tls_engine(request: pytest.FixtureRequest) -> EngineChoice | None:
+    """The TLS engine of a scenario's TLS transport (None for plain ones and scenarios that
+    serve no TLS); one that cannot run here skips with its reason."""
+    choice: EngineChoice | None = getattr(request, "param", None)
+    if choice is not None and not choice.available:
+        pytest.skip(f"TLS engine {choice.name}: {choice.reason}")
+    return choice
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return harness.make_pki(tmp_path_factory.mktemp("spcore-pki"))
 
 
 @pytest.fixture
-def serve(driver: DriverChoice, pki: PKI, http_codec: str) -> Serve:
-    """``with serve(app, transport=..., limits=...) as served:`` runs the driver under test.
+def serve(
+    driver: DriverChoice, pki: PKI, http_codec: str, tls_engine: EngineChoice | None
+) -> Serve:
+    """``with serve(app, transport=..., limits=...) as served:`` runs the driver under test,
+    its HTTP listeners on the scenario's codec and its TLS listeners on its TLS engine.
 
     See ``spcore.conformance.harness.Serve`` for the arguments and the checks made on exit.
     """
     assert driver.factory is not None
-    return Serve(driver.factory, pki, http=http_codec)
+    engine = tls_engine.factory if tls_engine is not None else None
+    return Serve(driver.factory, pki, http=http_codec, engine=engine or "openssl")

@@ -18,11 +18,18 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from spcore.conformance.clients import Client, pattern
-from spcore.conformance.harness import Serve, Served, Transport, suite_limits, wait_until
+from spcore.conformance.harness import (
+    Serve,
+    Served,
+    Transport,
+    suite_limits,
+    transports,
+    wait_until,
+)
 from spcore.http.messages import Request, Response
 from spcore.stream import DeferredSession, Session, StreamHandler
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+TRANSPORTS = transports("plain", "tls1.2", "tls1.3")
 HIGH_WATER = 64 * 1024
 FLOW_LIMITS = suite_limits(write_high_water=HIGH_WATER, write_low_water=16 * 1024)
 CHUNK = 16 * 1024
@@ -133,7 +140,7 @@ class CountingEcho(StreamHandler):
 
 
 @pytest.mark.spcore_stream
-@pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+@transports("plain", "tls1.3")
 def test_echo_flood_from_a_peer_that_does_not_read(serve: Serve, transport: Transport) -> None:
     """A peer sending lines without reading the echoes: the server stops reading too (its
     memory stays bounded), and when the peer reads again every echo arrives in order.

@@ -13,10 +13,10 @@ import pytest
 
 from spcore.conformance.apps import suite_app
 from spcore.conformance.clients import pattern
-from spcore.conformance.harness import Serve, Transport
+from spcore.conformance.harness import Serve, Transport, transports
 from spcore.http.messages import Request, Response, blocking
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+TRANSPORTS = transports("plain", "tls1.2", "tls1.3")
 BIG = 10 * 1024 * 1024
 
 

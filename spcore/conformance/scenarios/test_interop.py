@@ -7,32 +7,18 @@ import contextlib
 import hashlib
 import http.client
 import pathlib
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 
-import pytest
-
 from spcore.conformance.apps import still_serving, suite_app
-from spcore.conformance.clients import pattern
-from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version
+from spcore.conformance.clients import pattern, program, run_program
+from spcore.conformance.harness import PKI, Serve, Served, Transport, tls_version, transports
 
-TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
+TLS_VERSIONS = transports("tls1.2", "tls1.3")
 GET_AND_CLOSE = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 TIMEOUT = 20.0
-
-
-def _program(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def _run(command: Sequence[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(command), input=stdin, capture_output=True, timeout=TIMEOUT)
 
 
 def _interact(command: Sequence[str], steps: Sequence[tuple[float, bytes]]) -> bytes:
@@ -67,15 +53,15 @@ def _interact(command: Sequence[str], steps: Sequence[tuple[float, bytes]]) -> b
 
 
 def _curl(served: Served, pki: PKI, *args: str) -> subprocess.CompletedProcess[bytes]:
-    curl = _program("curl")
+    curl = program("curl")
     scheme = "http" if served.transport == "plain" else "https"
     version = {"plain": [], "tls1.2": ["--tlsv1.2", "--tls-max", "1.2"], "tls1.3": ["--tlsv1.3"]}
     url_args = [a.replace("URL", f"{scheme}://127.0.0.1:{served.port}") for a in args]
     command = [curl, "-sS", "--cacert", str(pki.ca_file), *version[served.transport], *url_args]
-    return _run(command)
+    return run_program(command)
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+@transports("plain", "tls1.2", "tls1.3")
 def test_curl_get(serve: Serve, pki: PKI, transport: Transport) -> None:
     with serve(suite_app, transport=transport) as served:
         result = _curl(served, pki, "-w", r"\n%{http_version} %{ssl_verify_result}", "URL/hello")
@@ -83,7 +69,7 @@ def test_curl_get(serve: Serve, pki: PKI, transport: Transport) -> None:
         assert result.stdout == b"Hello, world!\n1.1 0"
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+@transports("plain", "tls1.3")
 def test_curl_upload_and_download(
     serve: Serve, pki: PKI, transport: Transport, tmp_path: pathlib.Path
 ) -> None:
@@ -104,7 +90,7 @@ def test_curl_upload_and_download(
 
 
 def _s_client(served: Served, pki: PKI, *args: str) -> list[str]:
-    openssl = _program("openssl")
+    openssl = program("openssl")
     version = "-tls1_2" if served.transport == "tls1.2" else "-tls1_3"
     return [
         openssl,
@@ -130,9 +116,12 @@ def test_openssl_s_client_get(serve: Serve, pki: PKI, transport: Transport) -> N
         still_serving(served)
 
 
-def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
+@transports("tls1.2")
+def test_openssl_s_client_renegotiation_refused(
+    serve: Serve, pki: PKI, transport: Transport
+) -> None:
     """A TLS 1.2 client asking to renegotiate is refused; nobody hangs, the server goes on."""
-    with serve(suite_app, transport="tls1.2") as served:
+    with serve(suite_app, transport=transport) as served:
         # s_client's "R" command renegotiates; a later request may or may not get through.
         steps = [(0.5, b"R\n"), (0.5, GET_AND_CLOSE)]
         output = _interact(_s_client(served, pki), steps)
@@ -141,9 +130,10 @@ def test_openssl_s_client_renegotiation_refused(serve: Serve, pki: PKI) -> None:
         still_serving(served)
 
 
-def test_openssl_s_client_key_update(serve: Serve, pki: PKI) -> None:
+@transports("tls1.3")
+def test_openssl_s_client_key_update(serve: Serve, pki: PKI, transport: Transport) -> None:
     """TLS 1.3 KeyUpdate (asking the server to update too), then a request on the new keys."""
-    with serve(suite_app, transport="tls1.3") as served:
+    with serve(suite_app, transport=transport) as served:
         # s_client's "K" command sends a KeyUpdate asking the server to update its keys too.
         output = _interact(_s_client(served, pki), [(0.5, b"K\n"), (0.3, GET_AND_CLOSE)])
         assert b"KEYUPDATE" in output, output
@@ -156,7 +146,7 @@ def test_openssl_s_client_key_update(serve: Serve, pki: PKI) -> None:
 
 @TLS_VERSIONS
 def test_gnutls_cli_get(serve: Serve, pki: PKI, transport: Transport) -> None:
-    gnutls = _program("gnutls-cli")
+    gnutls = program("gnutls-cli")
     priority = (
         "NORMAL:-VERS-ALL:+VERS-TLS1.2"
         if transport == "tls1.2"
@@ -186,7 +176,7 @@ def test_gnutls_cli_get(serve: Serve, pki: PKI, transport: Transport) -> None:
 # --- Python's http.client ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.2", "tls1.3"])
+@transports("plain", "tls1.2", "tls1.3")
 def test_python_http_client(serve: Serve, pki: PKI, transport: Transport) -> None:
     with serve(suite_app, transport=transport) as served:
         connection: http.client.HTTPConnection

@@ -11,11 +11,18 @@ import pytest
 
 from spcore.conformance.apps import pattern_body, still_serving, suite_app
 from spcore.conformance.clients import Client, pattern
-from spcore.conformance.harness import Serve, Served, Transport, suite_limits, wait_until
+from spcore.conformance.harness import (
+    Serve,
+    Served,
+    Transport,
+    suite_limits,
+    transports,
+    wait_until,
+)
 from spcore.http.messages import Request, Response, blocking
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
-TLS_VERSIONS = pytest.mark.parametrize("transport", ["tls1.2", "tls1.3"])
+TRANSPORTS = transports("plain", "tls1.3")
+TLS_VERSIONS = transports("tls1.2", "tls1.3")
 SLOW_SIZE = 2_000_000  # the slow response: ten chunks, 100 ms apart
 
 

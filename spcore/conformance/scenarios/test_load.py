@@ -3,17 +3,15 @@ every response checked; then the server drains to nothing."""
 
 from __future__ import annotations
 
-import pytest
-
 from spcore.conformance.apps import suite_app
 from spcore.conformance.clients import load
-from spcore.conformance.harness import PKI, Serve, Transport, suite_limits, wait_until
+from spcore.conformance.harness import PKI, Serve, Transport, suite_limits, transports, wait_until
 
 CONNECTIONS = 500
 REQUESTS = 4
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+@transports("plain", "tls1.3")
 def test_500_concurrent_connections(serve: Serve, pki: PKI, transport: Transport) -> None:
     context = None if transport == "plain" else pki.client_context("1.3")
     with serve(suite_app, transport=transport) as served:

@@ -27,7 +27,7 @@ from spcore.conformance.peers import echo, hold, peer, server_tls
 from spcore.layer import ProtocolLayer, Transport
 from spcore.remote import Remote
 from spcore.stream import DeferredSession, Session, StreamHandler
-from spcore.tls import client_context
+from spcore.tls.config import ClientTLS
 
 pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
 AnySession = Session | DeferredSession
@@ -93,8 +93,8 @@ def test_connect_and_talk(serve: Serve, pki: PKI, transport: str) -> None:
     with serve(handler=Echo) as served, peer(echo, tls) as running:
         _require_outbound(served)
         host, port = running.address[:2]
-        client_tls = client_context(cafile=pki.ca_file) if tls else None
-        remote = Remote(host, port, tls=client_tls, server_name="localhost" if tls else None)
+        client_tls = ClientTLS(trust=pki.ca_file, server_name="localhost") if tls else None
+        remote = Remote(host, port, tls=client_tls, tls_engine=serve.engine)
         probe = Probe(b"ping over the outbound connection", until=b"connection")
         _open(served, remote, probe)
         kind, info = probe.next()

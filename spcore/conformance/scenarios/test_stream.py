@@ -8,11 +8,11 @@ import time
 import pytest
 
 from spcore.conformance.clients import Client
-from spcore.conformance.harness import Serve, Served, Transport, wait_until
+from spcore.conformance.harness import Serve, Served, Transport, transports, wait_until
 from spcore.stream import DeferredSession, Session, StreamHandler
 
 pytestmark = pytest.mark.spcore_stream  # (plugin.STREAM_MARK): not once per HTTP codec
-TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
+TRANSPORTS = transports("plain", "tls1.3")
 AnySession = Session | DeferredSession
 
 

@@ -10,12 +10,20 @@ and once a driver refuses, it refuses for good. Calls made while the server stop
 from __future__ import annotations
 
 import collections
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
+
+import pytest
 
 from spcore.conformance.apps import suite_app
-from spcore.conformance.harness import Serve, Served, wait_until
+from spcore.conformance.harness import SUITE_LIMITS, Serve, Served, wait_until
+from spcore.conformance.plugin import DriverChoice
+from spcore.listeners import http_listener
+from spcore.server import Server
 from spcore.stream import DeferredSession, Session, StreamHandler
 
 POSTERS = 8  # threads posting at once
@@ -127,6 +135,7 @@ class _Streams(StreamHandler):
         threading.Thread(target=from_a_thread, daemon=True).start()
 
 
+@pytest.mark.spcore_stream
 def test_a_thread_writes_to_its_connection_through_the_wake_up(serve: Serve) -> None:
     _Streams.threads = []
     with serve(handler=_Streams) as served:
@@ -156,6 +165,7 @@ class _Working(StreamHandler):
         session.send(b"done")
 
 
+@pytest.mark.spcore_stream
 def test_calls_made_while_stopping_run_and_calls_after_the_stop_are_refused(
     serve: Serve,
 ) -> None:
@@ -204,3 +214,42 @@ def test_calls_made_while_stopping_run_and_calls_after_the_stop_are_refused(
     ledger.check(loop_thread)
     assert all(ledger.refused[i] for i in range(POSTERS))  # every poster ended refused
     assert any(ran_while_stopping), "no call ran while the server was stopping"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signal.pthread_kill is POSIX-only")
+def test_a_signal_taken_while_the_loop_waits_runs_its_handler(driver: DriverChoice) -> None:
+    """A ``signal.signal`` handler runs on the main thread between two bytecodes. A signal
+    that reaches the process while the loop is about to wait, or that another thread takes,
+    interrupts no wait: only a wake-up written by the signal itself does (Python's
+    ``signal.set_wakeup_fd``). Here the loop runs on the main thread, the signal is sent to
+    a helper thread (which only marks it), and the handler asks for the stop."""
+    assert driver.factory is not None
+    assert threading.current_thread() is threading.main_thread()
+    server = Server([http_listener(suite_app, host="127.0.0.1")], SUITE_LIMITS)
+    under_test = driver.factory(server)
+    under_test.bind()
+    running, handled = threading.Event(), threading.Event()
+    rescued: list[bool] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        handled.set()
+        under_test.stop()
+
+    def signaller() -> None:
+        if running.wait(WAIT):
+            time.sleep(0.2)  # the loop is in its wait by now
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        if not handled.wait(WAIT):
+            rescued.append(True)
+            under_test.stop()  # its wake-up also runs the pending handler
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    helper = threading.Thread(target=signaller, daemon=True)
+    try:
+        server.call_soon_threadsafe(running.set)
+        helper.start()
+        under_test.run()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        helper.join(WAIT)
+    assert not rescued, "the loop waited on: the signal's handler ran only once stop() woke it"

@@ -19,8 +19,6 @@ from types import FrameType
 
 import pytest
 
-import pytest
-
 from spcore.conformance.apps import suite_app
 from spcore.conformance.harness import SUITE_LIMITS, Serve, Served, wait_until
 from spcore.conformance.plugin import DriverChoice

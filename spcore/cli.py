@@ -3,8 +3,9 @@
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
 development certificate), imports the user's application, binds sockets through a driver (or
 adopts those handed in: ``--fd``, systemd's ``LISTEN_FDS``), turns SIGINT/SIGTERM into the
-core's graceful shutdown and SIGHUP into the reload hook. ``--workers`` hands over to the
-supervisor (spcore.supervisor), which starts this same command once per worker.
+core's graceful shutdown and SIGHUP into a reload of the TLS files (``cli_tls.TLSFiles``).
+``--workers`` hands over to the supervisor (spcore.supervisor), which starts this same command
+once per worker.
 
 Every mistake a user can make ends in one line, ``spcore: error: <what is wrong>``, on stderr
 and exit status 2; a traceback means a bug in spcore.
@@ -234,12 +235,12 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     # watcher of the TLS files that rotate (the OCSP response, the ticket keys).
     if args.worker is not None:
         server.info["worker"] = args.worker
-        with _worker_signals(driver, args.worker), cli_tls.watching(server.listeners):
+        with cli_tls.TLSFiles(_named(bound)) as files, _worker_signals(driver, files):
             log.info("serving %s with the %s driver", _listing(args, bound), driver.name)
             _report_up(args.worker_link, driver)
             driver.run()
         return 0
-    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
+    with cli_tls.TLSFiles(_named(bound)) as files, _stop_on_signals(driver, files):
         print(_banner(args, driver.name, codec, bound, certfile), flush=True)
         driver.run()
     return 0
@@ -506,6 +507,11 @@ def _listing(args: argparse.Namespace, bound: list[Bound]) -> str:
     return ("line echo on " if args.line_echo else "") + listing
 
 
+def _named(bound: list[Bound]) -> list[tuple[str, Listener]]:
+    """Each listener with the address it is bound to (``127.0.0.1:8443``), for logs."""
+    return [(describe_address(each.sock.getsockname()), each.listener) for each in bound]
+
+
 def _display_path(path: Path) -> str:
     home = Path.home()
     try:
@@ -515,9 +521,9 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
+def _stop_on_signals(driver: Driver[Any], files: cli_tls.TLSFiles) -> Iterator[None]:
     """SIGINT/SIGTERM: graceful shutdown; a second one: exit at once with status 1. SIGHUP:
-    ``_reload``."""
+    reload the TLS files."""
     received = 0
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -536,28 +542,26 @@ def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
     if hasattr(signal, "SIGBREAK"):  # Ctrl-Break on Windows
         handlers[signal.SIGBREAK] = stop
     if hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = lambda signum, frame: _reload(driver.server, "spcore")
+        handlers[signal.SIGHUP] = lambda signum, frame: files.reload()
     with _signal_handlers(handlers):
         yield
 
 
 @contextlib.contextmanager
-def _worker_signals(driver: Driver[Any], index: int) -> Iterator[None]:
+def _worker_signals(driver: Driver[Any], files: cli_tls.TLSFiles) -> Iterator[None]:
     """A worker's signals come from its supervisor: SIGTERM begins the graceful shutdown (once:
-    the supervisor escalates with SIGKILL), SIGHUP ``_reload``; SIGINT is ignored (Ctrl-C in a
-    terminal reaches the whole process group, and the supervisor handles it)."""
+    the supervisor escalates with SIGKILL), SIGHUP reloads the TLS files (the supervisor
+    passes it on to each worker); SIGINT is ignored (Ctrl-C in a terminal reaches the whole
+    process group, and the supervisor handles it)."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if not driver.server.shutting_down:
             log.info("shutting down gracefully")
             driver.stop()
 
-    def reload(signum: int, frame: FrameType | None) -> None:
-        _reload(driver.server, f"spcore: worker {index} (pid {os.getpid()})")
-
     handlers: dict[int, Any] = {
         signal.SIGTERM: stop,
-        signal.SIGHUP: reload,
+        signal.SIGHUP: lambda signum, frame: files.reload(),
         signal.SIGINT: signal.SIG_IGN,
     }
     with _signal_handlers(handlers):
@@ -572,18 +576,6 @@ def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _reload(server: Server, who: str) -> None:
-    """SIGHUP (sent to ``spcore serve``, or passed on by the supervisor to each worker): the
-    hook where issue 12 part B reloads the certificates, keys and client CA from their files.
-
-    It runs in a signal handler, between two bytecodes of the loop thread, so the reload
-    itself must be handed to the driver's loop (the thread-safe wake-up) rather than change
-    the server here. Until then it changes nothing, and says so: what matters now is that a
-    SIGHUP never ends the server, as the signal's default action would."""
-    del server  # part B: the listeners whose TLS configuration is reloaded
-    os.write(2, f"{who}: SIGHUP: reloading is not supported yet; nothing changed\n".encode())
 
 
 # -- workers and the sockets they serve (issue 12) ----------------------------------------------

@@ -17,8 +17,8 @@ is its host's business, not its logs'.
 
 from __future__ import annotations
 
+import datetime
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -100,8 +100,13 @@ def access_record(
     )
 
 
+_MONTHS: Final = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+
+
 def _clf_date(unix: float) -> str:
-    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(unix))
+    """``10/Oct/2000:13:55:36 +0000``: English month names whatever the locale."""
+    d = datetime.datetime.fromtimestamp(unix, datetime.timezone.utc)
+    return f"{d.day:02d}/{_MONTHS[d.month - 1]}/{d.year}:{d:%H:%M:%S} +0000"
 
 
 def _quoted(text: str | None) -> str:

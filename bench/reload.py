@@ -67,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 assert server.stdout is not None
                 print(server.stdout.readline().decode().strip(), file=sys.stderr)
                 wrk = subprocess.Popen(
-                    ["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration:g}s", "--latency"]
-                    + ["-H", "Connection: close"]
-                    + [f"https://127.0.0.1:{port}/hello"],
+                    [
+                        *("wrk", "-t2", f"-c{args.connections}", f"-d{args.duration:g}s"),
+                        *("--latency", "-H", "Connection: close"),
+                        f"https://127.0.0.1:{port}/hello",
+                    ],
                     stdout=subprocess.PIPE,
                     text=True,
                 )

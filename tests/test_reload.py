@@ -4,16 +4,18 @@ leaves the previous one serving; with workers, every worker reloads."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import pathlib
 import shutil
 import signal
 import ssl
+from collections.abc import Iterator
 
 import pytest
 from conftest import PKI
 from netkit import wait_for
-from servekit import Endpoint, needs_signals, served
+from servekit import Endpoint, Served, needs_signals, served
 
 pytestmark = needs_signals
 
@@ -75,6 +77,18 @@ def request(conn: http.client.HTTPConnection, path: str = "/") -> int:
     return response.status
 
 
+@contextlib.contextmanager
+def serving(
+    pki: PKI, directory: pathlib.Path, env: dict[str, str], *more: str
+) -> Iterator[tuple[Files, Served, Endpoint, int]]:
+    """``spcore serve`` on a certificate just issued: the files, the server, its HTTPS
+    endpoint and the certificate's serial number."""
+    files = Files(pki, directory)
+    old = files.renew()
+    with served(["--port", "0", *more, *files.args()], env) as server:
+        yield files, server, server.endpoint("https"), old
+
+
 def reloaded(errors: str, where: str) -> int:
     return errors.count(f"SIGHUP: {where}: TLS files reloaded")
 
@@ -82,10 +96,7 @@ def reloaded(errors: str, where: str) -> int:
 def test_sighup_gives_new_connections_the_new_certificate_and_open_ones_go_on(
     pki: PKI, tmp_path: pathlib.Path, env: dict[str, str]
 ) -> None:
-    files = Files(pki, tmp_path)
-    old = files.renew()
-    with served(["--port", "0", *files.args()], env) as server:
-        endpoint = server.endpoint("https")
+    with serving(pki, tmp_path, env) as (files, server, endpoint, old):
         where = f"127.0.0.1:{endpoint.port}"
         kept = connect(endpoint, pki)
         assert request(kept) == 200 and serial(kept) == old
@@ -105,10 +116,7 @@ def test_sighup_gives_new_connections_the_new_certificate_and_open_ones_go_on(
 def test_a_bad_new_file_is_one_log_line_and_the_old_certificate_stays(
     pki: PKI, tmp_path: pathlib.Path, env: dict[str, str]
 ) -> None:
-    files = Files(pki, tmp_path)
-    old = files.renew()
-    with served(["--port", "0", *files.args()], env) as server:
-        endpoint = server.endpoint("https")
+    with serving(pki, tmp_path, env) as (files, server, endpoint, old):
         files.cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
         server.proc.send_signal(signal.SIGHUP)
         what = f"SIGHUP: 127.0.0.1:{endpoint.port}: unusable, still serving the previous"
@@ -128,10 +136,7 @@ def test_with_two_workers_each_reloads(
 ) -> None:
     from test_workers import workers_answering
 
-    files = Files(pki, tmp_path)
-    files.renew()
-    with served(["--port", "0", "--workers", "2", *files.args()], env) as server:
-        endpoint = server.endpoint("https")
+    with serving(pki, tmp_path, env, "--workers", "2") as (files, server, endpoint, _):
         where = f"127.0.0.1:{endpoint.port}"
         new = files.renew()
         server.proc.send_signal(signal.SIGHUP)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..layer import Transport
     from .codec import RequestHead
 
-__all__ = ["FORMATS", "AccessRecord", "AccessSink", "access_record", "response_ended"]
+__all__ = ["FORMATS", "AccessRecord", "AccessSink", "response_ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,44 +60,6 @@ class AccessRecord:
 
 #: Where the records go: called on the loop thread, so it must not block.
 AccessSink = Callable[[AccessRecord], None]
-
-
-def access_record(
-    transport: Transport,
-    head: RequestHead | None,
-    status: int,
-    sent: int,
-    started: float,
-    now: float,
-    *,
-    complete: bool = True,
-) -> AccessRecord:
-    """The record of a response to ``head`` (None: a request refused before it was parsed)."""
-    referer = user_agent = None
-    if head is not None:
-        for name, value in head.headers:
-            if name == b"referer":
-                referer = value.decode("latin-1")
-            elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
-    peer = transport.peer
-    tls = transport.tls_info
-    hello = transport.client_hello
-    return AccessRecord(
-        method=head.method.decode("latin-1") if head is not None else "-",
-        target=head.target.decode("latin-1") if head is not None else "-",
-        http_version=head.http_version.decode("latin-1") if head is not None else "-",
-        status=status,
-        bytes=sent,
-        time=transport.wall_time(started),
-        duration=max(0.0, now - started),
-        peer=(str(peer[0]), int(peer[1])) if peer else None,
-        tls_version=tls.version if tls is not None else None,
-        sni=hello.server_name if hello is not None else None,
-        referer=referer,
-        user_agent=user_agent,
-        complete=complete,
-    )
 
 
 _MONTHS: Final = (
@@ -178,8 +140,36 @@ def response_ended(
     now: float,
     complete: bool = True,
 ) -> None:
-    """A response has ended (or was cut short): count it by status class, and hand its
-    record to ``sink`` when an access log is kept (the record is made only then)."""
+    """A response to ``head`` (None: a request refused before it was parsed) has ended, or
+    was cut short: count it by status class, and hand its record to ``sink`` when an access
+    log is kept (the record is made only then)."""
     transport.stats.responses[status // 100] += 1
-    if sink is not None:
-        sink(access_record(transport, head, status, sent, started, now, complete=complete))
+    if sink is None:
+        return
+    referer = user_agent = None
+    if head is not None:
+        for name, value in head.headers:
+            if name == b"referer":
+                referer = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+    peer = transport.peer
+    tls = transport.tls_info
+    hello = transport.client_hello
+    sink(
+        AccessRecord(
+            method=head.method.decode("latin-1") if head is not None else "-",
+            target=head.target.decode("latin-1") if head is not None else "-",
+            http_version=head.http_version.decode("latin-1") if head is not None else "-",
+            status=status,
+            bytes=sent,
+            time=transport.wall_time(started),
+            duration=max(0.0, now - started),
+            peer=(str(peer[0]), int(peer[1])) if peer else None,
+            tls_version=tls.version if tls is not None else None,
+            sni=hello.server_name if hello is not None else None,
+            referer=referer,
+            user_agent=user_agent,
+            complete=complete,
+        )
+    )

@@ -4,8 +4,9 @@
 This is the program's edge, where the sans-IO rules stop: it reads the clock (to date the
 development certificate), imports the user's application, binds sockets through a driver (or
 adopts those handed in: ``--fd``, systemd's ``LISTEN_FDS``), turns SIGINT/SIGTERM into the
-core's graceful shutdown and SIGHUP into the reload hook. ``--workers`` hands over to the
-supervisor (spcore.supervisor), which starts this same command once per worker.
+core's graceful shutdown and SIGHUP into a reload of the TLS files (``cli_tls.TLSFiles``).
+``--workers`` hands over to the supervisor (spcore.supervisor), which starts this same command
+once per worker.
 
 Every mistake a user can make ends in one line, ``spcore: error: <what is wrong>``, on stderr
 and exit status 2; a traceback means a bug in spcore.
@@ -38,6 +39,8 @@ from . import cli_tls
 from .addresses import describe_address, host_port
 from .app import LineEcho, builtin_app
 from .certs import CertificateError, CertPair, check_cert_key, dev_certificate
+from .cli_access import AccessLog
+from .cli_metrics import MetricsServer
 from .config import Limits
 
 # spcore.drivers lives in drivers/ (setuptools package-dir), which mypy cannot map when it
@@ -51,6 +54,7 @@ from .drivers import (  # type: ignore[import-not-found, unused-ignore]
 )
 from .drivers.base import Bound  # type: ignore[import-not-found, unused-ignore]
 from .drivers.listening import reuse_port_option  # type: ignore[import-not-found, unused-ignore]
+from .http.access import FORMATS
 from .http.codecs import CODECS, codec_factory
 from .http.messages import App
 from .http.protocol import HTTPProtocol
@@ -187,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--max-connections", type=_count, metavar="N")
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
     _add_process_options(serve)
+    _add_operations_options(serve)
     serve.set_defaults(run=_serve)
 
     drivers = commands.add_parser(
@@ -228,25 +233,43 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     user_app = _load_app(args.app) if args.app else None
     tls, certfile = _tls_config(args)
     codec = None if args.line_echo else _codec(args.http)
-    server = _build_server(args, limits, tls, user_app, handed_in, codec)
-    try:
-        driver = driver_cls(server, **driver_options)
-    except OSError as exc:
-        raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
-    bound = _bind(driver)
-    server.info["pid"] = os.getpid()
-    # Signals before the banner (whoever reads it may signal at once), and in every worker the
-    # watcher of the TLS files that rotate (the OCSP response, the ticket keys).
-    if args.worker is not None:
-        server.info["worker"] = args.worker
-        with _worker_signals(driver, args.worker), cli_tls.watching(server.listeners):
-            log.info("serving %s with the %s driver", _listing(args, bound), driver.name)
-            _report_up(args.worker_link, driver)
+    with contextlib.ExitStack() as stack:
+        access = _access_log(args)
+        if access is not None:
+            stack.callback(access.close)  # after the driver: the last responses are written
+        server = _build_server(args, limits, tls, user_app, handed_in, codec, access)
+        try:
+            driver = driver_cls(server, **driver_options)
+        except OSError as exc:
+            raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
+        bound = _bind(driver)
+        server.info["pid"] = os.getpid()
+        metrics = _metrics(args, server, access)
+        if metrics is not None:
+            stack.enter_context(metrics)
+        # Signals before the banner (whoever reads it may signal at once), and the thread
+        # that reloads the TLS files (on SIGHUP; the OCSP response and ticket keys when they
+        # change); SIGHUP also reopens the access log, for logrotate.
+        files = stack.enter_context(cli_tls.TLSFiles(_named(bound)))
+
+        def reload() -> None:
+            files.reload()
+            if access is not None:
+                access.reopen()
+
+        where = f", metrics on {_metrics_url(*metrics.address)}" if metrics else ""
+        if args.worker is not None:
+            server.info["worker"] = args.worker
+            with _worker_signals(driver, reload):
+                log.info(
+                    "serving %s with the %s driver%s", _listing(args, bound), driver.name, where
+                )
+                _report_up(args.worker_link, driver)
+                driver.run()
+            return 0
+        with _stop_on_signals(driver, reload):
+            print(_banner(args, driver.name, codec, bound, certfile) + where, flush=True)
             driver.run()
-        return 0
-    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
-        print(_banner(args, driver.name, codec, bound, certfile), flush=True)
-        driver.run()
     return 0
 
 
@@ -285,6 +308,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
     if args.http and args.line_echo:
         raise UsageError("--http applies to HTTP, and --line-echo serves lines")
     _check_process_options(args)
+    _check_operations_options(args)
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -393,6 +417,7 @@ def _build_server(
     user_app: App | None,
     handed_in: list[tuple[int, bool]],
     codec: str | None,
+    access: AccessLog | None = None,
 ) -> Server:
     app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
@@ -402,7 +427,7 @@ def _build_server(
         if args.line_echo:
             return StreamProtocol(LineEcho(idle), sessions)
         assert app is not None and codec is not None  # set before the driver accepts anything
-        return HTTPProtocol(app, http=codec)
+        return HTTPProtocol(app, http=codec, access_log=access)
 
     server = Server(_listeners(args, protocol, tls, handed_in), limits)
     if app is None:
@@ -515,6 +540,11 @@ def _listing(args: argparse.Namespace, bound: list[Bound]) -> str:
     return ("line echo on " if args.line_echo else "") + listing
 
 
+def _named(bound: list[Bound]) -> list[tuple[str, Listener]]:
+    """Each listener with the address it is bound to (``127.0.0.1:8443``), for logs."""
+    return [(describe_address(each.sock.getsockname()), each.listener) for each in bound]
+
+
 def _display_path(path: Path) -> str:
     home = Path.home()
     try:
@@ -524,9 +554,9 @@ def _display_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
+def _stop_on_signals(driver: Driver[Any], reload: Callable[[], None]) -> Iterator[None]:
     """SIGINT/SIGTERM: graceful shutdown; a second one: exit at once with status 1. SIGHUP:
-    ``_reload``."""
+    ``reload`` (the TLS files, the access log)."""
     received = 0
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -545,28 +575,26 @@ def _stop_on_signals(driver: Driver[Any]) -> Iterator[None]:
     if hasattr(signal, "SIGBREAK"):  # Ctrl-Break on Windows
         handlers[signal.SIGBREAK] = stop
     if hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = lambda signum, frame: _reload(driver.server, "spcore")
+        handlers[signal.SIGHUP] = lambda signum, frame: reload()
     with _signal_handlers(handlers):
         yield
 
 
 @contextlib.contextmanager
-def _worker_signals(driver: Driver[Any], index: int) -> Iterator[None]:
+def _worker_signals(driver: Driver[Any], reload: Callable[[], None]) -> Iterator[None]:
     """A worker's signals come from its supervisor: SIGTERM begins the graceful shutdown (once:
-    the supervisor escalates with SIGKILL), SIGHUP ``_reload``; SIGINT is ignored (Ctrl-C in a
-    terminal reaches the whole process group, and the supervisor handles it)."""
+    the supervisor escalates with SIGKILL), SIGHUP ``reload`` (the supervisor passes it on to
+    each worker); SIGINT is ignored (Ctrl-C in a terminal reaches the whole
+    process group, and the supervisor handles it)."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if not driver.server.shutting_down:
             log.info("shutting down gracefully")
             driver.stop()
 
-    def reload(signum: int, frame: FrameType | None) -> None:
-        _reload(driver.server, f"spcore: worker {index} (pid {os.getpid()})")
-
     handlers: dict[int, Any] = {
         signal.SIGTERM: stop,
-        signal.SIGHUP: reload,
+        signal.SIGHUP: lambda signum, frame: reload(),
         signal.SIGINT: signal.SIG_IGN,
     }
     with _signal_handlers(handlers):
@@ -583,16 +611,94 @@ def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _reload(server: Server, who: str) -> None:
-    """SIGHUP (sent to ``spcore serve``, or passed on by the supervisor to each worker): the
-    hook where issue 12 part B reloads the certificates, keys and client CA from their files.
+# -- the access log and the admin listener (issue 12) -------------------------------------------
 
-    It runs in a signal handler, between two bytecodes of the loop thread, so the reload
-    itself must be handed to the driver's loop (the thread-safe wake-up) rather than change
-    the server here. Until then it changes nothing, and says so: what matters now is that a
-    SIGHUP never ends the server, as the signal's default action would."""
-    del server  # part B: the listeners whose TLS configuration is reloaded
-    os.write(2, f"{who}: SIGHUP: reloading is not supported yet; nothing changed\n".encode())
+
+def _add_operations_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("access log and metrics")
+    group.add_argument(
+        "--access-log",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="one line per response, to FILE (appended; reopened on SIGHUP) or - (standard "
+        "output, the default FILE); off unless given",
+    )
+    group.add_argument(
+        "--access-log-format",
+        choices=list(FORMATS),
+        default="combined",
+        help="common, combined (the default: common plus referer and user agent) or json",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus /metrics and /healthz on this port, a listener of their own "
+        "(with --workers, worker N on PORT+N)",
+    )
+    group.add_argument(
+        "--metrics-host",
+        type=_host,
+        default=DEFAULT_HOST,
+        metavar="HOST",
+        help=f"address of the metrics listener (default {DEFAULT_HOST})",
+    )
+
+
+def _check_operations_options(args: argparse.Namespace) -> None:
+    if args.line_echo and args.access_log is not None:
+        raise UsageError("--access-log logs HTTP responses, and --line-echo serves lines")
+    port = args.metrics_port
+    if port is None:
+        return
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError("--metrics-port needs prometheus_client (pip install 'spcore[metrics]')")
+    if args.workers is not None:
+        if port == 0:
+            raise UsageError(
+                "--metrics-port 0 with --workers: give a port; worker N listens on PORT+N"
+            )
+        if port + args.workers - 1 > 65535:
+            raise UsageError(f"--metrics-port {port} leaves no port for worker {args.workers - 1}")
+
+
+def _access_log(args: argparse.Namespace) -> AccessLog | None:
+    if args.access_log is None:
+        return None
+    try:
+        return AccessLog(args.access_log, FORMATS[args.access_log_format])
+    except OSError as exc:
+        raise UsageError(f"cannot open the access log {args.access_log}: {_reason(exc)}") from None
+
+
+def _metrics(
+    args: argparse.Namespace, server: Server, access: AccessLog | None
+) -> MetricsServer | None:
+    """The admin listener, bound; None without one."""
+    if args.metrics_port is None:
+        return None
+    index = args.worker or 0
+    port = args.metrics_port + index if args.metrics_port else 0
+    where = host_port(args.metrics_host, port)
+    try:
+        return MetricsServer(
+            args.metrics_host,
+            port,
+            server,
+            str(index),
+            None if access is None else lambda: access.dropped,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"cannot listen on {where} (metrics): the port is already in use"
+            ) from None
+        raise UsageError(f"cannot listen on {where} (metrics): {_reason(exc)}") from None
+
+
+def _metrics_url(host: str, port: int) -> str:
+    return f"http://{host_port(host, port)}/metrics"
 
 
 # -- workers and the sockets they serve (issue 12) ----------------------------------------------
@@ -754,7 +860,11 @@ def _supervise(
     command = [sys.executable, "-c", _WORKER_BOOT, package_root, *args.argv]
 
     def announce(pids: list[int]) -> None:
-        print(_banner(args, driver_cls.name, codec, sockets.of(0), certfile, pids), flush=True)
+        line = _banner(args, driver_cls.name, codec, sockets.of(0), certfile, pids)
+        if args.metrics_port is not None:
+            url = _metrics_url(args.metrics_host, args.metrics_port)
+            line += f", metrics on {url} (worker N: port {args.metrics_port}+N)"
+        print(line, flush=True)
 
     supervisor = Supervisor(
         args.workers,
@@ -1006,7 +1116,9 @@ def _tunnel(args: argparse.Namespace, _extra: list[str]) -> int:
     except OSError as exc:
         raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
     (bound,) = _bind(driver)
-    with _stop_on_signals(driver), cli_tls.watching(server.listeners):
+    # As serve does: SIGHUP (and a changed OCSP or ticket key file) reloads the TLS files.
+    files = cli_tls.TLSFiles(_named([bound]))
+    with _stop_on_signals(driver, files.reload), files:
         scheme = "tls" if server_tls is not None else "tcp"
         line = f"spcore: tunnel from {_url(scheme, bound.sock.getsockname())} to "
         line += f"{_url(args.tls_out.replace('plain', 'tcp'), tunnel.backend.address)}"

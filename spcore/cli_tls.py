@@ -13,20 +13,22 @@ import contextlib
 import logging
 import os
 import pathlib
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from .certs import CertPair
 from .server import Listener
 from .tls.config import PROFILES, Certificate, ClientCertMode, ServerTLS, TLSConfigError
+from .tls.context import ServerContext
 from .tls.engines import DEFAULT_ENGINE, ENGINES
 from .tls.tickets import new_ticket_key_file
 
 __all__ = [
+    "TLSFiles",
     "add_engine_options",
     "add_tls_commands",
     "server_tls",
-    "watching",
 ]
 
 log = logging.getLogger("spcore.tls")
@@ -83,7 +85,7 @@ def server_tls(
     )
 
 
-# -- the file watcher -------------------------------------------------------------------------
+# -- the file watcher and SIGHUP ------------------------------------------------------------
 
 
 def _signature(paths: Sequence[pathlib.Path]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -98,47 +100,71 @@ def _signature(paths: Sequence[pathlib.Path]) -> tuple[tuple[int, int, int] | No
     return tuple(signature)
 
 
-def _watch(listeners: Sequence[Listener], interval: float, stop: threading.Event) -> None:
-    contexts = [lst.tls_context for lst in listeners if lst.tls_context is not None]
-    seen = [_signature(c.watched_files()) for c in contexts]
-    while not stop.wait(interval):
-        for i, context in enumerate(contexts):
-            files = context.watched_files()
-            now = _signature(files)
-            if now == seen[i]:
-                continue
-            seen[i] = now
-            names = ", ".join(str(f) for f in files)
+class TLSFiles:
+    """One thread that rebuilds the listeners' TLS states from their files: when a rotated
+    file (OCSP response, ticket keys) changes, polled every ``interval`` seconds, and for every
+    TLS listener on ``reload()`` (SIGHUP).
+
+    The files are read and the engine's state built here, off the loop thread: building an
+    ``SSLContext`` or a GnuTLS credential set takes milliseconds per listener, which the loop
+    would take from every connection. ``ServerContext.reload`` swaps the new state in with one
+    assignment, which the loop thread reads once per new connection; so nothing has to be
+    handed to the loop. A file that cannot be used leaves the previous state serving.
+    """
+
+    _STOP, _SIGHUP = "stop", "SIGHUP"
+
+    def __init__(
+        self, listeners: Sequence[tuple[str, Listener]], interval: float = WATCH_INTERVAL
+    ) -> None:
+        """``listeners``: each with the address it is bound to, which names it in logs."""
+        self._tls = [(where, lst.tls_context) for where, lst in listeners if lst.tls_context]
+        self._interval = interval
+        # SimpleQueue.put is reentrant: the one thing a signal handler may safely call here.
+        self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="spcore-tls-files", daemon=True)
+
+    def reload(self) -> None:
+        """Reload every TLS listener soon; safe to call from a signal handler."""
+        self._requests.put(self._SIGHUP)
+
+    def __enter__(self) -> TLSFiles:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._requests.put(self._STOP)
+        self._thread.join(self._interval + 5)
+
+    def _run(self) -> None:
+        watched = [(where, c, _signature(c.watched_files())) for where, c in self._tls]
+        polled = any(c.watched_files() for _, c in self._tls)
+        while True:
             try:
-                context.reload()
-            except TLSConfigError as exc:
-                log.error(
-                    "TLS files changed (%s) but are unusable; still serving the previous ones: %s",
-                    names,
-                    exc,
-                )
-            else:
-                log.info("TLS files changed (%s): new connections use them", names)
+                request = self._requests.get(timeout=self._interval if polled else None)
+            except queue.Empty:
+                request = None
+            if request == self._STOP:
+                return
+            for i, (where, context, seen) in enumerate(watched):
+                now = _signature(context.watched_files())
+                if request is not None:
+                    self._reload(context, f"SIGHUP: {where}")
+                elif now != seen:
+                    names = ", ".join(str(f) for f in context.watched_files())
+                    self._reload(context, f"TLS files changed ({names})")
+                watched[i] = (where, context, now)
+            if request is not None and not watched:
+                log.warning("SIGHUP: no TLS listener, nothing to reload")
 
-
-@contextlib.contextmanager
-def watching(listeners: Sequence[Listener], interval: float = WATCH_INTERVAL) -> Iterator[None]:
-    """While serving, reload a listener's TLS state when its rotated files change."""
-    if not any(
-        lst.tls_context is not None and lst.tls_context.watched_files() for lst in listeners
-    ):
-        yield
-        return
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=_watch, args=(listeners, interval, stop), name="spcore-tls-files", daemon=True
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(interval + 5)
+    @staticmethod
+    def _reload(context: ServerContext, what: str) -> None:
+        try:
+            context.reload()
+        except TLSConfigError as exc:
+            log.error("%s: unusable, still serving the previous TLS files: %s", what, exc)
+        else:
+            log.info("%s: TLS files reloaded, new connections use them", what)
 
 
 # -- spcore engines, spcore ticket-key ----------------------------------------------------------

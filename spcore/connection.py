@@ -443,11 +443,11 @@ class Connection:
                 if state is _CONNECTING:
                     self._connect_timed_out()
                 elif state in OPENING_STATES:
-                    self.stats.timeouts += 1
+                    self.stats.timed_out("handshake")
                     log.info("%r: closing: TLS handshake timed out", self)
                 self._fire(Event.TIMEOUT)
             elif self._send_deadline is not None and now >= self._send_deadline:
-                self.stats.timeouts += 1
+                self.stats.timed_out("send")
                 self.abort("peer stopped reading our output")
             else:
                 protocol_deadline = self._protocol_deadline
@@ -465,6 +465,7 @@ class Connection:
     def job_done(self, job: Job, now: float) -> None:
         """A job of a ``RunJobs`` finished on a worker; apply it (loop thread)."""
         self._enter(now)
+        self.stats.jobs_done += 1
         try:
             job.on_done(job, now)
         except Exception:
@@ -637,6 +638,7 @@ class Connection:
     def submit_job(self, fn: Callable[[], Any], on_done: Callable[[Job, float], None]) -> Job:
         """Run ``fn`` on a worker thread; ``on_done(job, now)`` runs here afterwards."""
         job = Job(fn, on_done)
+        self.stats.jobs_submitted += 1
         self._jobs.append(job)
         self._touch()
         return job
@@ -806,7 +808,7 @@ class Connection:
         try:
             hello = self._hello_reader.feed(data)
         except RecordError as exc:
-            self.stats.tls_errors += 1
+            self.stats.tls_failed("bad_client_hello")
             log.info("%r: bad ClientHello: %s", self, exc)
             self._queue(alert_record(exc.alert))
             self._fire(Event.HELLO_BAD)
@@ -824,7 +826,7 @@ class Connection:
         try:
             events = tls.receive_data(data)
         except TLSError as exc:
-            self.stats.tls_errors += 1
+            self.stats.tls_failed(_failure_reason(exc))
             log.info("%r: %s%s", self, exc, self._offered() if exc.during_handshake else "")
             self._lost_reason = exc  # (an outbound connection's protocol learns why)
             self.close()  # the engine failed: no close_notify, but its alert is flushed
@@ -850,7 +852,7 @@ class Connection:
             self.abort("peer closed during the TLS handshake")
 
     def _connect_timed_out(self) -> None:
-        self.stats.timeouts += 1
+        self.stats.timed_out("connect")
         self.stats.connect_failures += 1
         seconds = self.limits.connect_timeout
         self._lost_reason = TimeoutError(f"connect timed out after {seconds:g} s")
@@ -874,3 +876,13 @@ class Connection:
             self._input = Input.ENDED
             if self._state is _OPEN:
                 self.protocol.eof_received(clean, now)
+
+
+def _failure_reason(exc: TLSError) -> str:
+    """A TLS failure's reason for the counters: the certificate check that failed
+    (``verify_untrusted``...), else the alert by its RFC 8446 name, else ``other``."""
+    if exc.verify_failure is not None:
+        return f"verify_{exc.verify_failure.value}"
+    if exc.alert is not None:
+        return exc.alert.name.lower()
+    return "other"

@@ -10,6 +10,7 @@ import hashlib
 import os
 import pathlib
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import PKI
 from servekit import Served, needs_signals, run_spcore, spcore, tls_client
+from test_reload import Files, serial_of_der
 
 from spcore.conformance.peers import Handler, Peer, echo, peer, server_tls
 from spcore.drivers import DRIVERS
@@ -123,6 +125,36 @@ def test_a_backend_whose_certificate_does_not_verify_is_refused(
                 assert _read_to_end(client) == b""  # closed
             wait_for_log(running, "cannot connect to the backend")
             assert "CERTIFICATE_VERIFY_FAILED" in running.errors()
+
+
+def test_sighup_gives_new_clients_the_renewed_certificate(
+    env: dict[str, str], pki: PKI, tmp_path: pathlib.Path
+) -> None:
+    """As ``spcore serve`` does: the accepting side's files are read again on SIGHUP; a
+    client already connected goes on with what it had."""
+    files = Files(pki, tmp_path)
+    first = files.renew()
+    with peer(echo) as backend, tunnel(env, *backend_args(backend), *files.args()) as running:
+        old = pki.client_context().wrap_socket(
+            socket.create_connection(running.address, TIMEOUT), server_hostname="localhost"
+        )
+        with old:
+            assert _serial(old) == first
+            second = files.renew()
+            running.proc.send_signal(signal.SIGHUP)
+            wait_for_log(running, "TLS files reloaded")
+            with pki.client_context().wrap_socket(
+                socket.create_connection(running.address, TIMEOUT), server_hostname="localhost"
+            ) as new:
+                assert _serial(new) == second
+            old.sendall(b"still here")
+            assert _read_exactly(old, 10) == b"still here"
+
+
+def _serial(sock: ssl.SSLSocket) -> int:
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return serial_of_der(der)
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))

@@ -19,6 +19,8 @@ EDGES = {
     "cli.py": "the program: signals, the clock that dates the development certificate",
     "cli_tls.py": "the program's TLS options: writes ticket key files, and runs the thread "
     "that watches the TLS files which rotate while serving",
+    "cli_access.py": "the access log's writer thread and file",
+    "cli_metrics.py": "the admin listener (metrics, health) and its thread",
     "certs.py": "writes and locks certificate files (the time is an argument)",
     "__main__.py": "python -m spcore",
     "supervisor.py": "the program's worker processes: starts, signals and restarts them",

@@ -223,7 +223,7 @@ def test_sighup_is_passed_on_to_every_worker_and_ends_none(env: dict[str, str]) 
     with served(["--port", "0", "--no-tls", "--workers", "2"], env) as server:
         server.proc.send_signal(signal.SIGHUP)
         for index, pid in enumerate(server.workers):
-            line = f"spcore: worker {index} (pid {pid}): SIGHUP: reloading is not supported yet"
+            line = f"[worker {index}, pid {pid}]: SIGHUP: no TLS listener, nothing to reload"
             wait_for(lambda line=line: line in server.errors(), f"worker {index}'s hook", WAIT)
         assert set(workers_answering(server.endpoints[0])) == set(server.workers)
         assert "restarting" not in server.errors()

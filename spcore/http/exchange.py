@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..errors import LocalProtocolError
+from .access import AccessSink, response_ended
 from .codec import CHUNKED, FIXED, NO_BODY, UNTIL_CLOSE, RequestHead, ResponseHead
 from .messages import App, BodyReader, HeaderInput, Pipe, Request, Response
 from .writer import REASONS
@@ -94,6 +95,9 @@ _WAITING, _HELD, _STREAMING, _DONE = range(4)
 
 class Carrier(Protocol):
     """What carries an exchange: it puts the response on the wire and feeds the request in."""
+
+    #: Where each response's access record goes (None: no access log is kept).
+    access_log: AccessSink | None
 
     @property
     def transport(self) -> Transport: ...
@@ -147,9 +151,12 @@ class Exchange:
         "_reader",
         "_received",
         "_request",
+        "_sent",
         "_server_header",
         "_source",
+        "_started",
         "_state",
+        "_status",
         "_transport",
         "_writable",
         "body_paused",
@@ -180,6 +187,9 @@ class Exchange:
         self._server_header = server_header
         self._reader: BodyReader | None = None
         self._received = 0
+        self._started = 0.0
+        self._status = 0  # of the response once it began; 0 again once it was counted
+        self._sent = 0  # response body bytes handed to the carrier
         self._job: Job | None = None
         self._state = _WAITING
         self._held: ResponseHead | None = None
@@ -270,6 +280,8 @@ class Exchange:
         self._state = _DONE
         self.response_done = True
         self.switch = (layer, pairs)
+        self._status = 101
+        self._ended(self._transport.now)
         if not self._carrier.in_round:
             self._carrier.run(None, self._transport.now)
 
@@ -277,6 +289,7 @@ class Exchange:
 
     def start(self, now: float) -> None:
         """Call the application with the request."""
+        self._started = now
         head = self.head
         limit = self._transport.limits.max_body_size
         if head.content_length is not None and head.content_length > limit:
@@ -334,10 +347,14 @@ class Exchange:
         self._close_source()
         self._held = None
         if streaming:
-            return  # the carrier closes after what was sent: the client sees it cut short
+            # The carrier closes after what was sent: the client sees it cut short.
+            self._ended(now, complete=False)
+            return
         base = [self._carrier.date(now), self._server_header]
         head, body = error_response(status, reason, self.head.method, base)
         self._carrier.send_response(head, body, True)
+        self._status, self._sent = status, len(body)
+        self._ended(now)
 
     def connection_lost(self) -> None:
         if self._job is None:
@@ -346,6 +363,7 @@ class Exchange:
         if self._state != _DONE:
             self._state = _DONE
             self.response_done = True
+            self._ended(self._transport.now, complete=False)
             callback, self._disconnect = self._disconnect, None
             if callback is not None:
                 try:
@@ -461,17 +479,20 @@ class Exchange:
             _discard(response)
             self._fail_app("the application returned an invalid response", now)
             return
+        self._status = head.status
         if payload is not None or head.framing == NO_BODY:
             if payload is None:
                 _close_body(response.body)  # a HEAD's: never iterated
             self._state = _DONE
             self.response_done = True
+            body = b"" if head.framing == NO_BODY else payload or b""
             try:
-                self._carrier.send_response(
-                    head, b"" if head.framing == NO_BODY else payload or b"", True
-                )
+                self._carrier.send_response(head, body, True)
             except LocalProtocolError as exc:
                 self._broken(exc)
+                return
+            self._sent = len(body)
+            self._ended(now)
             return
         self._source = response.body
         self._held = head
@@ -581,10 +602,12 @@ class Exchange:
         except LocalProtocolError as exc:
             self._broken(exc)
             return
+        self._sent += len(body)
         if end:
             self._state = _DONE
             self.response_done = True
             self._close_source()
+            self._ended(now)
 
     def _pipe_ready(self) -> None:
         if self._job is not None or self._transport.closing:
@@ -653,7 +676,24 @@ class Exchange:
         self.response_done = True
         self.close = True
         self._close_source()
+        self._ended(self._transport.now, complete=False)
         self._transport.abort(reason)
+
+    def _ended(self, now: float, complete: bool = True) -> None:
+        """The seam where a response ends, however it ends: counted by status class, and
+        its access record made (once; nothing when no response had begun)."""
+        status, self._status = self._status, 0
+        if status:
+            response_ended(
+                self._transport,
+                self._carrier.access_log,
+                self.head,
+                status,
+                self._sent,
+                self._started,
+                now,
+                complete,
+            )
 
     def _close_source(self) -> None:
         source, self._source = self._source, None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..layer import ProtocolLayer
+from .access import AccessSink, response_ended
 from .codec import (
     CLOSED,
     END_OF_REQUEST,
@@ -59,11 +60,20 @@ class HTTPProtocol(ProtocolLayer):
     """One HTTP/1.1 server connection running ``app`` (see ``spcore.http.messages``).
 
     ``http`` names the codec: "auto" (httptools when it can be imported, else h11), "h11" or
-    "httptools".
+    "httptools". ``access_log`` gets an ``AccessRecord`` per response (it must not block:
+    ``spcore.http.access``).
     """
 
-    def __init__(self, app: App, *, http: str = "auto", server_header: bytes = b"spcore") -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        http: str = "auto",
+        server_header: bytes = b"spcore",
+        access_log: AccessSink | None = None,
+    ) -> None:
         self.app = app
+        self.access_log = access_log
         self.codec_name, self._new_codec = codec_factory(http)
         self._server_header = (b"server", server_header)
         self._blocking = bool(getattr(app, "blocking", False))
@@ -390,6 +400,7 @@ class HTTPProtocol(ProtocolLayer):
         head, body = error_response(status, reason, method, [self.date(now), self._server_header])
         self.send_response(head, body, True)
         self._close_now = True
+        response_ended(conn, self.access_log, None, status, len(body), now, now)
 
     def _resume_writing(self, now: float) -> None:
         exchange = self._exchange
@@ -410,10 +421,11 @@ class HTTPProtocol(ProtocolLayer):
         if exchange is None and not self._head_started:
             self._close_now = True  # idle keep-alive connection: close quietly
             return
-        conn.stats.timeouts += 1
         if exchange is None:
+            conn.stats.timed_out("header")
             self._error(408, _IDLE_REASON, None, now)
         else:
+            conn.stats.timed_out("body")
             exchange.fail(408, _BODY_REASON, now)
 
 

@@ -20,7 +20,7 @@ from ..errors import LocalProtocolError
 from .rules import split_target
 
 if TYPE_CHECKING:
-    from ..layer import ProtocolLayer
+    from ..layer import ProtocolLayer, Transport
     from ..tls.engine import TLSInfo
 
 __all__ = [
@@ -78,7 +78,17 @@ class ResponseControl(Protocol):
         ...
 
     def on_disconnect(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` if the connection is lost before the response has ended."""
+        """Call ``callback`` if the exchange ends before its response has: the connection was
+        lost, or the request failed."""
+        ...
+
+    def on_client_eof(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` if the client ends its side before the response has ended."""
+        ...
+
+    @property
+    def transport(self) -> Transport:
+        """The connection carrying the exchange (``call_soon_threadsafe``, ``submit_job``)."""
         ...
 
     def upgrade(self, layer: ProtocolLayer, headers: HeaderInput = ()) -> None:

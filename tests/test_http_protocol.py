@@ -23,6 +23,7 @@ import h11
 import pytest
 from memlink import MemLink, http_server, read_response
 
+from spcore.actions import Sync
 from spcore.config import KiB, MiB
 from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
@@ -1230,6 +1231,30 @@ class TestExchangeAPI:
             assert len(reader.chunks) <= pieces + 1  # one piece per resume, at most
         assert parse_one(link.take(), "POST").body == body
         assert resumed > 5
+
+    def test_a_body_resumed_from_outside_a_driver_call_has_the_driver_read_again(
+        self, connect_plain: Connect
+    ) -> None:
+        """``resume_body()`` in a call handed to the loop thread writes nothing, yet reading
+        changes: the connection is synced, or a real driver would never read again."""
+        readers: list[Request] = []
+
+        class Pausing:
+            def data(self, chunk: bytes) -> bool:
+                return False
+
+            def end(self) -> Response:
+                return Response(200, [], b"all read")
+
+        def app(req: Request) -> None:
+            readers.append(req)
+            req.read_body(Pausing())
+
+        link = connect_plain(app, chunk=None)
+        link.send(request("POST", "/", [("Content-Length", "10")], b"12345"))
+        assert not link.conn.reading
+        readers[0].exchange.resume_body()
+        assert link.server.next_action() == Sync(link.conn)
 
     def test_writable_and_on_writable_follow_the_client(self, connect_whole: Connect) -> None:
         pipe = Pipe(high_water=1 << 30)

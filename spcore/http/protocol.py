@@ -140,6 +140,8 @@ class HTTPProtocol(ProtocolLayer):
 
     def run(self, step: Callable[[float], None] | None, now: float) -> None:
         self._round(step, now)
+        assert self._conn is not None
+        self._conn.sync()  # called from outside: reading or the deadline may have changed
 
     # -- ProtocolLayer ------------------------------------------------------------------------
 

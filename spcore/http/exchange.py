@@ -249,6 +249,14 @@ class Exchange:
             self._transport.now if now is None else now,
         )
 
+    def error(self, status: int, reason: str) -> None:
+        """The application cannot answer as it should (it raised, or broke its protocol):
+        the client gets ``status`` with ``reason`` and the connection closes; a response already
+        on its way is cut short instead."""
+        if self._transport.closing:
+            return
+        self._carrier.run(lambda now: self._fail_app(reason, now, status), self._transport.now)
+
     def resume_body(self) -> None:
         """Take the request body again after a ``BodyReader.data()`` returned False."""
         if self.body_paused:
@@ -467,11 +475,11 @@ class Exchange:
         if self._pipe is not None:
             self._pump(now)  # what this job wrote into the response's Pipe
 
-    def _fail_app(self, why: str, now: float) -> None:
+    def _fail_app(self, why: str, now: float, status: int = 500) -> None:
         if self._state == _STREAMING:
             self._abort("the application failed after its response began")
             return
-        self.fail(500, why, now, level=logging.ERROR)
+        self.fail(status, why, now, level=logging.ERROR)
 
     # -- responses ------------------------------------------------------------------------------
 

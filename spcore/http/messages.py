@@ -56,6 +56,10 @@ class ResponseControl(Protocol):
     """What an application may do with the exchange serving its request (``request.exchange``,
     a ``spcore.http.exchange.Exchange``), on the loop thread."""
 
+    #: The response has ended (or will never be sent: the exchange failed, the connection
+    #: went); what is given for it now is dropped.
+    response_done: bool
+
     @property
     def writable(self) -> bool:
         """Whether the client keeps up with the response (see ``on_writable``)."""
@@ -67,6 +71,11 @@ class ResponseControl(Protocol):
 
     def respond(self, response: Response, now: float | None = None) -> None:
         """Answer with ``response`` (once)."""
+        ...
+
+    def error(self, status: int, reason: str) -> None:
+        """Answer ``status`` with ``reason`` and close, or cut a response already begun (an
+        application that failed)."""
         ...
 
     def resume_body(self) -> None:

@@ -8,17 +8,15 @@ when to read, write, close, time out, accept or stop comes from the core's actio
 from __future__ import annotations
 
 import abc
-import collections
 import heapq
 import itertools
 import logging
 import queue
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from spcore.actions import Accepting, CloseListeners, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
 from spcore.addresses import describe_address
@@ -26,7 +24,11 @@ from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.server import Listener, Server
 
+from .calls import CallQueue
 from .listening import SocketFile, bind_listener
+
+if TYPE_CHECKING:
+    from .gateway.apploop import AppLoop
 
 __all__ = ["Bound", "CallQueue", "Driver", "JobPool", "TimerHeap", "bind_listener"]
 
@@ -153,55 +155,6 @@ class TimerHeap:
         return due
 
 
-class CallQueue:
-    """Functions handed to the loop thread from any thread: each runs once, in order, soon.
-
-    ``post`` appends and wakes the loop (once per batch: a wake-up already on its way is not
-    sent again); the loop runs what ``take`` returns. ``close`` is the end: later posts are
-    refused (False) and never run, and it returns what was accepted before, for the loop to
-    run last, so that every call is either refused or run exactly once. Re-entrant, so that a
-    signal handler may post while the loop thread itself is posting or taking.
-    """
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-        self._lock = threading.RLock()
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
-            collections.deque()
-        )
-        self._open = True
-        self._signalled = False  # a wake-up was sent and the loop has not taken since
-
-    def post(self, fn: Callable[..., object], args: tuple[object, ...]) -> bool:
-        with self._lock:
-            if not self._open:
-                return False
-            self._calls.append((fn, args))
-            if self._signalled:
-                return True
-            self._signalled = True
-        self._wake()
-        return True
-
-    def take(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
-        """What was posted since the last call, in order (loop thread)."""
-        if not self._calls:  # (a post in progress wakes the loop after its append)
-            return []
-        with self._lock:
-            self._signalled = False
-            calls = list(self._calls)
-            self._calls.clear()
-        return calls
-
-    def close(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
-        """Refuse every later post; what is left to run."""
-        with self._lock:
-            self._open = False
-            calls = list(self._calls)
-            self._calls.clear()
-        return calls
-
-
 class JobPool:
     """A bounded thread pool whose finished jobs queue up for the loop thread."""
 
@@ -257,6 +210,10 @@ class Driver(abc.ABC, Generic[_L]):
     ``call_soon_threadsafe(fn, *args)`` may be called from any thread (or a signal handler)
     to run ``fn`` on the loop thread; ``stop()`` hands the server's stop request over that way.
     A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks.
+
+    ``app_loop()`` is the asyncio loop hosted applications' coroutines (ASGI) run on: by
+    default one companion thread's, which every driver thus offers; a driver with an asyncio
+    loop of its own lends that instead.
     """
 
     name: ClassVar[str]
@@ -271,12 +228,24 @@ class Driver(abc.ABC, Generic[_L]):
         #: When the server's timer is due (its latest ``SetTimer``).
         self.server_timer: float | None = None
         self._calls = CallQueue(lambda: self.wake())  # (looked up at each call)
+        self._app_loop: AppLoop | None = None
         server.attach(self.call_soon_threadsafe)
 
     @classmethod
     @abc.abstractmethod
     def probe(cls) -> tuple[bool, str]:
         """Whether this driver can run here, and a sentence saying why (not)."""
+
+    def app_loop(self) -> AppLoop:
+        """The asyncio loop application coroutines run on (``spcore.drivers.gateway``),
+        made at the first call: here a companion thread's, with which the core and the
+        application exchange calls through the thread-safe wake-ups of both loops. Whoever
+        asked for it closes it (``AppLoop.close()``) once ``run()`` has returned."""
+        if self._app_loop is None:
+            from .gateway.apploop import CompanionLoop  # (asyncio only for those who host)
+
+            self._app_loop = CompanionLoop(f"spcore-app-loop-{self.name}")
+        return self._app_loop
 
     def bind(self) -> list[Bound]:
         """Create the listening sockets (raises OSError for a bad or busy address)."""

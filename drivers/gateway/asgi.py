@@ -214,6 +214,10 @@ class _HTTPApp:
                 failure = "the application returned without starting its response"
             elif not response.complete:
                 failure = "the application returned without completing its response"
+            if failure is not None and self._eof:
+                # It was told the client left (http.disconnect): nothing is owed any more.
+                self._post(self._cycle.abandon)
+                return
             if failure is not None and not self._lost:
                 log.error("ASGI application error: %s", failure[4:])
         if self._lost:

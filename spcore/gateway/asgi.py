@@ -374,6 +374,12 @@ class HTTPCycle:
         exchange.resume_body()
         self._drop_rest()
 
+    def abandon(self) -> None:
+        """The application, told the client left, returned without a complete response: the
+        connection ends (a half-closed client gets what was sent so far)."""
+        self._exchange.on_disconnect(None)
+        self._exchange.transport.close()
+
     def _drop_rest(self) -> bool:
         """While draining: whether to go on reading the body."""
         exchange = self._exchange

@@ -1,5 +1,6 @@
 """Fixtures of the scenarios: ``driver`` (one per chosen driver), ``http_codec`` (one per
-chosen HTTP codec, for every scenario but the stream ones), ``serve`` and ``pki``.
+chosen HTTP codec, for every scenario but the stream ones; the first only for those of hosted
+applications), ``serve`` and ``pki``.
 
 They live here rather than in the auto-loaded plugin so that fixture names as common as
 ``driver`` never leak into other projects' test runs.
@@ -15,6 +16,7 @@ import pytest
 from spcore.conformance import harness
 from spcore.conformance.harness import PKI, Serve
 from spcore.conformance.plugin import (
+    GATEWAY_MARK,
     STREAM_MARK,
     DriverChoice,
     chosen_codecs,
@@ -32,8 +34,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     choices = chosen_drivers(metafunc.config)
     metafunc.parametrize("driver", choices, ids=[c.name for c in choices], indirect=True)
-    if "serve" in metafunc.fixturenames and not metafunc.definition.get_closest_marker(STREAM_MARK):
+    definition = metafunc.definition
+    if "serve" in metafunc.fixturenames and not definition.get_closest_marker(STREAM_MARK):
         codecs = chosen_codecs(metafunc.config)
+        if definition.get_closest_marker(GATEWAY_MARK):
+            codecs = codecs[:1]
         metafunc.parametrize("http_codec", codecs, ids=codecs, indirect=True)
 
 

@@ -501,8 +501,9 @@ class SessionState:
             if kind == "websocket.send":
                 return "send", (_payload(message),)
             if kind == "websocket.close":
+                code = _close_code(message)
                 self.state = self.CLOSED
-                return "close", _close_code(message)
+                return "close", code
         elif state == self.CONNECTING:
             if kind == "websocket.accept":
                 self.state = self.OPEN

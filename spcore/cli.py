@@ -310,6 +310,8 @@ def _limits(args: argparse.Namespace) -> Limits:
         overrides["max_connections"] = args.max_connections
     if args.threads is not None:
         overrides["worker_threads"] = args.threads
+    if args.max_body_size is not None:
+        overrides["max_body_size"] = args.max_body_size
     return Limits(**overrides)
 
 
@@ -834,6 +836,12 @@ def _add_app_options(serve: argparse.ArgumentParser) -> None:
         type=_count,
         metavar="N",
         help="worker threads for WSGI calls and blocking apps (default 16)",
+    )
+    group.add_argument(
+        "--max-body-size",
+        type=_count,
+        metavar="BYTES",
+        help="the largest request body (default 64 MiB; 413 beyond it)",
     )
     group.add_argument(
         "--ws-max-size",

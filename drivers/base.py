@@ -13,9 +13,9 @@ import itertools
 import logging
 import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from spcore.actions import Accepting, CloseListeners, Read, RunJobs, Send, SetTimer, ShutWrite, Sync
@@ -156,26 +156,54 @@ class TimerHeap:
 
 
 class JobPool:
-    """A bounded thread pool whose finished jobs queue up for the loop thread."""
+    """A bounded pool of worker threads whose finished jobs queue up for the loop thread.
+
+    Its own threads over one queue rather than ``concurrent.futures``: a job needs no future
+    (its result travels in the job), and a WSGI call is a job per request, where the
+    executor's future, condition and semaphore per job cost more than the hand-off itself.
+    Threads start as jobs need them, up to ``workers``.
+    """
 
     def __init__(self, workers: int, wake: Callable[[], None]) -> None:
-        self._executor: ThreadPoolExecutor | None = None
         self._workers = workers
         self._wake = wake
+        self._todo: queue.SimpleQueue[tuple[Connection, Job] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[Connection, Job]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a job, or about to
+        self._lock = threading.Lock()  # (for _idle)
+        self._woken = False  # a wake-up is on its way and finished() has not run since
 
     def submit(self, conn: Connection, job: Job) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="spcore-job")
-        self._executor.submit(self._run, conn, job)
+        with self._lock:
+            start = not self._idle and len(self._threads) < self._workers
+            if not start:
+                self._idle -= 1  # one of them takes this job
+        if start:
+            thread = threading.Thread(
+                target=self._work, name=f"spcore-job-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        self._todo.put((conn, job))
 
-    def _run(self, conn: Connection, job: Job) -> None:
-        job.run()
-        self._done.put((conn, job))
-        self._wake()
+    def _work(self) -> None:
+        todo, done, lock = self._todo, self._done, self._lock
+        while True:
+            item = todo.get()
+            if item is None:
+                return
+            item[1].run()
+            with lock:
+                self._idle += 1
+            done.put(item)
+            if not self._woken:  # one wake-up for the jobs that finish before the loop looks
+                self._woken = True
+                self._wake()
 
     def finished(self) -> list[tuple[Connection, Job]]:
         """Jobs that finished since the last call (loop thread)."""
+        self._woken = False  # (before looking: a job put after this wakes the loop again)
         if self._done.empty():  # (the common case, without an exception)
             return []
         done = []
@@ -188,9 +216,11 @@ class JobPool:
     def shutdown(self) -> None:
         """Wait for the running jobs, then hand every finished one back to its connection
         (the contract: every job taken comes back, even when the driver is stopping)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
-            self._executor = None
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._todo.put(None)
+        for thread in threads:
+            thread.join()
         for conn, job in self.finished():
             conn.job_done(job, time.monotonic())
 

@@ -134,8 +134,21 @@ class AsyncioDriver(Driver[_Link]):
         if self._app_loop is None:
             if self._loop is None:
                 self._loop = self._new_loop()
-            self._app_loop = OwnLoop(self._loop)
+            self._app_loop = OwnLoop(self._loop, self._call_here)
         return self._app_loop
+
+    def _call_here(self, fn: Callable[..., object], *args: object) -> bool:
+        """``call_soon_threadsafe`` for the application's coroutines on this very loop: while
+        serving, the call runs at once, and its actions with it, as in any of the loop's
+        callbacks (no self-pipe write, no extra pass of the loop per response: a coroutine's
+        ``send()`` is written out before it returns, as uvicorn does). Never from a signal
+        handler, which may interrupt a callback: that takes ``call_soon_threadsafe``."""
+        if not self._serving or self._stopped:
+            return self._calls.post(fn, args)  # (kept before run(), refused after)
+        now = self._now()
+        self.server.call(fn, args, now)
+        self._after(now)
+        return True
 
     def run(self) -> None:
         server = self.server

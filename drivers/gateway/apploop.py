@@ -38,6 +38,9 @@ class AppLoop(abc.ABC):
     loop: asyncio.AbstractEventLoop
     #: Whether it is the driver's own loop (the application runs on the loop thread).
     own: bool
+    #: How coroutines of this loop hand calls to the driver's loop thread when there is a
+    #: cheaper way than the connections' ``call_soon_threadsafe`` (None: that).
+    post: Callable[..., bool] | None = None
 
     @abc.abstractmethod
     def call(self, fn: Callable[..., object], *args: object) -> None:
@@ -109,8 +112,11 @@ class OwnLoop(AppLoop):
 
     own = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, post: Callable[..., bool] | None = None
+    ) -> None:
         self.loop = loop
+        self.post = post
         self._closed = False
 
     def call(self, fn: Callable[..., object], *args: object) -> None:

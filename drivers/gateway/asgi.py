@@ -52,6 +52,9 @@ class AsgiRunner:
         self.loop = app_loop.loop
         #: Hand a call to the app loop (the core calls it from the loop thread).
         self.call = app_loop.call
+        #: Hand a call back to the loop thread, if the app loop has a cheaper way than the
+        #: connection's ``call_soon_threadsafe``.
+        self.post = app_loop.post
         self._tasks: set[asyncio.Task[None]] = set()  # (the loop holds its tasks weakly)
 
     def http(self, scope: Scope, cycle: HTTPCycle, body_done: bool) -> _HTTPApp:
@@ -61,13 +64,18 @@ class AsgiRunner:
         return _WebSocketApp(self, scope, cycle)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Run ``coro`` as a task, kept until it ends (it calls ``done`` last: a done callback
+        would cost the loop another pass per request)."""
+        self._tasks.add(self.loop.create_task(coro))
+
+    def done(self) -> None:
+        """The task calling this is ending."""
+        self._tasks.discard(asyncio.current_task(self.loop))  # type: ignore[arg-type]
 
 
 class _Waiting:
-    """A future to wait on, made when needed and set by ``wake``."""
+    """A coroutine waiting for the loop half: a future made when someone waits, set by
+    ``wake``."""
 
     __slots__ = ("_future", "_loop")
 
@@ -86,6 +94,11 @@ class _Waiting:
         future = self._future
         if future is not None and not future.done():
             future.set_result(None)
+
+
+def _wake(waiting: _Waiting | None) -> None:
+    if waiting is not None:
+        waiting.wake()
 
 
 class _HTTPApp:
@@ -112,7 +125,7 @@ class _HTTPApp:
         self._runner = runner
         self._scope = scope
         self._cycle = cycle
-        self._post = cycle.post
+        self._post = runner.post or cycle.post
         self._body: list[bytes] = []
         self._more = not body_done  # more of the body is to come
         self._end_given = False  # the message saying more_body False was received
@@ -121,8 +134,8 @@ class _HTTPApp:
         self._owed = 0
         self._response = ResponseState()
         self._started = False  # the response's start went to the loop half
-        self._receiving = _Waiting(runner.loop)
-        self._sending = _Waiting(runner.loop)
+        self._receiving: _Waiting | None = None  # (made when a coroutine first waits)
+        self._sending: _Waiting | None = None
 
     # -- handed over by the loop half ----------------------------------------------------------
 
@@ -133,28 +146,38 @@ class _HTTPApp:
         if chunk:
             self._body.append(chunk)
         self._more = more
-        self._receiving.wake()
+        _wake(self._receiving)
 
     def eof(self) -> None:
         self._eof = True
-        self._receiving.wake()
+        _wake(self._receiving)
 
     def lost(self) -> None:
         self._eof = self._lost = True
-        self._receiving.wake()
-        self._sending.wake()
+        _wake(self._receiving)
+        _wake(self._sending)
 
     def credit(self, size: int) -> None:
         self._owed -= size
         if self._owed < RESPONSE_WINDOW:
-            self._sending.wake()
+            _wake(self._sending)
+
+    def _receive_wait(self) -> _Waiting:
+        if self._receiving is None:
+            self._receiving = _Waiting(self._runner.loop)
+        return self._receiving
+
+    def _send_wait(self) -> _Waiting:
+        if self._sending is None:
+            self._sending = _Waiting(self._runner.loop)
+        return self._sending
 
     # -- the application's ---------------------------------------------------------------------
 
     async def receive(self) -> Message:
         response = self._response
         while not self._body and self._more and not self._eof:
-            await self._receiving.wait()
+            await self._receive_wait().wait()
         if self._body or (not self._end_given and not self._more):
             body = self._body
             chunk = body[0] if len(body) == 1 else b"".join(body)
@@ -166,7 +189,7 @@ class _HTTPApp:
         # The body was all received: what is left to say is that the client went (or that
         # nothing more will come, once the response is complete).
         while not self._eof and not response.complete:
-            await self._receiving.wait()
+            await self._receive_wait().wait()
         return dict(_DISCONNECT)
 
     async def send(self, message: Message) -> None:
@@ -186,17 +209,23 @@ class _HTTPApp:
             self._lost = True
             raise ClientDisconnected("the server has stopped")
         if not more:
-            self._receiving.wake()  # receive() now says http.disconnect
+            _wake(self._receiving)  # receive() now says http.disconnect
             return
         self._owed += len(body)
         while self._owed >= RESPONSE_WINDOW and not self._lost:
-            await self._sending.wait()
+            await self._send_wait().wait()
         if self._lost:
             raise ClientDisconnected("the client disconnected")
 
     # -- the task ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._runner.done()
+
+    async def _serve(self) -> None:
         failure: str | None = None
         try:
             await self._runner.app(self._scope, self.receive, self.send)
@@ -233,7 +262,7 @@ class _WebSocketApp:
         self._runner = runner
         self._scope = scope
         self._cycle = cycle
-        self._post = cycle.post
+        self._post = runner.post or cycle.post
         self._state = SessionState()
         self._connected = False  # websocket.connect was received
         self._messages: deque[str | bytes] = deque()
@@ -297,6 +326,12 @@ class _WebSocketApp:
     # -- the task ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._runner.done()
+
+    async def _serve(self) -> None:
         try:
             await self._runner.app(self._scope, self.receive, self.send)
         except asyncio.CancelledError:

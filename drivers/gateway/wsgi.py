@@ -22,7 +22,8 @@ __all__ = ["BlockingChannel"]
 
 
 class BlockingChannel:
-    """The hand-off of one WSGI call (see the module docstring)."""
+    """The hand-off of one WSGI call (see the module docstring). Its condition is made when
+    a side first has to wait (under the lock both sides take): most calls never wait."""
 
     def __init__(
         self,
@@ -35,7 +36,8 @@ class BlockingChannel:
         self._resume = resume
         self._body_window = body_window
         self._response_window = response_window
-        self._ready = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._ready: threading.Condition | None = None
         self._chunks: deque[bytes] = deque()
         self._size = 0  # body bytes buffered
         self._ended = False
@@ -46,30 +48,34 @@ class BlockingChannel:
     # -- the loop thread's ----------------------------------------------------------------------
 
     def put(self, data: bytes) -> bool:
-        with self._ready:
+        with self._lock:
             self._chunks.append(data)
             self._size += len(data)
-            self._ready.notify()
+            self._notify()
             if self._size < self._body_window:
                 return True
             self._full = True
             return False
 
     def put_end(self) -> None:
-        with self._ready:
+        with self._lock:
             self._ended = True
-            self._ready.notify()
+            self._notify()
 
     def credit(self, size: int) -> None:
-        with self._ready:
+        with self._lock:
             self._owed -= size
-            self._ready.notify()
+            self._notify()
 
     def abort(self, reason: str) -> None:
-        with self._ready:
+        with self._lock:
             if self._aborted is None:
                 self._aborted = reason
-            self._ready.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._ready is not None:
+            self._ready.notify()  # (one worker waits at most: the call's own)
 
     # -- the worker's ---------------------------------------------------------------------------
 
@@ -77,9 +83,9 @@ class BlockingChannel:
         return self._aborted is not None
 
     def take(self, size: int) -> bytes:
-        with self._ready:
+        with self._lock:
             while not self._chunks and not self._ended and self._aborted is None:
-                self._ready.wait()
+                self._wait()
             if self._aborted is not None:
                 raise ClientDisconnected(self._aborted)
             chunks = self._chunks
@@ -102,11 +108,17 @@ class BlockingChannel:
         return taken[0] if len(taken) == 1 else b"".join(taken)
 
     def give(self, fn: Callable[..., None], *args: Any, size: int) -> None:
-        with self._ready:
+        with self._lock:
             while self._owed >= self._response_window and self._aborted is None:
-                self._ready.wait()
+                self._wait()
             if self._aborted is not None:
                 raise ClientDisconnected(self._aborted)
             self._owed += size
         if not self._post(fn, *args):
             raise ClientDisconnected("the server has stopped")
+
+    def _wait(self) -> None:
+        """Wait for the loop thread's next hand-over (the lock held, and released meanwhile)."""
+        if self._ready is None:
+            self._ready = threading.Condition(self._lock)
+        self._ready.wait()

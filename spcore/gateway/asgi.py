@@ -23,6 +23,7 @@ loop, handed to the companion thread otherwise); calls back go through the conne
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote
@@ -161,7 +162,7 @@ def _connection_scope(request: Request, root_path: str, state: dict[str, Any] | 
     scope: Scope = {
         "asgi": ASGI,
         "http_version": request.http_version,
-        "path": root_path + unquote(raw_path),
+        "path": root_path + (unquote(raw_path) if "%" in raw_path else raw_path),
         "raw_path": (root_path + raw_path).encode("latin-1"),
         "query_string": request.query.encode("latin-1"),
         "root_path": root_path,
@@ -172,8 +173,14 @@ def _connection_scope(request: Request, root_path: str, state: dict[str, Any] | 
     if state is not None:
         scope["state"] = dict(state)
     if request.tls is not None:
-        scope["extensions"] = {"tls": tls_extension(request.tls)}
+        scope["extensions"] = {"tls": dict(_tls_extension(request.tls))}
     return scope
+
+
+@functools.lru_cache(maxsize=1024)
+def _tls_extension(tls: TLSInfo) -> dict[str, Any]:
+    """``tls_extension`` once per connection's ``TLSInfo`` (each request gets a copy)."""
+    return tls_extension(tls)
 
 
 def tls_extension(tls: TLSInfo) -> dict[str, Any]:
@@ -280,14 +287,11 @@ class HTTPCycle:
         "_too_much",
         "app",
         "length",
-        "post",
     )
 
     def __init__(self, exchange: ResponseControl, call: Callable[..., None]) -> None:
         self._exchange = exchange
         self._call = call
-        #: How the application half hands calls back (from any thread).
-        self.post = exchange.transport.call_soon_threadsafe
         self.app: HTTPApp | None = None
         self._pipe: Pipe | None = None
         self._in_flight = 0  # body bytes handed to the application, not yet taken
@@ -298,6 +302,11 @@ class HTTPCycle:
         self._draining = False  # the application has finished: the rest of the body is dropped
         self._too_much = False  # ... and it is too much to read: close after the response
         self._owed = 0  # response bytes the client has not taken, credit not yet returned
+
+    @property
+    def post(self) -> Callable[..., bool]:
+        """How the application half hands calls back (from any thread)."""
+        return self._exchange.transport.call_soon_threadsafe
 
     # BodyReader
     def data(self, chunk: bytes) -> bool:
@@ -418,14 +427,21 @@ class ASGIHost:
         self.max_message_size = max_message_size
 
     def __call__(self, request: Request) -> None:
-        if _asks_for_websocket(request):
+        length = coding = upgrade = None
+        for name, value in request.headers:  # (one pass for the three)
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                coding = value
+            elif name == b"upgrade":
+                upgrade = value
+        if upgrade is not None and _asks_for_websocket(request):
             self._websocket(request)
             return
         exchange = request.exchange
         runner = self.runner
         cycle = HTTPCycle(exchange, runner.call)
-        length = request.header("content-length")
-        body = length not in (None, "0") or request.header("transfer-encoding") is not None
+        body = coding is not None or (length is not None and length != b"0")
         cycle.length = int(length) if length is not None else None
         app = cycle.app = runner.http(
             http_scope(request, self.root_path, self.state), cycle, not body

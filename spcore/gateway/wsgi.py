@@ -370,7 +370,7 @@ def build_environ(
         "wsgi.url_scheme": request.scheme,
         "wsgi.input": body,
         "wsgi.input_terminated": True,  # the body ends where the request's does, chunked too
-        "wsgi.errors": _ErrorStream(),
+        "wsgi.errors": _ERRORS,
         "wsgi.multithread": True,
         "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
@@ -379,24 +379,39 @@ def build_environ(
     if client:
         environ["REMOTE_ADDR"] = str(client[0])
         environ["REMOTE_PORT"] = str(client[1])
+    keys = _KEYS
     for name, value in request.headers:
-        if b"_" in name:
-            # "X_Forwarded_For" would pass for "X-Forwarded-For" once both are HTTP_X_...:
-            # dropped, as gunicorn, nginx and Apache do (CVE-2015-0219 and its kin).
-            continue
+        key = keys.get(name)
+        if key is None:
+            key = _key(name)
+            if key is None:
+                continue
         text = value.decode("latin-1")
-        if name == b"content-type":
-            environ["CONTENT_TYPE"] = text
-        elif name == b"content-length":
-            environ["CONTENT_LENGTH"] = text
+        if key in environ:  # a repeated field: one comma-separated value (RFC 9110 §5.3)
+            separator = "; " if key == "HTTP_COOKIE" else ","
+            environ[key] = environ[key] + separator + text
         else:
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-            if key in environ:  # a repeated field: one comma-separated value (RFC 9110 §5.3)
-                separator = "; " if key == "HTTP_COOKIE" else ","
-                environ[key] = environ[key] + separator + text
-            else:
-                environ[key] = text
+            environ[key] = text
     return environ
+
+
+#: The two headers that have environ keys of their own (PEP 3333).
+_CGI_KEYS: Final = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+#: The environ key of each header name seen (the same few come back); reset when full.
+_KEYS: dict[bytes, str] = dict(_CGI_KEYS)
+_MAX_KEYS: Final = 1024
+
+
+def _key(name: bytes) -> str | None:
+    if b"_" in name:
+        # "X_Forwarded_For" would pass for "X-Forwarded-For" once both are HTTP_X_...: such
+        # names are dropped, as gunicorn, nginx and Apache do (CVE-2015-0219 and its kin).
+        return None
+    if len(_KEYS) >= _MAX_KEYS:
+        _KEYS.clear()
+        _KEYS.update(_CGI_KEYS)
+    key = _KEYS[name] = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    return key
 
 
 class WSGIInput:
@@ -467,16 +482,12 @@ class WSGIInput:
 
 
 class _ErrorStream:
-    """``wsgi.errors`` (one per call): what the application writes goes to the log, line by
-    line."""
-
-    def __init__(self) -> None:
-        self._partial = ""
+    """``wsgi.errors``: what the application writes goes to the log, each write a line (so
+    one stream serves every call, whatever thread writes)."""
 
     def write(self, text: str) -> int:
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
+        line = text.rstrip("\n")
+        if line:
             log.warning("wsgi.errors: %s", line)
         return len(text)
 
@@ -485,5 +496,7 @@ class _ErrorStream:
             self.write(line)
 
     def flush(self) -> None:
-        if self._partial:
-            self.write("\n")
+        pass
+
+
+_ERRORS: Final = _ErrorStream()

@@ -101,7 +101,27 @@ def _wake(waiting: _Waiting | None) -> None:
         waiting.wake()
 
 
-class _HTTPApp:
+class _AppTask:
+    """What both halves share: one task on the app loop, running the application's call
+    (``_serve``) and leaving the runner's set when it ends."""
+
+    __slots__ = ()
+    _runner: AsgiRunner
+
+    def start(self) -> None:
+        self._runner.spawn(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._runner.done()
+
+    async def _serve(self) -> None:
+        raise NotImplementedError
+
+
+class _HTTPApp(_AppTask):
     """The app loop's half of one ``http`` request (``spcore.gateway.asgi.HTTPApp``)."""
 
     __slots__ = (
@@ -138,9 +158,6 @@ class _HTTPApp:
         self._sending: _Waiting | None = None
 
     # -- handed over by the loop half ----------------------------------------------------------
-
-    def start(self) -> None:
-        self._runner.spawn(self._run())
 
     def body(self, chunk: bytes, more: bool) -> None:
         if chunk:
@@ -219,12 +236,6 @@ class _HTTPApp:
 
     # -- the task ------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        try:
-            await self._serve()
-        finally:
-            self._runner.done()
-
     async def _serve(self) -> None:
         failure: str | None = None
         try:
@@ -255,7 +266,7 @@ class _HTTPApp:
             self._post(self._cycle.finished, failure)
 
 
-class _WebSocketApp:
+class _WebSocketApp(_AppTask):
     """The app loop's half of one ``websocket`` session (``WebSocketApp``)."""
 
     def __init__(self, runner: AsgiRunner, scope: Scope, cycle: WebSocketCycle) -> None:
@@ -272,9 +283,6 @@ class _WebSocketApp:
         self._sending = _Waiting(runner.loop)
 
     # -- handed over by the loop half ----------------------------------------------------------
-
-    def start(self) -> None:
-        self._runner.spawn(self._run())
 
     def message(self, data: str | bytes) -> None:
         self._messages.append(data)
@@ -324,12 +332,6 @@ class _WebSocketApp:
                 raise ClientDisconnected(f"the WebSocket is closed ({self._closed[0]})")
 
     # -- the task ------------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            await self._serve()
-        finally:
-            self._runner.done()
 
     async def _serve(self) -> None:
         try:

@@ -88,13 +88,33 @@ def tls_version(transport: Transport) -> TLSVersion:
     return "1.2" if transport == "tls1.2" else "1.3"
 
 
+#: Seconds between two looks of ``wait_until``.
+POLL = 0.01
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(POLL)
+
+
+def wait_still(value: Callable[[], int], timeout: float, what: str, quiet: float = 0.5) -> None:
+    """Until ``value()`` has not changed for ``quiet`` seconds' worth of looks (an application
+    held back; a loaded machine, whose looks come late, only makes the wait longer)."""
+    last = [value(), 0]
+
+    def settled() -> bool:
+        now = value()
+        if now != last[0]:
+            last[0], last[1] = now, 0
+            return False
+        last[1] += 1
+        return last[1] * POLL >= quiet
+
+    wait_until(settled, timeout, what)
 
 
 # --- the PKI ----------------------------------------------------------------------------------

@@ -25,7 +25,14 @@ import pytest
 
 from spcore.conformance.apps import beyond_the_kernel
 from spcore.conformance.clients import Client, pattern
-from spcore.conformance.harness import Serve, Served, Transport, suite_limits, wait_until
+from spcore.conformance.harness import (
+    Serve,
+    Served,
+    Transport,
+    suite_limits,
+    wait_still,
+    wait_until,
+)
 from spcore.conformance.plugin import GATEWAY_MARK
 from spcore.gateway.asgi import RESPONSE_WINDOW
 
@@ -254,27 +261,12 @@ def test_send_waits_while_the_client_does_not_read(serve: Serve) -> None:
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         client.request("GET", "/")
         wait_until(lambda: sent[0] > 0, 10, "the app to start streaming")
-        _wait_still(lambda: sent[0])
+        wait_still(lambda: sent[0], 10, "send() to be held back")
         assert sent[0] < STILL_TOTAL, "send() never waited"
         held = sent[0] - served.server.stats.bytes_sent
         assert held <= HELD, f"the server holds {held} bytes"
         response = client.read_response()
         assert response.body == pattern(0, STILL_TOTAL)
-
-
-def _wait_still(value: Callable[[], int], quiet: float = 0.5, timeout: float = 10.0) -> None:
-    """Until ``value()`` has not changed for ``quiet`` seconds."""
-    last = [value(), 0]
-
-    def settled() -> bool:
-        now = value()
-        if now != last[0]:
-            last[0], last[1] = now, 0
-            return False
-        last[1] += 1
-        return last[1] * 0.01 >= quiet
-
-    wait_until(settled, timeout, "the application to be held back")
 
 
 @TRANSPORTS

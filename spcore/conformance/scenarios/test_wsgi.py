@@ -18,7 +18,7 @@ import pytest
 
 from spcore.conformance.apps import beyond_the_kernel
 from spcore.conformance.clients import pattern
-from spcore.conformance.harness import Serve, Transport, suite_limits, wait_until
+from spcore.conformance.harness import Serve, Transport, suite_limits, wait_still, wait_until
 from spcore.conformance.plugin import GATEWAY_MARK
 from spcore.gateway.wsgi import RESPONSE_WINDOW
 
@@ -133,7 +133,7 @@ def test_a_streamed_response_waits_for_a_client_that_does_not_read(serve: Serve)
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         client.request("GET", "/")
         wait_until(lambda: app.produced > 0, 10, "the app to start")
-        _wait_still(lambda: app.produced)
+        wait_still(lambda: app.produced, 10, "the iterable to be held back")
         assert app.produced < STILL_TOTAL, "the app was not held back"
         held = app.produced - served.server.stats.bytes_sent
         assert held <= HELD, f"the server holds {held} bytes"
@@ -150,20 +150,6 @@ def test_close_is_called_when_the_client_leaves(serve: Serve) -> None:
             client.read_head()  # the response began; then the client goes
         assert app.closed.wait(10), "the iterable was not closed"
         served.wait_drained()
-
-
-def _wait_still(value: Callable[[], int], quiet: float = 0.5) -> None:
-    last = [value(), 0]
-
-    def settled() -> bool:
-        now = value()
-        if now != last[0]:
-            last[0], last[1] = now, 0
-            return False
-        last[1] += 1
-        return last[1] * 0.01 >= quiet
-
-    wait_until(settled, 10, "the application to be held back")
 
 
 def test_write_and_exc_info(serve: Serve) -> None:

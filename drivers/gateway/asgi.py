@@ -70,7 +70,9 @@ class AsgiRunner:
 
     def done(self) -> None:
         """The task calling this is ending."""
-        self._tasks.discard(asyncio.current_task(self.loop))  # type: ignore[arg-type]
+        task = asyncio.current_task(self.loop)
+        if task is not None:
+            self._tasks.discard(task)
 
 
 class _Waiting:

@@ -25,7 +25,8 @@ from spcore.gateway.wsgi import RESPONSE_WINDOW
 pytestmark = getattr(pytest.mark, GATEWAY_MARK)
 TRANSPORTS = pytest.mark.parametrize("transport", ["plain", "tls1.3"])
 
-StartResponse = Callable[..., Callable[[bytes], None]]
+#: As typeshed has it (``_typeshed.wsgi.StartResponse``): write() may return anything.
+StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 CHUNK = 64 * 1024
 TOTAL = 8 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""The benchmark's hello-world ASGI app for uvicorn and hypercorn (``asgi_hello:app``).
+"""The benchmark's hello-world ASGI app (``asgi_hello:app``): spcore, uvicorn, hypercorn, granian.
 
 The same response as ``spcore_hello.app``: 200, ``Hello, world!``, text/plain with a
 content-length. It speaks the lifespan protocol so neither server logs that it is missing.

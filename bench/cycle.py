@@ -1,15 +1,20 @@
-"""In-memory request cycles: µs per keep-alive request through spcore's stack, per HTTP codec.
+"""In-memory request cycles: µs per keep-alive request through spcore's stack, per HTTP codec
+and application interface.
 
 A server ``Connection`` and a client (a TLS client engine, or nothing for plain HTTP) are
-joined in memory: no socket, no driver, no event loop. The client sends a keep-alive
-``GET /hello`` and reads the response; the server side is called exactly as a driver would
-(``receive_data``, ``next_action``, ``sent``). Only the CPU time of the server's calls is
-counted (``time.thread_time``: a shared machine's other work, which takes the core away,
-does not count), so the figure is the core's cost per request, without the client's work or
-wrk's noise. Each configuration runs ``--rounds`` times (interleaved) and the median is
-printed.
+joined in memory: no socket, no driver. The client sends a keep-alive ``GET /hello`` and
+reads the response; the server side is called exactly as a driver would (``receive_data``,
+then every ``next_action()``, ``sent``). The app is the benchmarks' hello world as an spcore
+app, an ASGI app (``--interface asgi``: its coroutines on an asyncio loop of this thread, as
+the asyncio driver lends its own, the calls it hands back run as the driver runs them) or a
+WSGI app (``--interface wsgi``: its job run here, as a worker would). Only the CPU time of the
+server's side is counted (``time.thread_time``: a shared machine's other work, which takes
+the core away, does not count), so the figure is the core's cost per request, without the
+client's work or wrk's noise. Each configuration runs ``--rounds`` times (interleaved) and
+the median is printed.
 
-    python bench/cycle.py                 # every codec, plain and TLS
+    python bench/cycle.py                                # every codec, plain and TLS
+    python bench/cycle.py --interface asgi --interface wsgi
     python bench/cycle.py --profile h11   # cProfile of one configuration, by own time
 
 This is a benchmark, not a test.
@@ -18,6 +23,7 @@ This is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import datetime
 import inspect
@@ -30,12 +36,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from spcore.certs import CertPair, dev_certificate
+from asgi_hello import app as asgi_hello
+from wsgi_hello import app as wsgi_hello
+
+from spcore.actions import RunJobs, Send
+from spcore.certs import dev_certificate
 from spcore.config import Limits
 from spcore.connection import Connection
-from spcore.http.messages import Request, Response
+from spcore.http.messages import App, Request, Response
 from spcore.http.protocol import HTTPProtocol
 from spcore.server import Listener, Server
+from spcore.tls import Certificate, ClientContext, ClientTLS, ServerTLS
 
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: localhost\r\nUser-Agent: cycle\r\nAccept: */*\r\n\r\n"
 BODY = b"Hello, world!"
@@ -57,39 +68,50 @@ def codecs() -> list[str]:
     return available_codecs()
 
 
-def protocol_factory(codec: str) -> Callable[[], HTTPProtocol]:
+def protocol_factory(codec: str, app: App = hello) -> Callable[[], HTTPProtocol]:
     if "http" not in inspect.signature(HTTPProtocol).parameters:
-        return lambda: HTTPProtocol(hello)
-    return lambda: HTTPProtocol(hello, http=codec)  # type: ignore[call-arg]
+        return lambda: HTTPProtocol(app)
+    return lambda: HTTPProtocol(app, http=codec)  # type: ignore[call-arg]
 
 
-def tls_ends(pair: CertPair) -> tuple[object, Any]:
-    """The listener's TLS setting and a client engine for ``pair`` (through the neutral
-    configuration; on commits from before it, through an ``ssl.SSLContext``)."""
-    try:
-        from spcore.tls import Certificate, ClientContext, ClientTLS, ServerTLS
-    except ImportError:
-        from spcore.tls import client_context, server_context  # type: ignore[attr-defined]
-        from spcore.tls.openssl import OpenSSLEngine
+INTERFACES = ("spcore", "asgi", "wsgi")
 
-        context = client_context(cafile=pair.certfile)
-        client = OpenSSLEngine(context, server_side=False, server_hostname="localhost")
-        return server_context(pair.certfile, pair.keyfile), client
-    client = ClientContext(ClientTLS(trust=pair.certfile)).new_engine("localhost")
-    return ServerTLS(Certificate(pair.certfile, pair.keyfile)), client
+
+def hosted(interface: str, loop: asyncio.AbstractEventLoop) -> App:
+    """The hello-world app of ``interface``, hosted as ``spcore serve --app`` hosts it."""
+    if interface == "spcore":
+        return hello
+    from spcore.drivers.gateway.apploop import OwnLoop
+    from spcore.drivers.gateway.asgi import AsgiRunner
+    from spcore.drivers.gateway.wsgi import BlockingChannel
+    from spcore.gateway.asgi import ASGIHost
+    from spcore.gateway.wsgi import WSGIHost
+
+    if interface == "wsgi":
+        return WSGIHost(wsgi_hello, BlockingChannel)
+    return ASGIHost(AsgiRunner(asgi_hello, OwnLoop(loop)))  # type: ignore[arg-type]
 
 
 class Cycle:
     """One server connection and its client, joined in memory."""
 
-    def __init__(self, codec: str, tls: bool, certs: pathlib.Path) -> None:
-        server_tls: Any = None
-        client: Any = None
+    def __init__(
+        self, codec: str, tls: bool, certs: pathlib.Path, interface: str = "spcore"
+    ) -> None:
+        server_tls = client = None
         if tls:
             pair = dev_certificate(datetime.datetime.now(datetime.timezone.utc), certs)
-            server_tls, client = tls_ends(pair)
-        listener = Listener(protocol_factory(codec), tls=server_tls)
+            server_tls = ServerTLS(Certificate(pair.certfile, pair.keyfile))
+            client = ClientContext(ClientTLS(trust=pair.certfile)).new_engine("localhost")
+        self.loop = asyncio.new_event_loop()
+        self.calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+        app = hosted(interface, self.loop)
+        runner = getattr(app, "runner", None)
+        #: The app's live tasks (an ASGI app's).
+        self.tasks: Callable[[], Any] = (lambda: runner._tasks) if runner else lambda: ()
+        listener = Listener(protocol_factory(codec, app), tls=server_tls)
         self.server = Server([listener], Limits())
+        self.server.attach(self._post)
         self.server.start(1000.0, 1_700_000_000.0)
         self.now = 1000.0
         self.conn: Connection = self.server.accept(listener, ("127.0.0.1", 1), ("127.0.0.1", 2), 0)
@@ -111,26 +133,43 @@ class Cycle:
             self.conn.receive_data(data, self.now)
             self.busy += time.thread_time() - start
 
-    def _from_server(self) -> bytes:
-        """What the server writes now: its ``Send`` actions, each taken whole, as a driver
-        whose socket takes everything would (``outgoing()`` on commits from before them)."""
-        conn: Any = self.conn
-        start = time.thread_time()
-        if hasattr(conn, "outgoing"):
-            data = b"".join(conn.outgoing())
-            if data:
-                conn.sent(len(data), self.now)
-        else:
-            from spcore.actions import Close, Send
+    def _post(self, fn: Callable[..., object], *args: object) -> bool:
+        self.calls.append((fn, args))  # (the driver's call_soon_threadsafe)
+        return True
 
-            data = b""
-            while (action := conn.next_action()) is not None and type(action) is not Close:
-                if type(action) is Send:
-                    chunk = b"".join(action.buffers)
-                    conn.sent(len(chunk), self.now)
-                    data += chunk
+    def _from_server(self) -> bytes:
+        start = time.thread_time()
+        out: list[Any] = []
+        while True:
+            progressed = self._actions(out)
+            if self.calls:  # what the app handed back, as the driver runs it
+                calls, self.calls = self.calls, []
+                for fn, args in calls:
+                    self.server.call(fn, args, self.now)
+                progressed = True
+            if self.tasks():  # the app's coroutines: one pass of their loop
+                self.loop.call_soon(self.loop.stop)
+                self.loop.run_forever()
+                progressed = True
+            if not progressed:
+                break
+        data = b"".join(out)
         self.busy += time.thread_time() - start
         return data
+
+    def _actions(self, out: list[Any]) -> bool:
+        """Carry out the connection's actions (sends, jobs); whether there were any."""
+        progressed = False
+        while (action := self.conn.next_action()) is not None:
+            progressed = True
+            if type(action) is Send:
+                out.extend(action.buffers)
+                self.conn.sent(action.nbytes, self.now)
+            elif type(action) is RunJobs:
+                for job in action.jobs:
+                    job.run()  # (a worker's part)
+                    self.conn.job_done(job, self.now)
+        return progressed
 
     def request(self) -> bytes:
         """One request and its response, as the client application sees it."""
@@ -161,31 +200,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--codec", action="append", help="only these codecs (repeatable)")
     parser.add_argument("--transport", choices=("plain", "tls"), action="append")
+    parser.add_argument(
+        "--interface", choices=INTERFACES, action="append", help="the app's (default spcore)"
+    )
     parser.add_argument("--profile", metavar="CODEC", help="profile one codec (with --transport)")
     args = parser.parse_args(argv)
     names = args.codec or codecs()
     transports = args.transport or ["plain", "tls"]
+    interfaces = args.interface or ["spcore"]
     with tempfile.TemporaryDirectory() as tmp:
         certs = pathlib.Path(tmp)
         if args.profile:
-            cycle = Cycle(args.profile, transports[0] == "tls", certs)
+            cycle = Cycle(args.profile, transports[0] == "tls", certs, interfaces[0])
             cycle.run(1000)
             profile = cProfile.Profile()
             profile.runcall(cycle.run, args.n)
             pstats.Stats(profile).sort_stats("tottime").print_stats(30)
             return 0
-        configs = [(name, transport) for transport in transports for name in names]
-        cycles = {c: Cycle(c[0], c[1] == "tls", certs) for c in configs}
+        configs = [(i, n, t) for t in transports for n in names for i in interfaces]
+        cycles = {c: Cycle(c[1], c[2] == "tls", certs, c[0]) for c in configs}
         for cycle in cycles.values():
             cycle.run(min(2000, args.n))  # warm up
-        figures: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+        figures: dict[tuple[str, str, str], list[float]] = {c: [] for c in configs}
         for _ in range(args.rounds):
             for config, cycle in cycles.items():
                 figures[config].append(cycle.run(args.n))
-    print(f"{'codec':<10} {'transport':<9} {'µs/request (median)':>20}  rounds")
-    for (name, transport), values in figures.items():
+    print(f"{'interface':<10} {'codec':<10} {'transport':<9} {'µs/request (median)':>20}  rounds")
+    for (interface, name, transport), values in figures.items():
         rounds = " ".join(f"{v:.1f}" for v in values)
-        print(f"{name:<10} {transport:<9} {statistics.median(values):>20.1f}  {rounds}")
+        median = statistics.median(values)
+        print(f"{interface:<10} {name:<10} {transport:<9} {median:>20.1f}  {rounds}")
     return 0
 
 

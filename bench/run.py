@@ -1,13 +1,19 @@
 """wrk benchmark of spcore's drivers and HTTP codecs against uvicorn (h11 + asyncio, and
-httptools + uvloop), hypercorn and granian (by hand, or ``tox -e bench``).
+httptools + uvloop), hypercorn and granian, and of spcore hosting ASGI and WSGI apps against
+them and gunicorn (by hand, or ``tox -e bench``).
 
-Every server runs the same hello-world app (``spcore_hello.py``, ``asgi_hello.py``) pinned to
-one core (``taskset -c 0``) while wrk loads it from the other (``taskset -c 1``), over plain
-HTTP and over HTTPS with one throwaway ECDSA P-256 certificate, keep-alive. The machine is
-shared and noisy, so the rounds are interleaved (each round starts every server afresh, in a
-rotated order) and the median is reported; the ratio to uvicorn (h11) is the median of the
-ratios taken within each round, where both ran under the same conditions. A separate, shorter
-wrk run under ``strace -c -f -p`` counts the server's syscalls per request.
+Every server runs the same hello-world app (``spcore_hello.py``, ``asgi_hello.py``,
+``wsgi_hello.py``: the same response) pinned to one core (``taskset -c 0``) while wrk loads it
+from the other (``taskset -c 1``), over plain HTTP and over HTTPS with one throwaway ECDSA
+P-256 certificate, keep-alive. Three kinds of target: spcore's own app (``native``), ASGI
+(spcore hosting ``asgi_hello`` on each driver, uvicorn, hypercorn, granian) and WSGI (spcore
+hosting ``wsgi_hello`` with ``--threads``, gunicorn's gthread worker with as many threads,
+granian ``--interface wsgi``). The machine is shared and noisy, so the rounds are interleaved
+(each round starts every server afresh, in a rotated order) and the median is reported; each
+target's ratio to its kind's baseline (native: uvicorn with h11; ASGI: uvicorn with httptools
+and uvloop; WSGI: gunicorn gthread) is the median of the ratios taken within each round, where
+both ran under the same conditions. A separate, shorter wrk run under ``strace -c -f -p``
+counts the server's syscalls per request.
 
 Prints a table, writes the same as JSON to ``bench/results/<timestamp>.json`` and, with
 ``--markdown``, prints a markdown table for ``docs/benchmarks.md``. This is not a test.
@@ -56,10 +62,18 @@ HOST = "127.0.0.1"
 PATH = "/hello"
 BODY = b"Hello, world!"
 SERVER_CPU, WRK_CPU = "0", "1"
-#: The uvicorn configuration every other server is compared with.
-BASELINE = ("uvicorn", "h11+asyncio")
+#: What each kind of target is compared with (server, stack, kind).
+BASELINES = {
+    "native": ("uvicorn", "h11+asyncio", "asgi"),
+    "asgi": ("uvicorn", "httptools+uvloop", "asgi"),
+    "wsgi": ("gunicorn", "gthread", "wsgi"),
+}
 #: The optional peers and what they need.
-PEERS = ("httptools", "uvloop", "granian")
+PEERS = ("httptools", "uvloop", "granian", "gunicorn")
+#: Worker threads of the WSGI servers (spcore's --threads, gunicorn's --threads).
+WSGI_THREADS = 4
+#: The app module each kind serves.
+APPS = {"native": "spcore_hello:app", "asgi": "asgi_hello:app", "wsgi": "wsgi_hello:app"}
 #: The share of the server's core that others may take before the run is called noisy.
 NOISY = 0.05
 READY_TIMEOUT = 30.0
@@ -79,11 +93,13 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Target:
     """One server configuration: a server, its stack (spcore: driver+codec; uvicorn: its HTTP
-    implementation+loop), a transport, and for spcore over TLS the TLS engine."""
+    implementation+loop), a transport, the kind of app it serves (``native``: spcore's own;
+    ``asgi``, ``wsgi``), and for spcore over TLS the TLS engine."""
 
     server: str
     driver: str
     tls: bool
+    kind: str = "native"
     engine: str = "openssl"
 
     @property
@@ -92,21 +108,30 @@ class Target:
 
     @property
     def label(self) -> str:
+        hosted = f" {self.kind}" if self.server == "spcore" and self.kind != "native" else ""
         engine = f" {self.engine}" if self.engine != "openssl" else ""
-        return f"{self.server} {self.driver} {self.transport}{engine}"
+        return f"{self.server}{hosted} {self.driver} {self.transport}{engine}"
+
+    @property
+    def baseline(self) -> Target:
+        server, driver, kind = BASELINES[self.kind]
+        return Target(server, driver, self.tls, kind)
 
     @property
     def traceable(self) -> bool:
-        """Whether one process does all the work (hypercorn and granian serve from a child)."""
-        return self.server not in ("hypercorn", "granian")
+        """Whether one process does all the work (hypercorn, granian and gunicorn serve from
+        a child)."""
+        return self.server not in ("hypercorn", "granian", "gunicorn")
 
     def command(self, port: int, cert: CertPair) -> list[str]:
         python = sys.executable
         if self.server == "spcore":
             driver, _, codec = self.driver.partition("+")
             argv = [python, "-m", "spcore", "serve", "--driver", driver, "--http", codec]
-            argv += ["--host", HOST, "--port", str(port), "--app", "spcore_hello:app"]
+            argv += ["--host", HOST, "--port", str(port), "--app", APPS[self.kind]]
             argv += ["--log-level", "warning"]
+            if self.kind == "wsgi":
+                argv += ["--threads", str(WSGI_THREADS)]
             tls = ["--cert", str(cert.certfile), "--key", str(cert.keyfile)]
             tls += ["--tls-engine", self.engine]
             return argv + (tls if self.tls else ["--no-tls"])
@@ -118,10 +143,19 @@ class Target:
             tls = ["--ssl-certfile", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
             return argv + (tls if self.tls else [])
         if self.server == "granian":
-            argv = [python, "-m", "granian", "--interface", "asgi", "--http", "1", "--no-ws"]
+            interface = self.driver.partition("+")[2]
+            argv = [python, "-m", "granian", "--interface", interface, "--http", "1"]
+            threads = ["--blocking-threads", str(WSGI_THREADS)]
+            argv += ["--no-ws"] if interface == "asgi" else threads
             argv += ["--workers", "1", "--host", HOST, "--port", str(port)]
-            argv += ["--log-level", "warning", "asgi_hello:app"]
+            argv += ["--log-level", "warning", APPS[interface]]
             tls = ["--ssl-certificate", str(cert.certfile), "--ssl-keyfile", str(cert.keyfile)]
+            return argv + (tls if self.tls else [])
+        if self.server == "gunicorn":
+            argv = [python, "-m", "gunicorn", "wsgi_hello:app", "-b", f"{HOST}:{port}"]
+            argv += ["-k", "gthread", "--threads", str(WSGI_THREADS), "-w", "1"]
+            argv += ["--log-level", "warning"]
+            tls = ["--certfile", str(cert.certfile), "--keyfile", str(cert.keyfile)]
             return argv + (tls if self.tls else [])
         argv = [python, "-m", "hypercorn", "asgi_hello:app", "--bind", f"{HOST}:{port}"]
         argv += ["--workers", "1", "--worker-class", "asyncio", "--log-level", "warning"]
@@ -130,26 +164,38 @@ class Target:
 
 
 def targets(only: Sequence[str]) -> list[Target]:
-    """Every spcore driver available here with each codec, uvicorn (h11 + asyncio, httptools +
-    uvloop), hypercorn and granian where installed; plain, then TLS."""
+    """Every spcore driver available here with each codec (spcore's app), and with httptools
+    hosting the ASGI and the WSGI app; uvicorn (h11 + asyncio, httptools + uvloop), hypercorn
+    and granian (ASGI), gunicorn gthread and granian (WSGI) where installed; plain, then TLS."""
     installed = {name: importlib.util.find_spec(name) is not None for name in PEERS}
-    stacks = [
-        ("spcore", f"{spec.name}+{codec}")
-        for spec, ok, _why in probe_all()  # uvloop is one
-        if ok
-        for codec in available_codecs()
-    ]
-    stacks.append(BASELINE)
+    drivers = [spec.name for spec, ok, _why in probe_all() if ok]  # uvloop is one
+    codec = "httptools" if "httptools" in available_codecs() else "h11"
+    stacks = [("spcore", f"{name}+{c}", "native") for name in drivers for c in available_codecs()]
+    stacks.append(("uvicorn", "h11+asyncio", "asgi"))
     if installed["httptools"] and installed["uvloop"]:
-        stacks.append(("uvicorn", "httptools+uvloop"))
-    stacks.append(("hypercorn", "h11+asyncio"))
+        stacks.append(("uvicorn", "httptools+uvloop", "asgi"))
+    stacks += [("spcore", f"{name}+{codec}", "asgi") for name in drivers]
+    stacks.append(("hypercorn", "h11+asyncio", "asgi"))
     if installed["granian"]:
-        stacks.append(("granian", "rust+asgi"))
-    chosen = [Target(server, driver, tls) for tls in (False, True) for server, driver in stacks]
+        stacks.append(("granian", "rust+asgi", "asgi"))
+    if installed["gunicorn"]:
+        stacks.append(("gunicorn", "gthread", "wsgi"))
+    stacks += [("spcore", f"{name}+{codec}", "wsgi") for name in drivers]
+    if installed["granian"]:
+        stacks.append(("granian", "rust+wsgi", "wsgi"))
+    chosen = [
+        Target(server, stack, tls, kind) for tls in (False, True) for server, stack, kind in stacks
+    ]
+    # spcore's own app over TLS once more per other engine (the engines' comparison).
     engines = [name for name, spec in ENGINES.items() if name != "openssl" and spec.probe()[0]]
-    chosen += [Target(srv, drv, True, e) for e in engines for srv, drv in stacks if srv == "spcore"]
+    chosen += [
+        Target(server, stack, True, kind, engine)
+        for engine in engines
+        for server, stack, kind in stacks
+        if server == "spcore" and kind == "native"
+    ]
     if only:
-        chosen = [t for t in chosen if any(word in t.label for word in only)]
+        chosen = [t for t in chosen if any(word in f"{t.kind} {t.label}" for word in only)]
     return chosen
 
 
@@ -596,10 +642,12 @@ def summarise(
     rows = []
     for target in chosen:
         done = rounds[target.label]
-        base = {r["round"]: r for r in rounds.get(Target(*BASELINE, target.tls).label, [])}
+        base = {r["round"]: r for r in rounds.get(target.baseline.label, [])}
         rows.append(
             {
                 "server": target.server,
+                "kind": target.kind,
+                "baseline": target.baseline.label,
                 "driver": target.driver + (f" ({target.engine})" if target.tls else ""),
                 "transport": target.transport,
                 "rps": median([r["rps"] for r in done]),
@@ -648,16 +696,19 @@ def progress(line: str) -> None:
 
 COLUMNS = (
     "server",
+    "app",
     "driver",
     "transport",
     "requests/s",
     "p99",
-    "vs uvicorn",
+    "vs base",
     "server CPU",
     "req/CPU-s",
-    "vs uvicorn",
+    "vs base",
     "syscalls/req",
 )
+#: The columns aligned right (the numbers).
+_NUMBERS = range(4, len(COLUMNS))
 
 
 def cells(row: dict[str, Any]) -> list[str]:
@@ -666,6 +717,7 @@ def cells(row: dict[str, Any]) -> list[str]:
 
     return [
         row["server"],
+        row["kind"],
         row["driver"],
         row["transport"].upper(),
         number(row["rps"], ",.0f"),
@@ -681,7 +733,7 @@ def cells(row: dict[str, Any]) -> list[str]:
 def table(report: dict[str, Any]) -> str:
     lines = [list(COLUMNS), *(cells(row) for row in report["results"])]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
-    right = range(3, len(COLUMNS))
+    right = _NUMBERS
     text = [
         "  ".join(
             c.rjust(w) if i in right else c.ljust(w)
@@ -695,7 +747,7 @@ def table(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     head = "| " + " | ".join(COLUMNS) + " |"
-    rule = "| --- | --- | --- |" + " ---: |" * (len(COLUMNS) - 3)
+    rule = "| --- | --- | --- | --- |" + " ---: |" * len(_NUMBERS)
     rows = ["| " + " | ".join(cells(row)) + " |" for row in report["results"]]
     load = "load average {:.2f} before, {:.2f} after".format(
         report["load_before"][0], report["load_after"][0]
@@ -748,8 +800,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="WORD",
-        help="only servers whose label ('spcore uring https') contains WORD; repeatable "
-        "(keep 'uvicorn h11+asyncio' for the ratios)",
+        help="only servers whose kind and label ('asgi spcore asgi uring+httptools https') "
+        "contain WORD; repeatable (keep the kind's baseline for the ratios)",
     )
     args = parser.parse_args(argv)
     quick = {"duration": 3.0, "rounds": 1, "warmup": 1.0, "strace_duration": 2.0}

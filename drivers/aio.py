@@ -54,6 +54,7 @@ from spcore.connection import Connection
 from spcore.server import Server
 
 from .base import READ_SIZE, Bound, Driver, WakeSocket, prepare_accepted, signals_wake
+from .gateway.apploop import AppLoop, OwnLoop
 
 __all__ = ["AsyncioDriver", "LoopName", "UvloopDriver"]
 
@@ -134,6 +135,7 @@ class AsyncioDriver(Driver[_Link]):
         self._acceptors: list[asyncio.Task[None]] = []  # one per listening socket
         self._connecting: set[asyncio.Task[None]] = set()  # transports being made
         self._listening = True  # the listening sockets are not closed yet
+        self._serving = False  # run() serves: wake-ups have calls to run
         self._stopped = False  # the loop is over: wake-ups find nothing to do
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # for the earliest of the timers
@@ -141,11 +143,34 @@ class AsyncioDriver(Driver[_Link]):
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def app_loop(self) -> AppLoop:
+        """This driver's own loop, lent to applications: made now if ``run()`` has not made
+        it yet, and then closed by ``AppLoop.close()`` rather than when ``run()`` returns, so
+        that an application's startup and shutdown run on it too."""
+        if self._app_loop is None:
+            if self._loop is None:
+                self._loop = self._new_loop()
+            self._app_loop = OwnLoop(self._loop, self._call_here)
+        return self._app_loop
+
+    def _call_here(self, fn: Callable[..., object], *args: object) -> bool:
+        """``call_soon_threadsafe`` for the application's coroutines on this very loop: while
+        serving, the call runs at once, and its actions with it, as in any of the loop's
+        callbacks (no self-pipe write, no extra pass of the loop per response: a coroutine's
+        ``send()`` is written out before it returns, as uvicorn does). Never from a signal
+        handler, which may interrupt a callback: that takes ``call_soon_threadsafe``."""
+        if not self._serving or self._stopped:
+            return self._calls.post(fn, args)  # (kept before run(), refused after)
+        now = self._now()
+        self.server.call(fn, args, now)
+        self._after(now)
+        return True
+
     def run(self) -> None:
         server = self.server
         if not self.bound:
             self.bind()
-        loop = self._new_loop()
+        loop = self._loop if self._loop is not None else self._new_loop()
         server.info["driver"] = self.name
         server.info["loop"] = type(loop).__name__
         self._done = loop.create_future()
@@ -163,10 +188,12 @@ class AsyncioDriver(Driver[_Link]):
             finally:
                 loop.remove_reader(waker.reader)
                 waker.close()
-                loop.close()
+                if self._app_loop is None:  # (else lent: its owner closes it)
+                    loop.close()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         self.server.start(loop.time(), time.time())
+        self._serving = True
         self._after()  # calls handed over before the start (a stop, say)
         assert self._done is not None
         await self._done
@@ -179,7 +206,8 @@ class AsyncioDriver(Driver[_Link]):
             loop.call_soon_threadsafe(self._woken)
 
     def _woken(self) -> None:
-        if not self._stopped:
+        # (Not before run() serves: the loop may run an application's startup first.)
+        if self._serving and not self._stopped:
             self.finish_jobs(self._now())
             self._after()
 

@@ -8,7 +8,6 @@ when to read, write, close, time out, accept or stop comes from the core's actio
 from __future__ import annotations
 
 import abc
-import collections
 import contextlib
 import errno
 import heapq
@@ -20,8 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from spcore.actions import (
     Accepting,
@@ -39,7 +37,11 @@ from spcore.connection import Connection
 from spcore.jobs import Job
 from spcore.server import Listener, Server
 
+from .calls import CallQueue
 from .listening import SocketFile, bind_listener
+
+if TYPE_CHECKING:
+    from .gateway.apploop import AppLoop
 
 __all__ = [
     "Bound",
@@ -248,76 +250,55 @@ def signals_wake(fd: int) -> Iterator[None]:
         signal.set_wakeup_fd(previous)
 
 
-class CallQueue:
-    """Functions handed to the loop thread from any thread: each runs once, in order, soon.
+class JobPool:
+    """A bounded pool of worker threads whose finished jobs queue up for the loop thread.
 
-    ``post`` appends and wakes the loop (once per batch: a wake-up already on its way is not
-    sent again); the loop runs what ``take`` returns. ``close`` is the end: later posts are
-    refused (False) and never run, and it returns what was accepted before, for the loop to
-    run last, so that every call is either refused or run exactly once. Re-entrant, so that a
-    signal handler may post while the loop thread itself is posting or taking.
+    Its own threads over one queue rather than ``concurrent.futures``: a job needs no future
+    (its result travels in the job), and a WSGI call is a job per request, where the
+    executor's future, condition and semaphore per job cost more than the hand-off itself.
+    Threads start as jobs need them, up to ``workers``.
     """
 
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-        self._lock = threading.RLock()
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = (
-            collections.deque()
-        )
-        self._open = True
-        self._signalled = False  # a wake-up was sent and the loop has not taken since
-
-    def post(self, fn: Callable[..., object], args: tuple[object, ...]) -> bool:
-        with self._lock:
-            if not self._open:
-                return False
-            self._calls.append((fn, args))
-            if self._signalled:
-                return True
-            self._signalled = True
-        self._wake()
-        return True
-
-    def take(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
-        """What was posted since the last call, in order (loop thread)."""
-        if not self._calls:  # (a post in progress wakes the loop after its append)
-            return []
-        with self._lock:
-            self._signalled = False
-            calls = list(self._calls)
-            self._calls.clear()
-        return calls
-
-    def close(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:
-        """Refuse every later post; what is left to run."""
-        with self._lock:
-            self._open = False
-            calls = list(self._calls)
-            self._calls.clear()
-        return calls
-
-
-class JobPool:
-    """A bounded thread pool whose finished jobs queue up for the loop thread."""
-
     def __init__(self, workers: int, wake: Callable[[], None]) -> None:
-        self._executor: ThreadPoolExecutor | None = None
         self._workers = workers
         self._wake = wake
+        self._todo: queue.SimpleQueue[tuple[Connection, Job] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[Connection, Job]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a job, or about to
+        self._lock = threading.Lock()  # (for _idle)
+        self._woken = False  # a wake-up is on its way and finished() has not run since
 
     def submit(self, conn: Connection, job: Job) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="spcore-job")
-        self._executor.submit(self._run, conn, job)
+        with self._lock:
+            start = not self._idle and len(self._threads) < self._workers
+            if not start:
+                self._idle -= 1  # one of them takes this job
+        if start:
+            thread = threading.Thread(
+                target=self._work, name=f"spcore-job-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        self._todo.put((conn, job))
 
-    def _run(self, conn: Connection, job: Job) -> None:
-        job.run()
-        self._done.put((conn, job))
-        self._wake()
+    def _work(self) -> None:
+        todo, done, lock = self._todo, self._done, self._lock
+        while True:
+            item = todo.get()
+            if item is None:
+                return
+            item[1].run()
+            with lock:
+                self._idle += 1
+            done.put(item)
+            if not self._woken:  # one wake-up for the jobs that finish before the loop looks
+                self._woken = True
+                self._wake()
 
     def finished(self) -> list[tuple[Connection, Job]]:
         """Jobs that finished since the last call (loop thread)."""
+        self._woken = False  # (before looking: a job put after this wakes the loop again)
         if self._done.empty():  # (the common case, without an exception)
             return []
         done = []
@@ -330,9 +311,11 @@ class JobPool:
     def shutdown(self) -> None:
         """Wait for the running jobs, then hand every finished one back to its connection
         (the contract: every job taken comes back, even when the driver is stopping)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
-            self._executor = None
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._todo.put(None)
+        for thread in threads:
+            thread.join()
         for conn, job in self.finished():
             conn.job_done(job, time.monotonic())
 
@@ -354,6 +337,10 @@ class Driver(abc.ABC, Generic[_L]):
     A subclass implements ``probe``, ``run``, ``wake`` and the connection hooks; one that
     makes outbound connections (the ``Connect`` action) implements ``start_connect`` and says
     so with ``connects = True`` (without, every outbound connection fails at once).
+
+    ``app_loop()`` is the asyncio loop hosted applications' coroutines (ASGI) run on: by
+    default one companion thread's, which every driver thus offers; a driver with an asyncio
+    loop of its own lends that instead.
     """
 
     name: ClassVar[str]
@@ -371,12 +358,24 @@ class Driver(abc.ABC, Generic[_L]):
         #: When the server's timer is due (its latest ``SetTimer``).
         self.server_timer: float | None = None
         self._calls = CallQueue(lambda: self.wake())  # (looked up at each call)
+        self._app_loop: AppLoop | None = None
         server.attach(self.call_soon_threadsafe)
 
     @classmethod
     @abc.abstractmethod
     def probe(cls) -> tuple[bool, str]:
         """Whether this driver can run here, and a sentence saying why (not)."""
+
+    def app_loop(self) -> AppLoop:
+        """The asyncio loop application coroutines run on (``spcore.drivers.gateway``),
+        made at the first call: here a companion thread's, with which the core and the
+        application exchange calls through the thread-safe wake-ups of both loops. Whoever
+        asked for it closes it (``AppLoop.close()``) once ``run()`` has returned."""
+        if self._app_loop is None:
+            from .gateway.apploop import CompanionLoop  # (asyncio only for those who host)
+
+            self._app_loop = CompanionLoop(f"spcore-app-loop-{self.name}")
+        return self._app_loop
 
     def bind(self) -> list[Bound]:
         """Create the listening sockets (raises OSError for a bad or busy address)."""

@@ -53,7 +53,11 @@ from .drivers import (  # type: ignore[import-not-found, unused-ignore]
     probe_all,
 )
 from .drivers.base import Bound  # type: ignore[import-not-found, unused-ignore]
+from .drivers.gateway import Hosted, host_app  # type: ignore[import-not-found, unused-ignore]
 from .drivers.listening import reuse_port_option  # type: ignore[import-not-found, unused-ignore]
+from .gateway.detect import Interface, InterfaceError, detect
+from .gateway.lifespan import LifespanError
+from .gateway.websocket import MAX_MESSAGE_SIZE
 from .http.access import FORMATS
 from .http.codecs import CODECS, codec_factory
 from .http.messages import App
@@ -62,7 +66,14 @@ from .layer import ProtocolLayer
 from .remote import Remote
 from .server import Listener, Server
 from .stream import Sessions, StreamProtocol
-from .supervisor import UP, ListenFailed, Supervisor, WorkerSockets, cpu_count
+from .supervisor import (
+    EXIT_STARTUP,
+    UP,
+    ListenFailed,
+    Supervisor,
+    WorkerSockets,
+    cpu_count,
+)
 from .tls.config import Certificate, ClientCertMode, ClientTLS, ServerTLS, TLSConfigError
 from .tunnel import Tunnel
 
@@ -169,7 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     cli_tls.add_engine_options(serve)
     what = serve.add_argument_group("what to serve")
     what.add_argument(
-        "--app", metavar="MODULE:CALLABLE", help="your app(request) -> Response | None"
+        "--app",
+        metavar="MODULE:ATTRIBUTE",
+        help="your application: ASGI 3, WSGI or spcore's app(request), told apart by itself "
+        "(see --interface)",
     )
     what.add_argument(
         "--line-echo", action="store_true", help="a line echo (with /all broadcast), not HTTP"
@@ -192,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
     _add_process_options(serve)
     _add_operations_options(serve)
+    _add_app_options(serve)
     serve.set_defaults(run=_serve)
 
     drivers = commands.add_parser(
@@ -229,21 +244,26 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
     driver_cls, driver_options = _driver(args.driver, args.loop)
     handed_in = _handed_in(args)
     if args.workers is not None and args.worker is None:
-        return _supervise(args, limits, driver_cls, handed_in)
-    user_app = _load_app(args.app) if args.app else None
+        return _supervise(args, limits, driver_cls, handed_in)  # (the workers load the app)
+    loaded = _load_app(args) if args.app else None
     tls, certfile = _tls_config(args)
     codec = None if args.line_echo else _codec(args.http)
+    slot = _AppSlot()
     with contextlib.ExitStack() as stack:
         access = _access_log(args)
         if access is not None:
             stack.callback(access.close)  # after the driver: the last responses are written
-        server = _build_server(args, limits, tls, user_app, handed_in, codec, access)
+        server = _build_server(args, limits, tls, slot, handed_in, codec, access)
         try:
             driver = driver_cls(server, **driver_options)
         except OSError as exc:
             raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
+        hosted = _hosted(args, loaded, driver, slot)
         bound = _bind(driver)
         server.info["pid"] = os.getpid()
+        stack.callback(_stop_app, hosted)  # (the ASGI lifespan's shutdown, the companion loop)
+        if not _start_app(hosted):
+            return EXIT_STARTUP
         metrics = _metrics(args, server, access)
         if metrics is not None:
             stack.enter_context(metrics)
@@ -261,14 +281,14 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
         if args.worker is not None:
             server.info["worker"] = args.worker
             with _worker_signals(driver, reload):
-                log.info(
-                    "serving %s with the %s driver%s", _listing(args, bound), driver.name, where
-                )
+                line = _banner(args, driver.name, codec, bound, None, app=loaded)
+                log.info("%s%s", line.removeprefix("spcore: "), where)
                 _report_up(args.worker_link, driver)
                 driver.run()
             return 0
         with _stop_on_signals(driver, reload):
-            print(_banner(args, driver.name, codec, bound, certfile) + where, flush=True)
+            banner = _banner(args, driver.name, codec, bound, certfile, app=loaded)
+            print(banner + where, flush=True)
             driver.run()
     return 0
 
@@ -309,6 +329,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
         raise UsageError("--http applies to HTTP, and --line-echo serves lines")
     _check_process_options(args)
     _check_operations_options(args)
+    _check_app_options(args)
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -317,6 +338,10 @@ def _limits(args: argparse.Namespace) -> Limits:
         overrides["idle_timeout"] = args.timeout
     if args.max_connections is not None:
         overrides["max_connections"] = args.max_connections
+    if args.threads is not None:
+        overrides["worker_threads"] = args.threads
+    if args.max_body_size is not None:
+        overrides["max_body_size"] = args.max_body_size
     return Limits(**overrides)
 
 
@@ -344,33 +369,6 @@ def _driver(name: str, loop: str | None) -> tuple[type[Driver[Any]], dict[str, A
             raise UsageError("--loop uvloop needs uvloop (pip install 'spcore[uvloop]')")
         options["loop"] = loop
     return driver_cls, options
-
-
-def _load_app(spec: str) -> App:
-    """Import ``module:attribute`` the way uvicorn does, from the current directory too."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"--app takes MODULE:CALLABLE (like myapp:app), not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name + ".").startswith(exc.name + "."):
-            raise UsageError(f"cannot import the app: there is no module {module_name!r}") from None
-        raise UsageError(f"importing {module_name!r} failed: {exc}") from None
-    except (Exception, SystemExit) as exc:  # the user's module raised (or exited) on import
-        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not callable(target):
-        kind = type(target).__name__
-        raise UsageError(f"{spec} is a {kind}, not a callable app(request) -> Response")
-    app: App = target
-    return app
 
 
 def _tls_config(
@@ -414,24 +412,24 @@ def _build_server(
     args: argparse.Namespace,
     limits: Limits,
     tls: ServerTLS | None,
-    user_app: App | None,
+    slot: _AppSlot,
     handed_in: list[tuple[int, bool]],
     codec: str | None,
     access: AccessLog | None = None,
 ) -> Server:
-    app: App | None = user_app
     idle = args.timeout if args.timeout is not None else LineEcho.idle_timeout
     sessions = Sessions()  # one chat room across every listener
 
     def protocol() -> ProtocolLayer:
         if args.line_echo:
             return StreamProtocol(LineEcho(idle), sessions)
+        app = slot.app
         assert app is not None and codec is not None  # set before the driver accepts anything
         return HTTPProtocol(app, http=codec, access_log=access)
 
     server = Server(_listeners(args, protocol, tls, handed_in), limits)
-    if app is None:
-        app = builtin_app(server)  # it shows the server's counters, so it needs the server
+    if not args.app:
+        slot.app = builtin_app(server)  # it shows the server's counters, so it needs the server
     return server
 
 
@@ -510,6 +508,8 @@ def _banner(
     bound: list[Bound],
     certfile: Path | None,
     workers: list[int] | None = None,
+    *,
+    app: LoadedApp | None = None,
 ) -> str:
     """``spcore: serving https://127.0.0.1:8443/ with the selectors driver and the httptools
     codec (certificate: ...)``; with workers, ``... with the uring driver and the httptools
@@ -517,6 +517,10 @@ def _banner(
     line = f"spcore: serving {_listing(args, bound)} with the {driver} driver"
     if codec is not None:
         line += f" and the {codec} codec"
+    if app is not None:
+        line += f", the {app.interface.title} app {app.spec}"
+    elif args.app:  # (a supervisor's: its workers load the app)
+        line += f", the app {args.app}"
     if workers is not None:
         pids = ", ".join(map(str, workers))
         line += f" in {len(workers)} workers, pid{'s' if len(workers) > 1 else ''} {pids}"
@@ -902,6 +906,162 @@ def _report_up(link_fd: int | None, driver: Driver[Any]) -> None:
             driver.stop()
 
     threading.Thread(target=watch, name="spcore-supervisor-link", daemon=True).start()
+
+
+# -- the application: its interface, its loop, its startup (issue 10) -------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedApp:
+    """The object ``--app`` names, and the interface it speaks."""
+
+    spec: str
+    target: Any
+    interface: Interface
+
+
+class _AppSlot:
+    """The app the HTTP listeners run, set before the driver accepts anything (an ASGI
+    application's loop is the driver's, so its host is made after the driver)."""
+
+    app: App | None = None
+
+
+def _add_app_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("the application (--app)")
+    group.add_argument(
+        "--interface",
+        choices=("auto", *(kind.value for kind in Interface)),
+        default="auto",
+        help="the interface --app speaks; auto (the default) tells ASGI 3 (a coroutine "
+        "function of scope, receive, send), WSGI (environ, start_response) and spcore "
+        "(request) apart",
+    )
+    group.add_argument(
+        "--factory", action="store_true", help="--app names a factory: call it for the app"
+    )
+    group.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        help="the ASGI lifespan protocol: auto (the default) uses it if the app does; on: a "
+        "startup that fails or is not answered stops the server (exit status 3)",
+    )
+    group.add_argument(
+        "--root-path",
+        metavar="PATH",
+        help="where a proxy mounts the app: ASGI's root_path, WSGI's SCRIPT_NAME",
+    )
+    group.add_argument(
+        "--threads",
+        type=_count,
+        metavar="N",
+        help="worker threads for WSGI calls and blocking apps (default 16)",
+    )
+    group.add_argument(
+        "--max-body-size",
+        type=_count,
+        metavar="BYTES",
+        help="the largest request body (default 64 MiB; 413 beyond it)",
+    )
+    group.add_argument(
+        "--ws-max-size",
+        type=_count,
+        metavar="BYTES",
+        help=f"the largest WebSocket message an ASGI app receives (default {MAX_MESSAGE_SIZE})",
+    )
+
+
+def _check_app_options(args: argparse.Namespace) -> None:
+    if args.app:
+        return
+    for given, option in (
+        (args.interface != "auto", "--interface"),
+        (args.factory, "--factory"),
+        (args.lifespan is not None, "--lifespan"),
+        (args.root_path is not None, "--root-path"),
+        (args.ws_max_size is not None, "--ws-max-size"),
+    ):
+        if given:
+            raise UsageError(f"{option} applies to --app")
+
+
+def _load_app(args: argparse.Namespace) -> LoadedApp:
+    """Import ``module:attribute`` the way uvicorn does, from the current directory too; call
+    it with ``--factory``; tell its interface (a mismatch is a usage error here, at start)."""
+    spec: str = args.app
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--app takes MODULE:ATTRIBUTE (like myapp:app), not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise UsageError(f"cannot import the app: there is no module {module_name!r}") from None
+        raise UsageError(f"importing {module_name!r} failed: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's module raised (or exited) on import
+        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if args.factory:
+        if not callable(target):
+            raise UsageError(f"--factory: {spec} is a {type(target).__name__}, not a callable")
+        try:
+            target = target()
+        except Exception as exc:
+            raise UsageError(f"--factory: {spec}() raised {type(exc).__name__}: {exc}") from None
+    try:
+        interface = detect(target, args.interface)
+    except InterfaceError as exc:
+        raise UsageError(f"--app {spec}: {exc}") from None
+    return LoadedApp(spec, target, interface)
+
+
+def _hosted(
+    args: argparse.Namespace, loaded: LoadedApp | None, driver: Driver[Any], slot: _AppSlot
+) -> Hosted | None:
+    """Host the loaded application on ``driver``; what the listeners run goes into ``slot``."""
+    if loaded is None:
+        return None
+    hosted = host_app(
+        loaded.target,
+        loaded.interface,
+        driver,
+        root_path=args.root_path or "",
+        lifespan=args.lifespan or "auto",
+        ws_max_size=args.ws_max_size or MAX_MESSAGE_SIZE,
+        multiprocess=args.workers is not None or args.worker is not None,
+    )
+    slot.app = hosted.app
+    return hosted
+
+
+def _start_app(hosted: Hosted | None) -> bool:
+    """The application's startup (ASGI lifespan); False, and one line on stderr, if it
+    failed."""
+    if hosted is None:
+        return True
+    try:
+        hosted.start()
+    except LifespanError as exc:
+        print(f"spcore: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        hosted.lifespan = None  # no shutdown after a failed startup
+        return False
+    return True
+
+
+def _stop_app(hosted: Hosted | None) -> None:
+    """The application's shutdown (ASGI lifespan), once the driver has returned."""
+    if hosted is None:
+        return
+    try:
+        hosted.stop()
+    except LifespanError as exc:
+        log.error("%s", exc)
 
 
 # -- spcore drivers ----------------------------------------------------------------------------

@@ -590,6 +590,11 @@ class Connection:
         """
         return self._hub.call_soon_threadsafe(fn, *args)
 
+    def sync(self) -> None:
+        """The protocol's ``reading`` or ``deadline`` changed outside a driver call on this
+        connection (in a call handed to the loop thread, say): have the driver ask again."""
+        self._touch()
+
     def write(self, data: bytes) -> None:
         """Queue plaintext for the peer. Ignored once the connection is closing or its output
         ended (``write_eof``)."""

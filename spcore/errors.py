@@ -28,3 +28,9 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """Our own side (application or driver) used the API in a way the protocol forbids."""
+
+
+class ClientDisconnected(ConnectionError):
+    """The client is gone: raised to a hosted application that reads from or writes to it
+    afterwards (ASGI's ``send()``, WSGI's ``wsgi.input`` and ``write()``). An ``OSError``, as
+    the ASGI specification (2.4) asks of a server's ``send()``."""

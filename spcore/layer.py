@@ -70,6 +70,12 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def sync(self) -> None:
+        """``reading`` or ``deadline`` changed outside a driver call on this connection (a
+        call handed to the loop thread, another connection's handler): the driver asks again.
+        Writing, closing and aborting need no such call."""
+        ...
+
     def close(self) -> None:
         """Flush, close_notify, shut down, close (graceful)."""
         ...

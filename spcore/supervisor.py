@@ -28,7 +28,8 @@ The rules:
   otherwise after a delay that doubles from ``FIRST_DELAY`` up to ``MAX_DELAY``. Each death
   is a log line naming the cause (the exit status, or the signal).
 * A worker that exits before it is up has failed to start. With status 2 (a usage error it
-  has already printed in one line) the supervisor stops at once with status 2; after
+  has already printed in one line) or 3 (its application's startup failed, said in one line
+  too) the supervisor stops at once with that status; after
   ``MAX_FAILED_STARTS`` failed starts in a row (counted over all workers, reset when any
   worker comes up) it stops with status 1.
 * SIGTERM or SIGINT: the listening sockets are closed here and each worker gets SIGTERM and
@@ -88,6 +89,8 @@ MAX_DELAY = 5.0
 MAX_FAILED_STARTS = 5
 #: The status of a worker (any ``spcore`` command) that stopped on a usage error.
 EXIT_USAGE = 2
+#: The status of a worker whose application's startup (ASGI lifespan) failed.
+EXIT_STARTUP = 3
 #: What a worker writes on its link once it is up.
 UP = b"up\n"
 #: The longest the supervisor waits without checking on its workers.
@@ -334,8 +337,8 @@ class Supervisor:
         what = f"worker {slot.index} could not be started"
         if exit is not None:
             pid, status = exit
-            if status == EXIT_USAGE:  # it printed why; another try would print it again
-                self._give_up(EXIT_USAGE, now)
+            if status in (EXIT_USAGE, EXIT_STARTUP):  # it printed why; a retry would again
+                self._give_up(status, now)
                 return
             what = f"worker {slot.index} (pid {pid}) {describe_exit(status)} before it was up"
         if self._failed_starts >= MAX_FAILED_STARTS:

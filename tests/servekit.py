@@ -30,6 +30,8 @@ BANNER = re.compile(
 )
 #: The supervisor's startup line says ``... driver in 2 workers, pids 4242, 4243 ...``.
 WORKERS = re.compile(r" in (?P<count>\d+) workers?, pids? (?P<pids>\d+(?:, \d+)*)")
+#: With ``--app``: ``..., the ASGI 3 app myapp:app`` (the supervisor's: ``the app myapp:app``).
+APP = re.compile(r"^, the (?:(?P<interface>ASGI 3|WSGI|spcore) )?app (?P<app>\S+)")
 URL = re.compile(
     r"(?P<scheme>https?|tls|tcp)://(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:/\s]+)):(?P<port>\d+)"
 )
@@ -88,7 +90,12 @@ class Served:
         self.driver = match["driver"]
         self.codec = match["codec"]
         self.rest = match["rest"]
-        if workers := WORKERS.match(self.rest):
+        app = APP.match(self.rest)
+        #: The interface the start line names for ``--app``, and the app.
+        self.interface = app["interface"] if app else None
+        self.app = app["app"] if app else None
+        rest = self.rest[app.end() :] if app else self.rest
+        if workers := WORKERS.match(rest):
             self.workers = [int(pid) for pid in workers["pids"].split(", ")]
         self.endpoints = [
             Endpoint(m["scheme"], m["v6"] or m["v4"], int(m["port"]))

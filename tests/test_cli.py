@@ -332,7 +332,7 @@ MORE_USER_ERRORS = [
         "certificate file {weak_cert} with its key: ",
     ),
     ("loop for selectors", ["serve", "--driver", "selectors", "--loop", "uvloop"], "--loop"),
-    ("app not module:callable", ["serve", "--app", "nocolon"], "MODULE:CALLABLE"),
+    ("app not module:callable", ["serve", "--app", "nocolon"], "MODULE:ATTRIBUTE"),
     ("app module missing", ["serve", "--app", "no_such_module_xyz:app"], "no module"),
     ("app attribute missing", ["serve", "--app", "json:no_such_name"], "no attribute"),
     ("app not callable", ["serve", "--app", "cli_notcallable:app"], "not a callable"),

@@ -43,6 +43,13 @@ def test_the_documented_code_is_the_tested_code(monkeypatch: pytest.MonkeyPatch)
     sys.modules.pop("blocking_loop", None)
 
 
+@pytest.mark.parametrize("example", ["flask_app.py", "starlette_app.py"])
+def test_the_guide_shows_the_served_examples(example: str) -> None:
+    """The Flask and Starlette apps of the guide are the files tests/test_hosting.py serves
+    on every driver."""
+    assert (EXAMPLES / example).read_text() in (DOCS / "guide.md").read_text()
+
+
 @contextlib.contextmanager
 def script(name: str, tmp_path: pathlib.Path, *args: str) -> Iterator[int]:
     """Run ``docs/examples/<name>`` on a free port (then ``args``); yield the port; end it

@@ -22,11 +22,13 @@ import h11
 import pytest
 from memlink import MemLink, http_server, read_response
 
+from spcore.actions import Sync
 from spcore.config import KiB, MiB
 from spcore.errors import LocalProtocolError
 from spcore.http.messages import App, Pipe, Request, Response, blocking, buffered
 from spcore.http.protocol import HTTPProtocol
 from spcore.layer import ProtocolLayer
+from spcore.server import Listener, Server
 from spcore.tls import ClientTLS, ServerTLS
 
 # --- a parsing client ---------------------------------------------------------------------------
@@ -1142,12 +1144,18 @@ class TestExchangeAPI:
 
         link = connect(app)
         link.send(request(target="/later"))
-        assert link.take() == b"" and not link.conn.reading  # the next request waits
+        # Reading goes on while the response is pending (to notice a client that leaves)...
+        assert link.take() == b"" and link.conn.reading
+        link.send(request(target="/next"))
+        assert not link.conn.reading  # ...until a next request arrives: it waits
+        assert len(waiting) == 1
         waiting[0].exchange.respond(Response(200, [], b"answered later"))
         link.pump()  # the driver syncs the woken connection
         assert parse_one(link.take()).body == b"answered later"
-        link.send(request())  # and the connection goes on
-        assert len(waiting) == 2
+        assert [req.target for req in waiting] == ["/later", "/next"]  # then the next, in order
+        waiting[1].exchange.respond(Response(200, [], b"and the next"))
+        link.pump()
+        assert parse_one(link.take()).body == b"and the next"
 
     def test_a_response_given_through_the_exchange_within_the_call(
         self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
@@ -1220,6 +1228,30 @@ class TestExchangeAPI:
         assert parse_one(link.take(), "POST").body == body
         assert resumed > 5
 
+    def test_a_body_resumed_from_outside_a_driver_call_has_the_driver_read_again(
+        self, connect_plain: Connect
+    ) -> None:
+        """``resume_body()`` in a call handed to the loop thread writes nothing, yet reading
+        changes: the connection is synced, or a real driver would never read again."""
+        readers: list[Request] = []
+
+        class Pausing:
+            def data(self, chunk: bytes) -> bool:
+                return False
+
+            def end(self) -> Response:
+                return Response(200, [], b"all read")
+
+        def app(req: Request) -> None:
+            readers.append(req)
+            req.read_body(Pausing())
+
+        link = connect_plain(app, chunk=None)
+        link.send(request("POST", "/", [("Content-Length", "10")], b"12345"))
+        assert not link.conn.reading
+        readers[0].exchange.resume_body()
+        assert link.server.next_action() == Sync(link.conn)
+
     def test_writable_and_on_writable_follow_the_client(self, connect_whole: Connect) -> None:
         pipe = Pipe(high_water=1 << 30)
         served: list[Request] = []
@@ -1251,6 +1283,72 @@ class TestExchangeAPI:
         link.conn.abort("the peer reset the connection")  # as a driver reports a reset
         link.pump()
         assert link.closed and gone == ["/waiting"]
+
+    def test_a_client_leaving_while_a_response_waits_is_noticed_at_once(
+        self, connect: Connect
+    ) -> None:
+        """Its end of input is read although no byte was written: no response, no timeout
+        needed. (What is answered afterwards still goes out, for a client that half-closed:
+        over plaintext here, as TLS ends with the client's close_notify.)"""
+        waiting: list[Request] = []
+        events: list[str] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            req.exchange.on_client_eof(lambda: events.append("eof"))
+            req.exchange.on_disconnect(lambda: events.append("lost"))
+            waiting.append(req)
+
+        link = connect(app)
+        link.send(request(target="/waiting"))
+        link.client_close(notify=False)
+        assert events == ["eof"] and not link.closed
+        waiting[0].exchange.respond(Response(200, [], b"for a half-closed client"))
+        link.pump()
+        if link.client is None:
+            assert parse_one(link.take(), eof=True).body == b"for a half-closed client"
+        assert events == ["eof"]  # the response ended: no disconnect after it
+
+    def test_a_request_that_fails_reports_its_disconnect(self, connect_plain: Connect) -> None:
+        gone: list[str] = []
+
+        def app(req: Request) -> None:
+            req.exchange.defer()
+            req.exchange.on_disconnect(lambda: gone.append(req.target))
+            req.read_body(Pipe())
+
+        link = connect_plain(app, body_timeout=5.0)
+        link.send(request("POST", "/upload", [("Content-Length", "100")], b"only part"))
+        link.advance(6.0)
+        assert_closed_with(link, parse_one(link.take(), "POST"), 408, b"stopped arriving")
+        assert gone == ["/upload"]
+
+    def test_a_response_cut_short_reports_its_disconnect(
+        self, connect_plain: Connect, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        gone: list[str] = []
+
+        def app(req: Request) -> Response:
+            req.exchange.on_disconnect(lambda: gone.append(req.target))
+            return Response(200, [], Probe(5, fail_at=2))
+
+        link = connect_plain(app)
+        link.send(request(target="/broken"))
+        assert link.closed and gone == ["/broken"]
+        assert "response body iterator failed" in caplog.text
+
+    def test_the_server_address_is_the_proxy_headers_destination(self) -> None:
+        seen: list[Request] = []
+        listener = Listener(
+            protocol=lambda: HTTPProtocol(lambda req: seen.append(req) or hello(req)),
+            proxy_protocol=True,
+        )
+        server = Server([listener])
+        server.start(1000.0, 1_700_000_000.0)
+        link = MemLink(server)
+        link.send(b"PROXY TCP4 192.0.2.7 198.51.100.2 4321 443\r\n" + request())
+        assert parse_one(link.take()).status == 200
+        assert (seen[0].client, seen[0].server) == (("192.0.2.7", 4321), ("198.51.100.2", 443))
 
     def test_an_upgrade_hands_the_connection_and_what_followed_to_another_layer(
         self, connect: Connect

@@ -177,14 +177,14 @@ def test_workers_stop_when_their_supervisor_is_killed(env: dict[str, str]) -> No
 def test_crash_looping_workers_make_the_supervisor_give_up(
     env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
-    (tmp_path / "crashing.py").write_text("import os\nos._exit(3)\n")
+    (tmp_path / "crashing.py").write_text("import os\nos._exit(4)\n")
     result = run_spcore(
         "serve", "--port", "0", "--workers", "2", "--app", "crashing:app", env=env, cwd=tmp_path
     )
     assert result.returncode == 1
     assert result.stdout == ""  # never announced
     deaths = re.findall(
-        r"worker 0 \(pid \d+\) exited with status 3 before it was up", result.stderr
+        r"worker 0 \(pid \d+\) exited with status 4 before it was up", result.stderr
     )
     assert len(deaths) == MAX_FAILED_STARTS  # worker 1 never started: worker 0 was never up
     assert f"{MAX_FAILED_STARTS} failed starts in a row; stopping" in result.stderr

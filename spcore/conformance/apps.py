@@ -21,7 +21,7 @@ from spcore.http.messages import Pipe, Request, Response
 from .clients import pattern
 from .harness import Served
 
-__all__ = ["CHUNK", "pattern_body", "still_serving", "suite_app"]
+__all__ = ["CHUNK", "beyond_the_kernel", "pattern_body", "still_serving", "suite_app"]
 
 #: Chunk size of generated bodies.
 CHUNK = 64 * 1024
@@ -96,3 +96,15 @@ def still_serving(served: Served) -> None:
     with served.connect() as client:
         assert client.fetch("GET", "/hello").body == b"Hello, world!"
     served.wait_drained()
+
+
+def beyond_the_kernel(chunk: int) -> int:
+    """The size of a stream several times what the kernel's socket buffers can absorb (a
+    whole number of ``chunk``): a client that does not read holds the server back before it
+    ends."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+            kernel_max = int(wmem.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        kernel_max = 4 * 1024 * 1024
+    return max(16 * 1024 * 1024, 4 * kernel_max) // chunk * chunk

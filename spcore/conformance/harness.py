@@ -27,7 +27,13 @@ import pytest
 
 from spcore.certs import CertificateAuthority, CertPair, dev_certificate
 from spcore.config import Limits
-from spcore.http.messages import App
+
+# spcore.drivers lives in drivers/ (setuptools package-dir), which mypy cannot map from the
+# source tree.
+from spcore.drivers.gateway import Hosted, host_app  # type: ignore[import-not-found, unused-ignore]
+from spcore.gateway.detect import Interface
+from spcore.gateway.lifespan import LifespanMode
+from spcore.http.messages import App, Request, Response
 from spcore.listeners import http_listener, stream_listener
 from spcore.server import Listener, Server
 from spcore.stream import Sessions, StreamHandler
@@ -95,13 +101,33 @@ def tls_version(transport: Transport) -> TLSVersion:
     return "1.2" if transport == "tls1.2" else "1.3"
 
 
+#: Seconds between two looks of ``wait_until``.
+POLL = 0.01
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(POLL)
+
+
+def wait_still(value: Callable[[], int], timeout: float, what: str, quiet: float = 0.5) -> None:
+    """Until ``value()`` has not changed for ``quiet`` seconds' worth of looks (an application
+    held back; a loaded machine, whose looks come late, only makes the wait longer)."""
+    last = [value(), 0]
+
+    def settled() -> bool:
+        now = value()
+        if now != last[0]:
+            last[0], last[1] = now, 0
+            return False
+        last[1] += 1
+        return last[1] * POLL >= quiet
+
+    wait_until(settled, timeout, what)
 
 
 # --- the PKI ----------------------------------------------------------------------------------
@@ -196,9 +222,12 @@ class Served:
         transport: Transport,
         pki: PKI,
         sessions: Sessions,
+        hosted: Hosted | None = None,
     ) -> None:
         self.server = server
         self.driver = driver
+        #: The ASGI or WSGI application hosted (``serve(asgi=...)``, ``serve(wsgi=...)``).
+        self.hosted = hosted
         self.addresses = addresses
         self.transport = transport
         self.pki = pki
@@ -309,6 +338,29 @@ class Served:
         return None if self._thread is None else self._thread.ident
 
 
+class _Hosting:
+    """An ASGI or WSGI application to host: its spcore app exists before the driver (the
+    listeners need it), what it runs is made once the driver is (an ASGI app runs on the
+    driver's app loop)."""
+
+    def __init__(self, asgi: Any, wsgi: Any) -> None:
+        if asgi is not None and wsgi is not None:
+            raise ValueError("serve() takes one of asgi= and wsgi=")
+        self.target = asgi if asgi is not None else wsgi
+        self.interface = Interface.ASGI if asgi is not None else Interface.WSGI
+        self._hosted: Hosted | None = None
+
+    def app(self, request: Request) -> Response | None:
+        assert self._hosted is not None
+        return self._hosted.app(request)
+
+    def host(self, driver: DriverLike, lifespan: LifespanMode) -> Hosted | None:
+        if self.target is None:
+            return None
+        self._hosted = host_app(self.target, self.interface, driver, lifespan=lifespan)
+        return self._hosted
+
+
 class Serve:
     """Starts the driver under test: ``with serve(app, transport="tls1.3") as served:``.
 
@@ -333,6 +385,9 @@ class Serve:
         self,
         app: App | None = None,
         *,
+        asgi: Any = None,
+        wsgi: Any = None,
+        lifespan: LifespanMode = "auto",
         handler: Callable[[], StreamHandler] | None = None,
         transport: Transport = "plain",
         tls: ServerTLS | None = None,
@@ -341,7 +396,9 @@ class Serve:
         hosts: Sequence[str] = ("127.0.0.1",),
         allow_errors: bool = False,
     ) -> Iterator[Served]:
-        """Serve ``app`` (HTTP) or ``handler`` (stream) with the driver under test.
+        """Serve ``app`` (HTTP), an ASGI 3 or a WSGI application (``asgi``, ``wsgi``: hosted
+        as ``spcore serve --app`` does, its lifespan run before and after) or ``handler``
+        (stream) with the driver under test.
 
         One listener per host in ``hosts``, on port 0; TLS with ``tls`` (default: the PKI's
         server certificate) unless ``transport`` is plain. ``listeners`` replaces all of
@@ -351,12 +408,15 @@ class Serve:
         """
         pki = self.pki
         sessions = Sessions()
+        hosting = _Hosting(asgi, wsgi)
+        if hosting.target is not None:
+            app = hosting.app
         if listeners is None:
             config = None
             if transport != "plain":
                 config = tls or pki.server_tls()
             if (app is None) == (handler is None):
-                raise ValueError("serve() needs exactly one of app= and handler=")
+                raise ValueError("serve() needs exactly one of app=, asgi=, wsgi= and handler=")
             engine = self.engine
             if app is not None:
                 listeners = [
@@ -373,6 +433,7 @@ class Serve:
                 ]
         server = Server(listeners, limits or SUITE_LIMITS)
         driver = self.factory(server)
+        hosted = hosting.host(driver, lifespan)
         bound = driver.bind()
         addresses = [tuple(b.address) for b in bound]
         if len(addresses) != len(listeners):
@@ -380,8 +441,10 @@ class Serve:
         errors = ErrorLog()
         spcore_log = logging.getLogger("spcore")
         spcore_log.addHandler(errors)
-        served = Served(server, driver, addresses, transport, pki, sessions)
+        served = Served(server, driver, addresses, transport, pki, sessions, hosted)
         try:
+            if hosted is not None:
+                hosted.start()
             served._start()
             yield served
             served.stop()
@@ -392,6 +455,8 @@ class Serve:
             if not served._stopped:  # the scenario failed: still stop, but keep its error
                 with contextlib.suppress(AssertionError):
                     served.stop()
+            if hosted is not None:
+                hosted.stop()
             spcore_log.removeHandler(errors)
         if errors.records and not allow_errors:
             lines = "\n".join(f"  {r.name}: {r.getMessage()}" for r in errors.records)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the plugin loads in every pytest run: import the suite only
     from .harness import DriverFactory
 
 __all__ = [
+    "GATEWAY_MARK",
     "REFERENCE_DRIVER",
     "STREAM_MARK",
     "Case",
@@ -37,6 +38,9 @@ __all__ = [
 
 #: The marker of the scenarios that serve no HTTP (they do not run once per codec).
 STREAM_MARK = "spcore_stream"
+#: The marker of the scenarios of hosted (ASGI, WSGI) applications: what they test sits above
+#: the codec, so they run with one codec (the first chosen), not once per codec.
+GATEWAY_MARK = "spcore_gateway"
 _DRIVER_OPTION = "spcore_driver"
 _FACTORY_OPTION = "spcore_driver_factory"
 _ENGINE_OPTION = "spcore_engine"
@@ -143,6 +147,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin(_RESULTS_PLUGIN):
         config.pluginmanager.register(Results(), _RESULTS_PLUGIN)
     config.addinivalue_line("markers", f"{STREAM_MARK}: an spcore scenario that serves no HTTP")
+    config.addinivalue_line(
+        "markers", f"{GATEWAY_MARK}: an spcore scenario of a hosted app (run with one codec)"
+    )
 
 
 def chosen_codecs(config: pytest.Config) -> list[str]:

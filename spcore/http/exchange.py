@@ -30,7 +30,12 @@ For the application side, beyond returning a ``Response`` from ``app(request)``
   ``resume_body()``.
 * Back-pressure on the response: ``writable`` says whether the client keeps up, and
   ``on_writable(callback)`` calls back once it does again (a ``Pipe`` is paced the same way).
-* ``on_disconnect(callback)``: called if the connection goes before the response ends.
+* ``on_disconnect(callback)``: called if the exchange ends before its response does: the
+  connection was lost, or the request failed (a body timeout, 413, a broken chunk).
+* ``on_client_eof(callback)``: called if the client ends its side while the response is
+  still to come (a client that left, or one that half-closed and still reads).
+* ``transport``: the connection, for code that hands work to other threads (its
+  ``call_soon_threadsafe`` and ``submit_job``).
 * ``upgrade(layer, headers)``: ``101 Switching Protocols``; the connection (and the bytes the
   client sent after the request) goes to another protocol layer, a WebSocket for instance.
 
@@ -144,6 +149,7 @@ class Exchange:
         "_chunks",
         "_deferred",
         "_disconnect",
+        "_eof",
         "_held",
         "_interim_sent",
         "_job",
@@ -199,6 +205,7 @@ class Exchange:
         self._interim_sent = False
         self._deferred = False
         self._disconnect: Callable[[], None] | None = None
+        self._eof: Callable[[], None] | None = None
         self._writable: Callable[[], None] | None = None
         #: The request body is complete (or will never be read: the exchange failed).
         self.request_done = False
@@ -231,6 +238,11 @@ class Exchange:
         """Whether the client keeps up with the response (see ``on_writable``)."""
         return self._carrier.writable
 
+    @property
+    def transport(self) -> Transport:
+        """The connection carrying this exchange."""
+        return self._transport
+
     # -- the application's side -------------------------------------------------------------
 
     def defer(self) -> None:
@@ -247,6 +259,14 @@ class Exchange:
             self._transport.now if now is None else now,
         )
 
+    def error(self, status: int, reason: str) -> None:
+        """The application cannot answer as it should (it raised, or broke its protocol):
+        the client gets ``status`` with ``reason`` and the connection closes; a response already
+        on its way is cut short instead."""
+        if self._transport.closing:
+            return
+        self._carrier.run(lambda now: self._fail_app(reason, now, status), self._transport.now)
+
     def resume_body(self) -> None:
         """Take the request body again after a ``BodyReader.data()`` returned False."""
         if self.body_paused:
@@ -258,8 +278,15 @@ class Exchange:
         self._writable = callback
 
     def on_disconnect(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` if the connection is lost before the response has ended."""
+        """Call ``callback`` (once) if the exchange ends before its response has: the
+        connection was lost, or the request failed (and was answered with its error)."""
         self._disconnect = callback
+
+    def on_client_eof(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (once) if the client ends its side before the response has
+        ended. It may have left, or only half-closed and still read: the response is sent all
+        the same if the connection can carry it (until then, ``on_disconnect`` tells)."""
+        self._eof = callback
 
     def upgrade(self, layer: ProtocolLayer, headers: HeaderInput = ()) -> None:
         """Answer ``101 Switching Protocols`` (with ``headers``, the ``Upgrade`` and
@@ -346,6 +373,7 @@ class Exchange:
         self.response_done = True
         self._close_source()
         self._held = None
+        self._gone()
         if streaming:
             # The carrier closes after what was sent: the client sees it cut short.
             self._ended(now, complete=False)
@@ -356,6 +384,12 @@ class Exchange:
         self._status, self._sent = status, len(body)
         self._ended(now)
 
+    def client_eof(self) -> None:
+        """The client ended its side (the carrier read its EOF)."""
+        callback, self._eof = self._eof, None
+        if callback is not None and self._state != _DONE:
+            _notify(callback, "end-of-input callback")
+
     def connection_lost(self) -> None:
         if self._job is None:
             self._close_source()
@@ -364,12 +398,14 @@ class Exchange:
             self._state = _DONE
             self.response_done = True
             self._ended(self._transport.now, complete=False)
-            callback, self._disconnect = self._disconnect, None
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("disconnect callback failed")
+            self._gone()
+
+    def _gone(self) -> None:
+        """The exchange ended without its response: tell whoever asked."""
+        self._eof = None
+        callback, self._disconnect = self._disconnect, None
+        if callback is not None:
+            _notify(callback, "disconnect callback")
 
     # -- calling the application ----------------------------------------------------------------
 
@@ -457,11 +493,11 @@ class Exchange:
         if self._pipe is not None:
             self._pump(now)  # what this job wrote into the response's Pipe
 
-    def _fail_app(self, why: str, now: float) -> None:
+    def _fail_app(self, why: str, now: float, status: int = 500) -> None:
         if self._state == _STREAMING:
             self._abort("the application failed after its response began")
             return
-        self.fail(500, why, now, level=logging.ERROR)
+        self.fail(status, why, now, level=logging.ERROR)
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -678,6 +714,7 @@ class Exchange:
         self._close_source()
         self._ended(self._transport.now, complete=False)
         self._transport.abort(reason)
+        self._gone()
 
     def _ended(self, now: float, complete: bool = True) -> None:
         """The seam where a response ends, however it ends: counted by status class, and
@@ -816,6 +853,13 @@ def _close_body(body: object) -> None:
             close()
         except Exception:
             log.exception("closing the response body failed")
+
+
+def _notify(callback: Callable[[], None], what: str) -> None:
+    try:
+        callback()
+    except Exception:
+        log.exception("%s failed", what)
 
 
 def _discard(result: object) -> None:

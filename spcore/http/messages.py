@@ -20,7 +20,7 @@ from ..errors import LocalProtocolError
 from .rules import split_target
 
 if TYPE_CHECKING:
-    from ..layer import ProtocolLayer
+    from ..layer import ProtocolLayer, Transport
     from ..tls.engine import TLSInfo
 
 __all__ = [
@@ -56,6 +56,10 @@ class ResponseControl(Protocol):
     """What an application may do with the exchange serving its request (``request.exchange``,
     a ``spcore.http.exchange.Exchange``), on the loop thread."""
 
+    #: The response has ended (or will never be sent: the exchange failed, the connection
+    #: went); what is given for it now is dropped.
+    response_done: bool
+
     @property
     def writable(self) -> bool:
         """Whether the client keeps up with the response (see ``on_writable``)."""
@@ -69,6 +73,11 @@ class ResponseControl(Protocol):
         """Answer with ``response`` (once)."""
         ...
 
+    def error(self, status: int, reason: str) -> None:
+        """Answer ``status`` with ``reason`` and close, or cut a response already begun (an
+        application that failed)."""
+        ...
+
     def resume_body(self) -> None:
         """Take the request body again after a ``BodyReader.data()`` returned False."""
         ...
@@ -78,7 +87,17 @@ class ResponseControl(Protocol):
         ...
 
     def on_disconnect(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` if the connection is lost before the response has ended."""
+        """Call ``callback`` if the exchange ends before its response has: the connection was
+        lost, or the request failed."""
+        ...
+
+    def on_client_eof(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` if the client ends its side before the response has ended."""
+        ...
+
+    @property
+    def transport(self) -> Transport:
+        """The connection carrying the exchange (``call_soon_threadsafe``, ``submit_job``)."""
         ...
 
     def upgrade(self, layer: ProtocolLayer, headers: HeaderInput = ()) -> None:

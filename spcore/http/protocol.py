@@ -86,6 +86,7 @@ class HTTPProtocol(ProtocolLayer):
         self._out_size = 0
         self._cycle_due = False  # a request/response is complete: read the next one
         self._head_started = False  # bytes of the next request head have arrived
+        self._read_ahead = False  # bytes came after a request whose response is pending
         self._close_now = False  # close once this round's output is written
         self._close_when_done = False  # shutdown requested
         self._upgraded: ProtocolLayer | None = None  # the layer after a 101
@@ -149,6 +150,8 @@ class HTTPProtocol(ProtocolLayer):
 
     def run(self, step: Callable[[float], None] | None, now: float) -> None:
         self._round(step, now)
+        assert self._conn is not None
+        self._conn.sync()  # called from outside: reading or the deadline may have changed
 
     # -- ProtocolLayer ------------------------------------------------------------------------
 
@@ -159,15 +162,31 @@ class HTTPProtocol(ProtocolLayer):
         if self._codec is None or self._close_now or self._cycle_due:
             return False
         exchange = self._exchange
-        # A complete request waits for its response: leave pipelined bytes in the kernel.
-        return exchange is None or exchange.wants_body
+        if exchange is None or exchange.wants_body:
+            return True
+        # A complete request waits for its response. Reading goes on, so that a client that
+        # leaves meanwhile is noticed at once (its EOF or reset: on_client_eof, on_disconnect,
+        # ASGI's http.disconnect), but only until bytes of a next request arrive: a pipelining
+        # client's requests then wait in the kernel, having cost one read at most. (Not while
+        # a job is out: nothing would be told before it returns.)
+        return (
+            exchange.request_done
+            and not exchange.response_done
+            and not exchange.busy
+            and not self._read_ahead
+            and not self._codec.pending
+            and not self._codec.buffered
+        )
 
     def connection_made(self, conn: Transport, now: float) -> None:
         self._conn = conn
         self._codec = self._new_codec(conn.limits)
+        proxy = conn.proxy
+        # The PROXY header names the client (conn.peer already) and the address it reached.
+        local = proxy.destination if proxy is not None and proxy.destination else conn.local
         self._context = (
             conn.peer[:2] if conn.peer else None,
-            conn.local[:2] if conn.local else None,
+            local[:2] if local else None,
             conn.tls_info,
         )
         self.deadline = now + conn.limits.idle_timeout
@@ -177,10 +196,15 @@ class HTTPProtocol(ProtocolLayer):
             self._pass_on(self._upgraded.data_received, data, now)
             return
         assert self._codec is not None and self._conn is not None
-        if self._exchange is None and not self._head_started:
-            # The first byte of a request head: the header deadline runs from here (slowloris).
-            self._head_started = True
-            self.deadline = now + self._conn.limits.header_timeout
+        exchange = self._exchange
+        if exchange is None:
+            if not self._head_started:
+                # The first byte of a request head: the header deadline runs from here
+                # (slowloris).
+                self._head_started = True
+                self.deadline = now + self._conn.limits.header_timeout
+        elif exchange.request_done:
+            self._read_ahead = True
         self._codec.receive_data(data)
         self._round(None, now)
 
@@ -190,6 +214,9 @@ class HTTPProtocol(ProtocolLayer):
             return
         assert self._codec is not None
         self._codec.receive_data(b"")
+        exchange = self._exchange
+        if exchange is not None and exchange.request_done:
+            exchange.client_eof()
         self._round(None, now)
 
     def resume_writing(self, now: float) -> None:
@@ -317,6 +344,7 @@ class HTTPProtocol(ProtocolLayer):
         if not conn.writable:
             return False
         self._cycle_due = False
+        self._read_ahead = False
         codec.start_next_cycle()
         limits = conn.limits
         if codec.pending:

@@ -1,6 +1,6 @@
 """Fixtures of the scenarios: ``driver`` (one per chosen driver), ``tls_engine``,
-``http_codec`` (one per chosen HTTP codec, for every scenario but the stream ones), ``serve``
-and ``pki``.
+``http_codec`` (one per chosen HTTP codec, for every scenario but the stream ones; the first
+only for those of hosted applications, which sit above the codec), ``serve`` and ``pki``.
 
 A scenario marked ``transports(...)`` runs once per transport, each TLS transport once per
 chosen TLS engine, and every scenario once per driver and (when it serves HTTP) codec: the
@@ -21,6 +21,7 @@ import pytest
 from spcore.conformance import harness
 from spcore.conformance.harness import PKI, Serve
 from spcore.conformance.plugin import (
+    GATEWAY_MARK,
     STREAM_MARK,
     DriverChoice,
     EngineChoice,
@@ -45,13 +46,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     takes_driver = "driver" in metafunc.fixturenames
     if marker is None and not takes_driver:
         return
-    stream = metafunc.definition.get_closest_marker(STREAM_MARK) is not None
+    definition = metafunc.definition
+    stream = definition.get_closest_marker(STREAM_MARK) is not None
     takes_codec = takes_driver and "serve" in metafunc.fixturenames and not stream
+    codecs = chosen_codecs(config)
+    if definition.get_closest_marker(GATEWAY_MARK):
+        codecs = codecs[:1]
     cases = scenario_cases(
         marker.args if marker is not None else None,
         chosen_engines(config),
         chosen_drivers(config) if takes_driver else [None],
-        chosen_codecs(config) if takes_codec else [None],
+        codecs if takes_codec else [None],
         full=full_matrix(config),
     )
     taken = (marker is not None, marker is not None, takes_driver, takes_codec)

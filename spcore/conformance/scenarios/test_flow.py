@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from spcore.conformance.apps import beyond_the_kernel
 from spcore.conformance.clients import Client, pattern
 from spcore.conformance.harness import (
     Serve,
@@ -35,17 +36,7 @@ FLOW_LIMITS = suite_limits(write_high_water=HIGH_WATER, write_low_water=16 * 102
 CHUNK = 16 * 1024
 
 
-def _total() -> int:
-    """A stream several times what the kernel's socket buffers can absorb."""
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
-            kernel_max = int(wmem.read().split()[2])
-    except (OSError, ValueError, IndexError):
-        kernel_max = 4 * 1024 * 1024
-    return max(16 * 1024 * 1024, 4 * kernel_max) // CHUNK * CHUNK
-
-
-TOTAL = _total()
+TOTAL = beyond_the_kernel(CHUNK)
 #: What the server may hold beyond the high-water mark: the chunk that crossed it, one more
 #: in a buffer on its way, and a TLS record's framing.
 SLACK = 2 * CHUNK + 16 * 1024

@@ -615,7 +615,7 @@ def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-# -- the access log and the admin listener (issue 12) -------------------------------------------
+# -- the access log and the admin listener -----------------------------------------------------
 
 
 def _add_operations_options(serve: argparse.ArgumentParser) -> None:
@@ -705,7 +705,7 @@ def _metrics_url(host: str, port: int) -> str:
     return f"http://{host_port(host, port)}/metrics"
 
 
-# -- workers and the sockets they serve (issue 12) ----------------------------------------------
+# -- workers and the sockets they serve --------------------------------------------------------
 
 
 def _add_process_options(serve: argparse.ArgumentParser) -> None:
@@ -908,7 +908,7 @@ def _report_up(link_fd: int | None, driver: Driver[Any]) -> None:
     threading.Thread(target=watch, name="spcore-supervisor-link", daemon=True).start()
 
 
-# -- the application: its interface, its loop, its startup (issue 10) -------------------------
+# -- the application: its interface, its loop, its startup -------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

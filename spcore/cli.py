@@ -149,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the built-in app (or yours) over HTTPS",
         description="Serve HTTPS on 127.0.0.1:8443 with a cached development certificate, "
         "the built-in app and the best driver for this machine. SIGINT or SIGTERM shuts "
-        "down gracefully; a second one exits at once.",
+        "down gracefully; a second one exits at once. SIGHUP reloads the TLS files and "
+        "reopens the access log.",
         allow_abbrev=False,
     )
     listen = serve.add_argument_group("where to listen")
@@ -1137,7 +1138,7 @@ def _add_tunnel(commands: Any) -> None:
         description="Accept connections and relay each one to the backend: TLS in and plaintext "
         "out by default (terminate), or --in plain --out tls (originate: the backend's "
         "certificate is verified, with SNI), or TLS both ways. SIGINT or SIGTERM shuts down "
-        "gracefully.",
+        "gracefully; SIGHUP reloads the accepting side's TLS files.",
         allow_abbrev=False,
     )
     ends = tunnel.add_argument_group("the two ends")

@@ -260,14 +260,16 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
         except OSError as exc:
             raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
         hosted = _hosted(args, loaded, driver, slot)
+        stack.callback(_stop_app, hosted)  # (the ASGI lifespan's shutdown, the app's loop)
         bound = _bind(driver)
-        server.info["pid"] = os.getpid()
-        stack.callback(_stop_app, hosted)  # (the ASGI lifespan's shutdown, the companion loop)
-        if not _start_app(hosted):
-            return EXIT_STARTUP
+        stack.callback(driver.close_listeners)  # (run() closes them; a failed start does not)
+        # Every socket is bound before the application starts: a busy port fails first.
         metrics = _metrics(args, server, access)
         if metrics is not None:
             stack.enter_context(metrics)
+        server.info["pid"] = os.getpid()
+        if not _start_app(hosted):
+            return EXIT_STARTUP
         # Signals before the banner (whoever reads it may signal at once), and the thread
         # that reloads the TLS files (on SIGHUP; the OCSP response and ticket keys when they
         # change); SIGHUP also reopens the access log, for logrotate.

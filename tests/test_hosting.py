@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import ssl
 import subprocess
 
@@ -206,11 +207,32 @@ def test_the_interfaces_are_told_apart_and_named(
 def test_a_failed_startup_exits_with_status_3(
     apps_env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
+    path = tmp_path / "app.sock"
     result = run_spcore(
-        "serve", "--app", "apps:failing_startup", "--port", "0", env=apps_env, cwd=tmp_path
-    )
+        "serve", "--app", "apps:failing_startup", "--port", "0", "--uds", str(path),
+        env=apps_env,
+        cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 3 and result.stdout == ""  # never announced
     assert result.stderr.strip() == ("spcore: error: the application's startup failed: no database")
+    assert not path.exists()  # the sockets it had bound are closed, the file removed
+
+
+def test_a_busy_metrics_port_fails_before_the_startup_runs(
+    apps_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    pytest.importorskip("prometheus_client")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        result = run_spcore(
+            "serve", "--app", "apps:failing_startup", "--port", "0", "--metrics-port", port,
+            env=apps_env,
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"spcore: error: cannot listen on 127.0.0.1:{port} (metrics): the port is already in use\n"
+    )  # and no word of the startup, which never ran
 
 
 def test_lifespan_on_insists_and_auto_does_without(

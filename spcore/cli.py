@@ -1054,6 +1054,9 @@ def _start_app(hosted: Hosted | None) -> bool:
         print(f"spcore: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         hosted.lifespan = None  # no shutdown after a failed startup
         return False
+    except KeyboardInterrupt:  # Ctrl-C before the startup ended (the app's loop is closed)
+        hosted.lifespan = None  # no shutdown for an app still starting: it would wait on it
+        raise
     return True
 
 

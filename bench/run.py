@@ -778,8 +778,8 @@ def write_json(report: dict[str, Any]) -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="wrk benchmark of spcore's drivers and codecs against uvicorn, hypercorn "
-        "and granian"
+        description="wrk benchmark of spcore's drivers, codecs and TLS engines against "
+        "uvicorn, hypercorn, granian and gunicorn"
     )
     parser.add_argument("--duration", type=float, help="seconds of each measured run (10)")
     parser.add_argument("--connections", type=int, default=50, help="keep-alive connections (50)")

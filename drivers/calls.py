@@ -29,14 +29,8 @@ class CallQueue:
         self._open = True
         self._signalled = False  # a wake-up was sent and the loop has not taken since
 
-    def post(
-        self,
-        fn: Callable[..., object],
-        args: tuple[object, ...],
-        wake: Callable[[], None] | None = None,
-    ) -> bool:
-        """Queue ``fn(*args)``; ``wake`` replaces the wake-up, if one is due, for a caller that
-        knows a cheaper one (the loop's own thread, outside a signal handler)."""
+    def post(self, fn: Callable[..., object], args: tuple[object, ...]) -> bool:
+        """Queue ``fn(*args)``."""
         with self._lock:
             if not self._open:
                 return False
@@ -44,7 +38,7 @@ class CallQueue:
             if self._signalled:
                 return True
             self._signalled = True
-        (wake or self._wake)()
+        self._wake()
         return True
 
     def take(self) -> list[tuple[Callable[..., object], tuple[object, ...]]]:

@@ -149,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the built-in app (or yours) over HTTPS",
         description="Serve HTTPS on 127.0.0.1:8443 with a cached development certificate, "
         "the built-in app and the best driver for this machine. SIGINT or SIGTERM shuts "
-        "down gracefully; a second one exits at once.",
+        "down gracefully; a second one exits at once. SIGHUP reloads the TLS files and "
+        "reopens the access log.",
         allow_abbrev=False,
     )
     listen = serve.add_argument_group("where to listen")
@@ -259,14 +260,16 @@ def _serve(args: argparse.Namespace, _extra: list[str]) -> int:
         except OSError as exc:
             raise UsageError(f"the {driver_cls.name} driver cannot start: {_reason(exc)}") from None
         hosted = _hosted(args, loaded, driver, slot)
+        stack.callback(_stop_app, hosted)  # (the ASGI lifespan's shutdown, the app's loop)
         bound = _bind(driver)
-        server.info["pid"] = os.getpid()
-        stack.callback(_stop_app, hosted)  # (the ASGI lifespan's shutdown, the companion loop)
-        if not _start_app(hosted):
-            return EXIT_STARTUP
+        stack.callback(driver.close_listeners)  # (run() closes them; a failed start does not)
+        # Every socket is bound before the application starts: a busy port fails first.
         metrics = _metrics(args, server, access)
         if metrics is not None:
             stack.enter_context(metrics)
+        server.info["pid"] = os.getpid()
+        if not _start_app(hosted):
+            return EXIT_STARTUP
         # Signals before the banner (whoever reads it may signal at once), and the thread
         # that reloads the TLS files (on SIGHUP; the OCSP response and ticket keys when they
         # change); SIGHUP also reopens the access log, for logrotate.
@@ -615,7 +618,7 @@ def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-# -- the access log and the admin listener (issue 12) -------------------------------------------
+# -- the access log and the admin listener -----------------------------------------------------
 
 
 def _add_operations_options(serve: argparse.ArgumentParser) -> None:
@@ -705,7 +708,7 @@ def _metrics_url(host: str, port: int) -> str:
     return f"http://{host_port(host, port)}/metrics"
 
 
-# -- workers and the sockets they serve (issue 12) ----------------------------------------------
+# -- workers and the sockets they serve --------------------------------------------------------
 
 
 def _add_process_options(serve: argparse.ArgumentParser) -> None:
@@ -908,7 +911,7 @@ def _report_up(link_fd: int | None, driver: Driver[Any]) -> None:
     threading.Thread(target=watch, name="spcore-supervisor-link", daemon=True).start()
 
 
-# -- the application: its interface, its loop, its startup (issue 10) -------------------------
+# -- the application: its interface, its loop, its startup -------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1051,6 +1054,9 @@ def _start_app(hosted: Hosted | None) -> bool:
         print(f"spcore: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         hosted.lifespan = None  # no shutdown after a failed startup
         return False
+    except KeyboardInterrupt:  # Ctrl-C before the startup ended (the app's loop is closed)
+        hosted.lifespan = None  # no shutdown for an app still starting: it would wait on it
+        raise
     return True
 
 
@@ -1137,7 +1143,7 @@ def _add_tunnel(commands: Any) -> None:
         description="Accept connections and relay each one to the backend: TLS in and plaintext "
         "out by default (terminate), or --in plain --out tls (originate: the backend's "
         "certificate is verified, with SNI), or TLS both ways. SIGINT or SIGTERM shuts down "
-        "gracefully.",
+        "gracefully; SIGHUP reloads the accepting side's TLS files.",
         allow_abbrev=False,
     )
     ends = tunnel.add_argument_group("the two ends")

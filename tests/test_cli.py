@@ -304,6 +304,7 @@ USER_ERRORS = [
     ("port not a number", ["serve", "--port", "abc"], "'abc' is not a port number"),
     ("port out of range", ["serve", "--port", "70000"], "out of range"),
     ("port in use", ["serve", "--port", "{busy}"], "already in use"),
+    ("metrics port in use", ["serve", "--port", "0", "--metrics-port", "{busy}"], "(metrics)"),
     ("address not here", ["serve", "--host", "192.0.2.1", "--port", "0"], "not available"),
     ("cert only", ["serve", "--cert", "{cert}"], "both --cert and --key"),
     ("cert missing", ["serve", "--cert", "{missing}", "--key", "{key}"], "does not exist"),

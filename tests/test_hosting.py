@@ -10,11 +10,13 @@ import json
 import os
 import pathlib
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
 
 import pytest
-from servekit import Endpoint, run_spcore, served
+from servekit import Endpoint, needs_signals, run_spcore, served, spcore
 
 from spcore.drivers import DRIVERS
 
@@ -150,6 +152,12 @@ async def failing_startup(scope, receive, send):
     await receive()
     await send({"type": "lifespan.startup.failed", "message": "no database"})
 
+async def endless_startup(scope, receive, send):
+    import asyncio, sys
+    await receive()
+    print("starting up", file=sys.stderr, flush=True)
+    await asyncio.sleep(3600)
+
 async def no_lifespan(scope, receive, send):
     if scope["type"] == "lifespan":
         raise RuntimeError("lifespan? never heard of it")
@@ -206,11 +214,58 @@ def test_the_interfaces_are_told_apart_and_named(
 def test_a_failed_startup_exits_with_status_3(
     apps_env: dict[str, str], tmp_path: pathlib.Path
 ) -> None:
+    path = tmp_path / "app.sock"
     result = run_spcore(
-        "serve", "--app", "apps:failing_startup", "--port", "0", env=apps_env, cwd=tmp_path
-    )
+        "serve", "--app", "apps:failing_startup", "--port", "0", "--uds", str(path),
+        env=apps_env,
+        cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 3 and result.stdout == ""  # never announced
     assert result.stderr.strip() == ("spcore: error: the application's startup failed: no database")
+    assert not path.exists()  # the sockets it had bound are closed, the file removed
+
+
+def test_a_busy_metrics_port_fails_before_the_startup_runs(
+    apps_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    pytest.importorskip("prometheus_client")
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        result = run_spcore(
+            "serve", "--app", "apps:failing_startup", "--port", "0", "--metrics-port", port,
+            env=apps_env,
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"spcore: error: cannot listen on 127.0.0.1:{port} (metrics): the port is already in use\n"
+    )  # and no word of the startup, which never ran
+
+
+@needs_signals
+@pytest.mark.parametrize("driver", ["asyncio", "selectors"])  # the app's loop: own, companion
+def test_ctrl_c_during_the_startup_exits_at_once(
+    apps_env: dict[str, str], tmp_path: pathlib.Path, driver: str
+) -> None:
+    process = subprocess.Popen(
+        spcore("serve", "--app", "apps:endless_startup", "--port", "0", "--driver", driver),
+        env=apps_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline() == "starting up\n"
+        process.send_signal(signal.SIGINT)
+        out, errors = process.communicate(timeout=10)  # not waiting for the app to answer
+        assert process.returncode == 130 and out == "", errors
+        assert "Traceback" not in errors, errors
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_lifespan_on_insists_and_auto_does_without(

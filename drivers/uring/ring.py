@@ -4,12 +4,13 @@ No liburing and no compiled code: ``io_uring_setup``/``enter``/``register`` are 
 libc's ``syscall()``, the rings are ``mmap`` objects, an SQE is written with one
 ``struct.pack_into`` and CQEs are read in bulk with ``struct.iter_unpack``.
 
-A :class:`Ring` belongs to one thread; wake it from other threads with an eventfd that a
-pending :meth:`Ring.read` watches. Completions are ``(user_data, res, flags)`` tuples where
-``res`` is the syscall result or a negative errno. Addresses passed to the ``prep`` methods
-must stay valid until the operation's completion is reaped (argument blocks such as a
-msghdr or a timespec only until :meth:`Ring.submit` returns, thanks to
-``IORING_FEAT_SUBMIT_STABLE``). Importing this module performs no syscall.
+A :class:`Ring` belongs to one thread; wake it from other threads through a file that a
+pending receive or read watches (the driver's: a socket pair, which a signal can write to
+too). Completions are ``(user_data, res, flags)`` tuples where ``res`` is the syscall result
+or a negative errno. Addresses passed to the ``prep`` methods must stay valid until the
+operation's completion is reaped (argument blocks such as a msghdr or a timespec only until
+:meth:`Ring.submit` returns, thanks to ``IORING_FEAT_SUBMIT_STABLE``). Importing this module
+performs no syscall.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_a_client_hello_over_several_records_is_answered_at_once(
     protocols = [f"{i:03d}" + "p" * 196 for i in range(90)]
     context = pki.client_context(version, alpn=[*protocols, "http/1.1"])
     server = ServerContext(pki.server_tls(), engine).new_engine()
-    client, incoming, outgoing = _stdlib_handshake(context, server)
+    client, incoming, outgoing = _stdlib_handshake(context)
     hello = outgoing.read()
     assert hello[3:5] == b"\x40\x00" and len(hello) > 16384 + 5  # a full first record
     server.receive_data(hello)
@@ -162,8 +162,9 @@ def test_data_before_the_handshake_is_queued_then_delivered_in_order(
 
 
 def _stdlib_handshake(
-    context: ssl.SSLContext, server: object
+    context: ssl.SSLContext,
 ) -> tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A standard library client over memory BIOs, its ClientHello waiting in ``outgoing``."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
     with contextlib.suppress(ssl.SSLWantReadError):
@@ -181,7 +182,7 @@ def test_a_tls11_client_is_refused_with_protocol_version(engine: EngineFactory, 
         old.set_ciphers("DEFAULT:@SECLEVEL=0")
     server = ServerContext(pki.server_tls(), engine).new_engine()
     try:
-        client, incoming, outgoing = _stdlib_handshake(old, server)
+        client, incoming, outgoing = _stdlib_handshake(old)
     except ssl.SSLError as exc:
         pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
     hello = outgoing.read()
@@ -208,7 +209,7 @@ def test_tls12_suites_outside_the_profile_are_refused(
     context = pki.client_context("1.2")
     context.set_ciphers(f"{suite}:@SECLEVEL=0")
     server = ServerContext(pki.server_tls(), engine).new_engine()
-    _, _, outgoing = _stdlib_handshake(context, server)
+    _, _, outgoing = _stdlib_handshake(context)
     error = expect_error(lambda: server.receive_data(outgoing.read()))
     assert error.during_handshake and error.alert_sent
     assert error.alert in (Alert.HANDSHAKE_FAILURE, Alert.INSUFFICIENT_SECURITY)
@@ -225,7 +226,7 @@ def test_each_tls12_suite_of_the_profile_is_taken(
     context = pki.client_context("1.2")
     context.set_ciphers(IANA_TO_OPENSSL[suite])
     server = ServerContext(pki.server_tls(), engine).new_engine()
-    client, incoming, outgoing = _stdlib_handshake(context, server)
+    client, incoming, outgoing = _stdlib_handshake(context)
     for _ in range(4):
         server.receive_data(outgoing.read())
         incoming.write(server.data_to_send())

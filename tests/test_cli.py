@@ -73,15 +73,9 @@ def test_serve_prints_its_url_and_serves_the_builtin_page(
         assert info["driver"] == server.driver
         assert info["tls"]["version"].startswith("TLSv1.")
         assert info["tls"]["alpn"] == "http/1.1"
-        curl = shutil.which("curl")
-        if curl is not None:
-            url = f"https://127.0.0.1:{endpoint.port}/"
-            page = subprocess.run(
-                [curl, "-sSk", "--max-time", "10", url], capture_output=True, timeout=15
-            )
-            assert page.returncode == 0, page.stderr
-            assert b"<h1>spcore</h1>" in page.stdout
-            assert f"<td>{server.driver}</td>".encode() in page.stdout
+        status, page = get(endpoint, "/", tls_client(cache_dir))  # (curl: the interop tests)
+        assert status == 200 and b"<h1>spcore</h1>" in page
+        assert f"<td>{server.driver}</td>".encode() in page
         assert server.stop() == 0
 
 

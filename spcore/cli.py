@@ -1055,6 +1055,8 @@ def _start_app(hosted: Hosted | None) -> bool:
         hosted.lifespan = None  # no shutdown after a failed startup
         return False
     except KeyboardInterrupt:  # Ctrl-C before the startup ended (the app's loop is closed)
+        if hosted.lifespan is not None:
+            hosted.lifespan.abandon()
         hosted.lifespan = None  # no shutdown for an app still starting: it would wait on it
         raise
     return True

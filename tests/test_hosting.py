@@ -152,6 +152,10 @@ async def failing_startup(scope, receive, send):
     await receive()
     await send({"type": "lifespan.startup.failed", "message": "no database"})
 
+async def interrupted_startup(scope, receive, send):
+    await receive()
+    raise KeyboardInterrupt  # as Ctrl-C landing while the application's own code runs
+
 async def endless_startup(scope, receive, send):
     import asyncio, sys
     await receive()
@@ -266,6 +270,21 @@ def test_ctrl_c_during_the_startup_exits_at_once(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_ctrl_c_inside_the_startup_leaves_no_traceback(
+    apps_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """On a driver that lends its own loop the application runs on the main thread, where
+    Ctrl-C lands: the KeyboardInterrupt its task took is retrieved, not logged by asyncio as
+    a task exception never retrieved. (On a companion loop's thread no signal is taken.)"""
+    result = run_spcore(
+        "serve", "--app", "apps:interrupted_startup", "--port", "0", "--driver", "asyncio",
+        env=apps_env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 130 and result.stdout == "", result.stderr
+    assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr
 
 
 def test_lifespan_on_insists_and_auto_does_without(

@@ -379,6 +379,14 @@ class Lifespan:
         if self.supported:
             self._app_loop.run(self._phase("startup"))
 
+    def abandon(self) -> None:
+        """Ctrl-C before the startup ended: no shutdown will follow. A task that took the
+        KeyboardInterrupt itself has it retrieved here, or asyncio would log it with a
+        traceback as "never retrieved" when the task is collected."""
+        task, self._task = self._task, None
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()
+
     def shutdown(self) -> None:
         """Raise ``LifespanError`` if the shutdown failed."""
         if self.supported and self._task is not None and not self._task.done():

@@ -182,6 +182,9 @@ class FakeChannel:
     def aborted(self) -> bool:
         return self._aborted
 
+    def abort(self) -> None:
+        self._aborted = True
+
     def take(self, size: int) -> bytes:
         data, self.body = self.body[:size], self.body[size:]
         return data
@@ -238,14 +241,25 @@ def test_a_body_is_handed_over_as_it_is_produced_and_closed() -> None:
     assert body.closed
 
 
-def test_a_one_chunk_body_goes_whole_and_write_goes_first() -> None:
+def test_a_one_chunk_body_goes_whole_in_the_result_and_write_goes_first() -> None:
     def whole(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"all of it"]
 
     channel = FakeChannel()
-    run_call(whole, build_environ(request(), WSGIInput(channel.take)), channel, FakeCall())  # type: ignore[arg-type]
-    assert channel.given == [("start", (200, [("Content-Type", "text/plain")], b"all of it", True))]
+    env = build_environ(request(), WSGIInput(channel.take))
+    result = run_call(whole, env, channel, FakeCall())  # type: ignore[arg-type]
+    assert result == (200, [("Content-Type", "text/plain")], b"all of it")
+    assert channel.given == []  # (nothing handed over besides)
+
+    def left(environ: Any, start_response: Any) -> list[bytes]:
+        channel.abort()  # the client leaves while the application runs
+        return whole(environ, start_response)
+
+    channel = FakeChannel()
+    env = build_environ(request(), WSGIInput(channel.take))
+    assert run_call(left, env, channel, FakeCall()) is None  # type: ignore[arg-type]
+    assert channel.given == []  # (the hand-over raised ClientDisconnected: nothing to send)
 
     def writing(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])(b"written")

@@ -14,7 +14,8 @@ halves of a call talk only through a ``Channel``, the drivers' bounded hand-off
   credit for them as the client takes them;
 * the worker half (``run_call``), on the worker: it calls the application, which takes the
   body through ``wsgi.input``, and hands its response back piece by piece, waiting (inside
-  the channel) while a window of it is still on its way to the client.
+  the channel) while a window of it is still on its way to the client; a response of one
+  part (the common case) goes back in the job's result instead.
 
 When the exchange ends first -- the client left, the body timed out, the response was cut --
 the channel is aborted: the worker's next read or hand-over raises ``ClientDisconnected``,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ..http.messages import ResponseControl
+    from ..jobs import Job
 
 __all__ = [
     "BODY_WINDOW",
@@ -150,7 +152,7 @@ class WSGIHost:
         exchange.on_disconnect(call.gone)
         request.read_body(call)
         app = self.app
-        transport.submit_job(lambda: run_call(app, environ, channel, call), _job_done)
+        transport.submit_job(lambda: run_call(app, environ, channel, call), call.done)
 
 
 class _Call:
@@ -174,6 +176,14 @@ class _Call:
     # Handed to the loop thread by the channel and the worker.
     def resume(self) -> None:
         self._exchange.resume_body()
+
+    def done(self, job: Job, now: float) -> None:
+        """The job is back: the rest of its outcome went through the channel already, in
+        order; a response of one part comes in its result (see ``run_call``)."""
+        whole: Whole | None = job.result
+        if whole is not None:
+            status, headers, body = whole
+            self.start(status, headers, body, True)
 
     def start(self, status: int, headers: list[tuple[str, str]], body: bytes, end: bool) -> None:
         exchange = self._exchange
@@ -222,27 +232,31 @@ class _Call:
         self.channel.credit(owed)
 
 
-def _job_done(job: object, now: float) -> None:
-    """The call handed back its outcome through the channel already, in order."""
-
-
 # -- the worker half ---------------------------------------------------------------------------
 
 
-def run_call(app: WSGIApp, environ: dict[str, Any], channel: Channel, call: _Call) -> None:
-    """Run one WSGI call on a worker thread (see the module docstring). Never raises."""
+#: A response of one part, returned by ``run_call``: its status, headers and body.
+Whole = tuple[int, list[tuple[str, str]], bytes]
+
+
+def run_call(app: WSGIApp, environ: dict[str, Any], channel: Channel, call: _Call) -> Whole | None:
+    """Run one WSGI call on a worker thread (see the module docstring). Never raises.
+
+    A response of one part, with nothing handed over before it, is returned (status,
+    headers, body) instead: it goes back in the job's result, sparing the worker a call
+    handed to the loop thread and the loop thread a round of its own for it.
+    """
     if channel.aborted():
-        return  # the client left while the job waited for a worker
+        return None  # the client left while the job waited for a worker
     response = _Responder(channel, call)
     result: Iterable[bytes] | None = None
     try:
         result = app(environ, response.start_response)
         if isinstance(result, (list, tuple)) and len(result) == 1:
-            response.send(result[0], end=True)  # the whole body: one part, a Content-Length
-        else:
-            for chunk in result:
-                response.send(chunk)
-            response.finish()
+            return response.whole(result[0])  # the whole body: one part, a Content-Length
+        for chunk in result:
+            response.send(chunk)
+        response.finish()
     except ClientDisconnected as exc:
         log.info("WSGI call for %s ended early: %s", _target(environ), exc)
     except Exception:
@@ -258,6 +272,7 @@ def run_call(app: WSGIApp, environ: dict[str, Any], channel: Channel, call: _Cal
                 close()
             except Exception:
                 log.exception("closing the WSGI response of %s failed", _target(environ))
+    return None
 
 
 class _Responder:
@@ -297,14 +312,23 @@ class _Responder:
         """The legacy ``write()`` callable: ``data`` goes out before ``write`` returns."""
         self.send(data)
 
-    def send(self, data: bytes, *, end: bool = False) -> None:
-        if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"a WSGI body chunk must be bytes, not {type(data).__name__}")
-            data = bytes(data)
-        if not data and not end:
-            return  # an empty chunk sends nothing, not even the head (PEP 3333)
-        self._give(data, end)
+    def send(self, data: bytes) -> None:
+        data = _chunk(data)
+        if data:  # an empty chunk sends nothing, not even the head (PEP 3333)
+            self._give(data, False)
+
+    def whole(self, data: bytes) -> Whole | None:
+        """The response in one part, ``data`` its body, to return from the job; None once
+        a part went before it (``write()``), or the exchange has ended (the hand-over says
+        how, as any other)."""
+        data = _chunk(data)
+        if self._sent or self._channel.aborted():
+            self._give(data, True)
+            return None
+        if self._status is None:
+            raise RuntimeError("the WSGI application sent a body before start_response()")
+        self._sent = True
+        return self._status, self._headers, data
 
     def finish(self) -> None:
         self._give(b"", True)
@@ -322,6 +346,15 @@ class _Responder:
         else:
             self._sent = True
             self._channel.give(call.start, self._status, self._headers, data, end, size=len(data))
+
+
+def _chunk(data: bytes) -> bytes:
+    """A body chunk as bytes (PEP 3333: bytes, or a bytes-like object)."""
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a WSGI body chunk must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+    return data
 
 
 def _status_code(status: str) -> int:

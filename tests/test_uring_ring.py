@@ -346,21 +346,21 @@ def test_timeout_sqe_with_count_completes_after_that_many_completions(ring: urin
     assert by_user_data(collect(ring, 3, timeout=1.0)) == {1: (0, 0), 2: (0, 0), 3: (0, 0)}
 
 
-def test_eventfd_read_is_completed_by_another_thread(ring: uring.Ring) -> None:
-    efd = os.eventfd(0, os.EFD_CLOEXEC)
-    try:
-        counter = ctypes.c_uint64()
-        ring.read(efd, ctypes.addressof(counter), 8, 9)
-        writer = threading.Timer(0.05, os.eventfd_write, (efd, 1))
-        writer.start()
+def test_a_wake_up_recv_is_completed_by_another_thread(ring: uring.Ring) -> None:
+    """The driver's wake-up: a RECV on a blocking socket pair's reading end, completed when
+    another thread (or a signal, through signal.set_wakeup_fd) writes a byte."""
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        buffer = ctypes.create_string_buffer(64)
+        ring.recv(reader.fileno(), ctypes.addressof(buffer), 64, 9)
+        waker = threading.Timer(0.05, writer.send, (b"\0",))
+        waker.start()
         start = time.monotonic()
         got = collect(ring, 1)
-        writer.join(WAIT)
-        assert got == [(9, 8, 0)]
-        assert counter.value == 1
+        waker.join(WAIT)
+        assert [(user_data, result) for user_data, result, _flags in got] == [(9, 1)]
+        assert buffer.raw[:1] == b"\0"
         assert time.monotonic() - start >= 0.03  # it really waited for the write
-    finally:
-        os.close(efd)
 
 
 # --- ring mechanics ---------------------------------------------------------------------------

@@ -40,7 +40,6 @@ IORING_OP_ACCEPT = 13
 IORING_OP_ASYNC_CANCEL = 14
 IORING_OP_CONNECT = 16
 IORING_OP_CLOSE = 19
-IORING_OP_READ = 22
 IORING_OP_SEND = 26
 IORING_OP_RECV = 27
 IORING_OP_SHUTDOWN = 34
@@ -113,7 +112,6 @@ _PARAMS_SIZE = 120
 _PROBE_OPS = 256
 _PROBE_OP = struct.Struct("=BBHI")
 _MASK32 = 0xFFFFFFFF
-_CURRENT_POSITION = 0xFFFFFFFFFFFFFFFF  # off = -1: read at the file position, like read(2)
 _IOV_MAX = 1024
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -492,10 +490,6 @@ class Ring:
         for the handshake itself: a non-blocking socket never completes with -EINPROGRESS)."""
         self._push(IORING_OP_CONNECT, 0, fd, sockaddr.length, sockaddr.address, 0, 0, user_data)
 
-    def read(self, fd: int, buf_address: int, length: int, user_data: int) -> None:
-        """read(2) at the current position: an eventfd or pipe wake-up."""
-        self._push(IORING_OP_READ, 0, fd, _CURRENT_POSITION, buf_address, length, 0, user_data)
-
     def cancel(self, target_user_data: int, user_data: int) -> None:
         """Cancel the request tagged *target_user_data*: it completes with -ECANCELED and
         the cancel with 0, or the cancel gets -ENOENT (not found) / -EALREADY (running)."""
@@ -675,7 +669,6 @@ _REQUIRED_OPS = {
     IORING_OP_SENDMSG: "SENDMSG",
     IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL",
     IORING_OP_CLOSE: "CLOSE",
-    IORING_OP_READ: "READ",
     IORING_OP_TIMEOUT: "TIMEOUT",
 }
 

@@ -390,7 +390,8 @@ class Lifespan:
     def abandon(self) -> None:
         """Ctrl-C before the startup ended: no shutdown will follow. A task that took the
         KeyboardInterrupt itself has it retrieved here, or asyncio would log it with a
-        traceback as "never retrieved" when the task is collected."""
+        traceback as "never retrieved" when the task is collected
+        (https://docs.python.org/3/library/asyncio-dev.html#detect-never-retrieved-exceptions)."""
         task, self._task = self._task, None
         if task is not None and task.done() and not task.cancelled():
             task.exception()
